@@ -1,0 +1,1 @@
+//! userdb-broker library (being written).

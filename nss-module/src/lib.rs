@@ -1,0 +1,1 @@
+//! libnss_broker.so.2 (being written).

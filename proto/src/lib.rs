@@ -1,0 +1,19 @@
+//! Shared by both ends of userdb-broker: the Varlink framing, the
+//! `io.systemd.UserDatabase` / `io.userdb.Broker` message types, and the
+//! NSS view of a user/group record with the validation both ends apply.
+//!
+//! No I/O lives here: the module links this crate into every process, so it
+//! must stay free of runtimes, threads and global state.
+
+pub mod api;
+pub mod names;
+pub mod nsswitch;
+pub mod record;
+pub mod varlink;
+
+/// The Varlink service name of the broker, in `service` parameters and as the
+/// socket's file name.
+pub const BROKER_SERVICE: &str = "io.userdb.Broker";
+
+/// Where the broker listens unless told otherwise.
+pub const DEFAULT_SOCKET_PATH: &str = "/run/userdb-broker/io.userdb.Broker";
