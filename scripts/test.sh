@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need, then runs every test
+# (format, lints, unit tests, end-to-end and fault tests through real glibc,
+# and the systemd-nspawn boot test). Needs root: the tests use mount and PID
+# namespaces and boot a container.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/test.sh: run as root (the tests use mount namespaces and systemd-nspawn)" >&2
+    exit 1
+fi
+
+# Debian packages the tests use; installed only when missing.
+packages=(systemd systemd-container debootstrap libnss-systemd valgrind util-linux procps dpkg-dev)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "== installing: ${missing[*]}"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo build --release"
+cargo build --release --workspace
+echo "== cargo test (unit, end-to-end, faults)"
+cargo test --release --workspace
+echo "== systemd-nspawn boot test"
+bash tests/nspawn/boot-test.sh
