@@ -6,6 +6,7 @@
 //! must stay free of runtimes, threads and global state.
 
 pub mod api;
+pub mod client;
 pub mod names;
 pub mod nsswitch;
 pub mod record;
