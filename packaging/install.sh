@@ -1,0 +1,124 @@
+#!/bin/bash
+# Installs userdb-broker the way a distribution package would:
+#   libnss_broker.so.2  -> the multiarch libdir (glibc dlopen()s it by name)
+#   userdb-brokerd      -> $PREFIX/sbin, userdb-brokerctl -> $PREFIX/bin
+#   the systemd unit, the tmpfiles.d entry, the docs.
+# It never edits nsswitch.conf: run `userdb-brokerctl enable` for that.
+#
+# Variables: DESTDIR (staging root, default none), PREFIX (default /usr),
+# LIBDIR (module directory, default: detected), UNITDIR, TMPFILESDIR,
+# TARGET_DIR (cargo output, default <repo>/target/release).
+# Every file and directory it creates is listed in a manifest that
+# uninstall.sh reads, so uninstalling removes exactly what was added.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(dirname "$here")
+
+DESTDIR=${DESTDIR:-}
+PREFIX=${PREFIX:-/usr}
+TARGET_DIR=${TARGET_DIR:-${CARGO_TARGET_DIR:-$repo/target}/release}
+
+# The directory glibc's loader searches for NSS modules: Debian's multiarch
+# triplet, else lib64 where the system uses it (RPM distributions), else lib.
+detect_libdir() {
+    local triplet=""
+    if command -v dpkg-architecture >/dev/null 2>&1; then
+        triplet=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || true)
+    fi
+    if [[ -z $triplet ]] && command -v gcc >/dev/null 2>&1; then
+        triplet=$(gcc -print-multiarch 2>/dev/null || true)
+    fi
+    if [[ -n $triplet && -d /usr/lib/$triplet ]]; then
+        echo "$PREFIX/lib/$triplet"
+    elif [[ -d /usr/lib64 && ! -L /usr/lib64 ]]; then
+        echo "$PREFIX/lib64"
+    else
+        echo "$PREFIX/lib"
+    fi
+}
+
+LIBDIR=${LIBDIR:-$(detect_libdir)}
+SBINDIR=${SBINDIR:-$PREFIX/sbin}
+BINDIR=${BINDIR:-$PREFIX/bin}
+UNITDIR=${UNITDIR:-$PREFIX/lib/systemd/system}
+TMPFILESDIR=${TMPFILESDIR:-$PREFIX/lib/tmpfiles.d}
+DOCDIR=${DOCDIR:-$PREFIX/share/doc/userdb-broker}
+MANIFEST=${MANIFEST:-$PREFIX/share/userdb-broker/install-manifest}
+
+for built in libnss_broker.so userdb-brokerd userdb-brokerctl; do
+    if [[ ! -f $TARGET_DIR/$built ]]; then
+        echo "install.sh: $TARGET_DIR/$built is missing; run 'cargo build --release' first" >&2
+        exit 1
+    fi
+done
+
+# Directories this run creates, plus those an earlier install created
+# (a re-install must not forget them).
+created_dirs=()
+if [[ -f $DESTDIR$MANIFEST ]]; then
+    while read -r kind path; do
+        [[ $kind == dir ]] && created_dirs+=("$path")
+    done <"$DESTDIR$MANIFEST"
+fi
+installed_files=()
+
+make_dir() {
+    local dir=$1 missing=() d
+    d=$dir
+    while [[ ! -d $DESTDIR$d ]]; do
+        missing=("$d" "${missing[@]}")
+        d=$(dirname "$d")
+    done
+    for d in "${missing[@]}"; do
+        mkdir -m 0755 "$DESTDIR$d"
+        created_dirs+=("$d")
+    done
+}
+
+put() {
+    local mode=$1 source=$2 target=$3
+    make_dir "$(dirname "$target")"
+    install -m "$mode" "$source" "$DESTDIR$target"
+    installed_files+=("$target")
+    echo "installed $DESTDIR$target"
+}
+
+put 0644 "$TARGET_DIR/libnss_broker.so" "$LIBDIR/libnss_broker.so.2"
+put 0755 "$TARGET_DIR/userdb-brokerd" "$SBINDIR/userdb-brokerd"
+put 0755 "$TARGET_DIR/userdb-brokerctl" "$BINDIR/userdb-brokerctl"
+make_dir "$UNITDIR"
+sed "s|^ExecStart=/usr/sbin/userdb-brokerd|ExecStart=$SBINDIR/userdb-brokerd|" \
+    "$here/systemd/userdb-brokerd.service" >"$DESTDIR$UNITDIR/userdb-brokerd.service"
+chmod 0644 "$DESTDIR$UNITDIR/userdb-brokerd.service"
+installed_files+=("$UNITDIR/userdb-brokerd.service")
+echo "installed $DESTDIR$UNITDIR/userdb-brokerd.service"
+put 0644 "$here/tmpfiles.d/userdb-broker.conf" "$TMPFILESDIR/userdb-broker.conf"
+put 0644 "$here/nsswitch.conf.example" "$DOCDIR/nsswitch.conf.example"
+if [[ -f $repo/README.md ]]; then
+    put 0644 "$repo/README.md" "$DOCDIR/README.md"
+fi
+
+make_dir "$(dirname "$MANIFEST")"
+{
+    printf 'file %s\n' "${installed_files[@]}"
+    if ((${#created_dirs[@]})); then
+        printf 'dir %s\n' "${created_dirs[@]}" | sort -u
+    fi
+} >"$DESTDIR$MANIFEST"
+echo "manifest $DESTDIR$MANIFEST"
+
+if [[ -z $DESTDIR ]]; then
+    ldconfig
+    if [[ -d /run/systemd/system ]]; then
+        systemd-tmpfiles --create "$TMPFILESDIR/userdb-broker.conf"
+        systemctl daemon-reload
+    fi
+    cat <<NEXT
+
+Next steps:
+  systemctl enable --now userdb-brokerd.service   # start the broker, and at every boot
+  userdb-brokerctl check                          # review /etc/nsswitch.conf
+  userdb-brokerctl enable                         # add 'broker' to it (keeps a backup)
+NEXT
+fi
