@@ -1,1 +1,33 @@
-//! Test harness (being written).
+//! Harness for end-to-end and fault tests that go through real glibc.
+//!
+//! Everything runs against artifacts of `cargo build --release`: the NSS
+//! module is loaded by `getent`, `id` or the `nss-probe` helper inside a
+//! private mount namespace whose `/etc/nsswitch.conf` and user databases are
+//! bind-mounted from a per-test [`Fixture`]; the machine's `/etc` is never
+//! written.
+
+pub mod artifacts;
+pub mod broker;
+pub mod fake;
+pub mod fixture;
+pub mod nss;
+pub mod process;
+
+use std::sync::{Mutex, MutexGuard};
+
+pub use broker::Broker;
+pub use fake::{Backlogged, Behaviour, FakeBroker};
+pub use fixture::{DropinDir, Fixture};
+pub use nss::Nss;
+pub use process::Outcome;
+
+static EXCLUSIVE: Mutex<()> = Mutex::new(());
+
+/// Held by every test whose result depends on wall time or that loads the
+/// machine heavily, so that such tests never run concurrently with each other.
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    // A test that panicked while holding the lock leaves nothing to repair.
+    EXCLUSIVE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

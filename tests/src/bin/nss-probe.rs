@@ -1,0 +1,450 @@
+//! Calls glibc's reentrant lookups (and so every NSS module configured) in
+//! ways `getent` cannot: timed precisely around the libc call, from many
+//! threads, across `fork()`, from an `atexit` handler.
+//!
+//! Usage:
+//!   nss-probe time QUERY...           one line per lookup: QUERY, result, µs; then `total µs`
+//!   nss-probe threads T N EXPECT...   T threads × N lookups cycling through EXPECT
+//!   nss-probe fork ROUNDS EXPECT...   fork ROUNDS times while 4 threads look up
+//!   nss-probe atexit EXPECT...        look up in main, then again in an atexit handler
+//!   nss-probe atexit-only EXPECT...   the first lookup of the process is in the handler
+//!
+//! QUERY is `passwd:NAME`, `uid:UID`, `group:NAME` or `gid:GID`.
+//! EXPECT is `passwd:NAME=UID`, `group:NAME=GID`, or `passwd:NAME=-` (not found).
+//! The exit code is 0 when every EXPECT held, 1 otherwise, 2 on bad usage.
+
+use std::ffi::{CStr, CString};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Database {
+    Passwd,
+    Group,
+}
+
+#[derive(Debug, Clone)]
+enum Key {
+    Name(CString),
+    Id(u32),
+}
+
+#[derive(Debug, Clone)]
+struct Query {
+    database: Database,
+    key: Key,
+    text: String,
+}
+
+/// What glibc answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    /// The entry in passwd/group file format.
+    Found {
+        name: String,
+        id: u32,
+        line: String,
+    },
+    NotFound,
+    /// The non-zero return value of the *_r call.
+    Error(i32),
+}
+
+impl std::fmt::Display for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Answer::Found { line, .. } => write!(f, "found {line}"),
+            Answer::NotFound => f.write_str("notfound"),
+            Answer::Error(rc) => write!(f, "error {rc}"),
+        }
+    }
+}
+
+fn parse_query(text: &str) -> Option<Query> {
+    let (kind, key) = text.split_once(':')?;
+    let (database, key) = match kind {
+        "passwd" => (Database::Passwd, Key::Name(CString::new(key).ok()?)),
+        "group" => (Database::Group, Key::Name(CString::new(key).ok()?)),
+        "uid" => (Database::Passwd, Key::Id(key.parse().ok()?)),
+        "gid" => (Database::Group, Key::Id(key.parse().ok()?)),
+        _ => return None,
+    };
+    Some(Query {
+        database,
+        key,
+        text: text.to_owned(),
+    })
+}
+
+unsafe fn text(ptr: *const libc::c_char) -> String {
+    if ptr.is_null() {
+        String::new()
+    } else {
+        CStr::from_ptr(ptr).to_string_lossy().into_owned()
+    }
+}
+
+/// Runs one lookup the way glibc's own non-reentrant wrappers do: start
+/// with a small buffer and double it on ERANGE.
+fn lookup(query: &Query) -> Answer {
+    let mut size = 256usize;
+    loop {
+        let mut buf = vec![0 as libc::c_char; size];
+        let rc = match query.database {
+            Database::Passwd => lookup_passwd(query, &mut buf),
+            Database::Group => lookup_group(query, &mut buf),
+        };
+        match rc {
+            Err(libc::ERANGE) if size < 64 << 20 => size *= 2,
+            Err(rc) => return Answer::Error(rc),
+            Ok(answer) => return answer,
+        }
+    }
+}
+
+fn lookup_passwd(query: &Query, buf: &mut [libc::c_char]) -> Result<Answer, i32> {
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    let rc = unsafe {
+        match &query.key {
+            Key::Name(name) => libc::getpwnam_r(
+                name.as_ptr(),
+                &mut pwd,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            ),
+            Key::Id(uid) => {
+                libc::getpwuid_r(*uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result)
+            }
+        }
+    };
+    if rc != 0 {
+        return Err(rc);
+    }
+    if result.is_null() {
+        return Ok(Answer::NotFound);
+    }
+    let name = unsafe { text(pwd.pw_name) };
+    let line = unsafe {
+        format!(
+            "{}:{}:{}:{}:{}:{}:{}",
+            name,
+            text(pwd.pw_passwd),
+            pwd.pw_uid,
+            pwd.pw_gid,
+            text(pwd.pw_gecos),
+            text(pwd.pw_dir),
+            text(pwd.pw_shell)
+        )
+    };
+    Ok(Answer::Found {
+        name,
+        id: pwd.pw_uid,
+        line,
+    })
+}
+
+fn lookup_group(query: &Query, buf: &mut [libc::c_char]) -> Result<Answer, i32> {
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    let rc = unsafe {
+        match &query.key {
+            Key::Name(name) => libc::getgrnam_r(
+                name.as_ptr(),
+                &mut grp,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            ),
+            Key::Id(gid) => {
+                libc::getgrgid_r(*gid, &mut grp, buf.as_mut_ptr(), buf.len(), &mut result)
+            }
+        }
+    };
+    if rc != 0 {
+        return Err(rc);
+    }
+    if result.is_null() {
+        return Ok(Answer::NotFound);
+    }
+    let name = unsafe { text(grp.gr_name) };
+    let mut members = Vec::new();
+    let mut cursor = grp.gr_mem;
+    while !cursor.is_null() && unsafe { !(*cursor).is_null() } {
+        members.push(unsafe { text(*cursor) });
+        cursor = unsafe { cursor.add(1) };
+    }
+    let line = format!(
+        "{}:{}:{}:{}",
+        name,
+        unsafe { text(grp.gr_passwd) },
+        grp.gr_gid,
+        members.join(",")
+    );
+    Ok(Answer::Found {
+        name,
+        id: grp.gr_gid,
+        line,
+    })
+}
+
+/// A lookup and the answer it must get.
+#[derive(Debug, Clone)]
+struct Expectation {
+    query: Query,
+    /// `None`: must not be found.
+    id: Option<u32>,
+}
+
+impl Expectation {
+    fn parse(text: &str) -> Option<Expectation> {
+        let (query, id) = text.rsplit_once('=')?;
+        let query = parse_query(query)?;
+        if !matches!(query.key, Key::Name(_)) {
+            return None;
+        }
+        let id = match id {
+            "-" => None,
+            n => Some(n.parse().ok()?),
+        };
+        Some(Expectation { query, id })
+    }
+
+    /// None when the answer is right, otherwise a description of what was wrong.
+    fn check(&self) -> Option<String> {
+        let answer = lookup(&self.query);
+        let Key::Name(wanted) = &self.query.key else {
+            return Some("expectation without a name".into());
+        };
+        let right = match (&answer, self.id) {
+            (Answer::Found { name, id, .. }, Some(want)) => {
+                *id == want && name.as_bytes() == wanted.as_bytes()
+            }
+            (Answer::NotFound, None) => true,
+            _ => false,
+        };
+        (!right).then(|| format!("{}: got {answer}", self.query.text))
+    }
+}
+
+fn parse_all<T>(args: &[String], parse: impl Fn(&str) -> Option<T>) -> Option<Vec<T>> {
+    let items: Option<Vec<T>> = args.iter().map(|a| parse(a)).collect();
+    items.filter(|v| !v.is_empty())
+}
+
+fn micros(d: Duration) -> u128 {
+    d.as_micros()
+}
+
+fn cmd_time(queries: &[Query]) -> ExitCode {
+    let started = Instant::now();
+    for query in queries {
+        let before = Instant::now();
+        let answer = lookup(query);
+        let took = before.elapsed();
+        println!("{}\t{}\t{}", query.text, micros(took), answer);
+    }
+    println!("total\t{}", micros(started.elapsed()));
+    ExitCode::SUCCESS
+}
+
+fn cmd_threads(threads: usize, per_thread: usize, expectations: Vec<Expectation>) -> ExitCode {
+    let expectations = Arc::new(expectations);
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let expectations = Arc::clone(&expectations);
+            thread::spawn(move || {
+                let mut wrong = Vec::new();
+                for i in 0..per_thread {
+                    let e = &expectations[(t + i) % expectations.len()];
+                    if let Some(problem) = e.check() {
+                        wrong.push(problem);
+                    }
+                }
+                wrong
+            })
+        })
+        .collect();
+    let mut wrong = Vec::new();
+    let mut crashed = 0;
+    for worker in workers {
+        match worker.join() {
+            Ok(w) => wrong.extend(w),
+            Err(_) => crashed += 1,
+        }
+    }
+    println!(
+        "lookups={} wrong={} crashed_threads={}",
+        threads * per_thread,
+        wrong.len(),
+        crashed
+    );
+    for problem in wrong.iter().take(5) {
+        println!("wrong: {problem}");
+    }
+    if wrong.is_empty() && crashed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// How long a forked child may take before it counts as hung.
+const CHILD_LIMIT: Duration = Duration::from_secs(10);
+
+/// Waits for `pid`; None if it is still running after CHILD_LIMIT (then killed).
+fn wait_child(pid: libc::pid_t) -> Option<i32> {
+    let started = Instant::now();
+    loop {
+        let mut status = 0;
+        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if rc == pid {
+            return Some(if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            });
+        }
+        if rc < 0 || started.elapsed() > CHILD_LIMIT {
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            return None;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn cmd_fork(rounds: usize, expectations: Vec<Expectation>) -> ExitCode {
+    let expectations = Arc::new(expectations);
+    let stop = Arc::new(AtomicBool::new(false));
+    let background: Vec<_> = (0..4)
+        .map(|t| {
+            let expectations = Arc::clone(&expectations);
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut wrong = 0usize;
+                let mut i = t;
+                while !stop.load(Ordering::Relaxed) {
+                    wrong += usize::from(expectations[i % expectations.len()].check().is_some());
+                    i += 1;
+                }
+                wrong
+            })
+        })
+        .collect();
+    let (mut child_failed, mut child_hung, mut parent_wrong) = (0, 0, 0);
+    for _ in 0..rounds {
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // In the child only async-signal-safe work is allowed before
+            // exec, but the point is to prove lookups work here anyway.
+            let all_right = expectations.iter().all(|e| e.check().is_none());
+            unsafe { libc::_exit(if all_right { 0 } else { 1 }) };
+        }
+        if pid < 0 {
+            eprintln!("fork failed: {}", std::io::Error::last_os_error());
+            return ExitCode::from(2);
+        }
+        parent_wrong += expectations.iter().filter(|e| e.check().is_some()).count();
+        match wait_child(pid) {
+            Some(0) => {}
+            Some(_) => child_failed += 1,
+            None => child_hung += 1,
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let background_wrong: usize = background
+        .into_iter()
+        .map(|h| h.join().unwrap_or(usize::MAX))
+        .sum();
+    println!(
+        "rounds={rounds} child_failed={child_failed} child_hung={child_hung} parent_wrong={parent_wrong} background_wrong={background_wrong}"
+    );
+    if child_failed + child_hung + parent_wrong + background_wrong == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+static AT_EXIT: OnceLock<Vec<Expectation>> = OnceLock::new();
+
+/// Written with write(2): stdout's Rust buffer may be gone during exit.
+fn write_stdout(line: &str) {
+    let bytes = line.as_bytes();
+    unsafe { libc::write(1, bytes.as_ptr().cast(), bytes.len()) };
+}
+
+extern "C" fn lookups_at_exit() {
+    if let Some(expectations) = AT_EXIT.get() {
+        for e in expectations {
+            let verdict = match e.check() {
+                None => "right".to_owned(),
+                Some(problem) => format!("wrong ({problem})"),
+            };
+            write_stdout(&format!("atexit {} {verdict}\n", e.query.text));
+        }
+    }
+}
+
+fn cmd_atexit(expectations: Vec<Expectation>, first_in_main: bool) -> ExitCode {
+    if first_in_main {
+        for e in &expectations {
+            let verdict = e
+                .check()
+                .map_or("right".to_owned(), |p| format!("wrong ({p})"));
+            write_stdout(&format!("main {} {verdict}\n", e.query.text));
+        }
+    }
+    let _ = AT_EXIT.set(expectations);
+    if unsafe { libc::atexit(lookups_at_exit) } != 0 {
+        eprintln!("atexit registration failed");
+        return ExitCode::from(2);
+    }
+    ExitCode::SUCCESS
+}
+
+fn usage() -> ExitCode {
+    eprintln!("usage: nss-probe time QUERY... | threads T N EXPECT... | fork ROUNDS EXPECT... | atexit[-only] EXPECT...");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        return usage();
+    };
+    let number = |i: usize| rest.get(i).and_then(|s| s.parse::<usize>().ok());
+    match command.as_str() {
+        "time" => match parse_all(rest, parse_query) {
+            Some(queries) => cmd_time(&queries),
+            None => usage(),
+        },
+        "threads" => match (
+            number(0),
+            number(1),
+            parse_all(rest.get(2..).unwrap_or(&[]), Expectation::parse),
+        ) {
+            (Some(t), Some(n), Some(e)) => cmd_threads(t, n, e),
+            _ => usage(),
+        },
+        "fork" => match (
+            number(0),
+            parse_all(rest.get(1..).unwrap_or(&[]), Expectation::parse),
+        ) {
+            (Some(rounds), Some(e)) => cmd_fork(rounds, e),
+            _ => usage(),
+        },
+        "atexit" | "atexit-only" => match parse_all(rest, Expectation::parse) {
+            Some(e) => cmd_atexit(e, command == "atexit"),
+            None => usage(),
+        },
+        _ => usage(),
+    }
+}

@@ -1,0 +1,164 @@
+//! Lookups through real glibc with the module, in a private mount namespace.
+//!
+//! `unshare --mount --propagation private` gives the command its own view of
+//! `/etc/nsswitch.conf`, `/etc/passwd`, `/etc/group`, `/etc/shadow` and
+//! `/etc/gshadow` (bind mounts of the fixture's files); the mounts vanish with
+//! the namespace when the command exits, so the machine's `/etc` is untouched.
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::artifacts;
+use crate::fixture::Fixture;
+use crate::process::{self, Outcome};
+
+/// `files` first, merge on group: the configuration the project recommends.
+pub const FILES_THEN_BROKER: &str = "\
+passwd: files broker
+group: files [SUCCESS=merge] broker
+shadow: files broker
+gshadow: files broker
+";
+
+/// Only the module: every lookup reaches it.
+pub const BROKER_ONLY: &str = "\
+passwd: broker
+group: broker
+shadow: broker
+gshadow: broker
+";
+
+/// Without a limit a hung lookup would hang the suite.
+pub const DEFAULT_LIMIT: Duration = Duration::from_secs(60);
+
+/// Binds the fixture's files over /etc, then runs the command. Arguments:
+/// $1 nsswitch.conf, $2 the fixture's etc directory, then the command.
+const SETUP_SCRIPT: &str = r#"set -e
+mount --bind "$1" /etc/nsswitch.conf
+for db in passwd group shadow gshadow; do mount --bind "$2/$db" "/etc/$db"; done
+shift 2
+exec "$@"
+"#;
+
+/// The uid and gid of `nobody` used for unprivileged lookups.
+pub const NOBODY: u32 = 65534;
+
+/// How to run lookups for one test: which nsswitch.conf, which socket, which
+/// environment.
+#[derive(Debug, Clone)]
+pub struct Nss {
+    nsswitch: PathBuf,
+    etc: PathBuf,
+    lib_dir: PathBuf,
+    socket: PathBuf,
+    env: Vec<(String, OsString)>,
+    as_pid1: bool,
+    limit: Duration,
+}
+
+impl Nss {
+    /// Lookups against `fixture` with `nsswitch` as `/etc/nsswitch.conf` and
+    /// `USERDB_BROKER_SOCKET` set to the fixture's socket.
+    pub fn new(fixture: &Fixture, nsswitch: &str) -> Nss {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let scratch = fixture.scratch();
+        let nsswitch_path = scratch.join(format!(
+            "nsswitch.{}.conf",
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::write(&nsswitch_path, nsswitch)
+            .unwrap_or_else(|e| panic!("write {}: {e}", nsswitch_path.display()));
+        Nss {
+            nsswitch: nsswitch_path,
+            etc: fixture.root().join("etc"),
+            lib_dir: module_dir(scratch),
+            socket: fixture.socket_path(),
+            env: Vec::new(),
+            as_pid1: false,
+            limit: DEFAULT_LIMIT,
+        }
+    }
+
+    /// Point the module at another socket.
+    pub fn socket(mut self, path: &Path) -> Nss {
+        self.socket = path.to_path_buf();
+        self
+    }
+
+    /// An extra environment variable for the looked-up command.
+    pub fn env(mut self, key: &str, value: impl Into<OsString>) -> Nss {
+        self.env.push((key.to_owned(), value.into()));
+        self
+    }
+
+    /// Run the command as PID 1 of a new PID namespace.
+    pub fn as_pid1(mut self) -> Nss {
+        self.as_pid1 = true;
+        self
+    }
+
+    pub fn limit(mut self, limit: Duration) -> Nss {
+        self.limit = limit;
+        self
+    }
+
+    /// The command that runs `argv` in the namespace, with a clean
+    /// environment holding only what the lookup needs.
+    pub fn command(&self, argv: &[impl AsRef<std::ffi::OsStr>]) -> Command {
+        let mut command = Command::new("unshare");
+        command.args(["--mount", "--propagation", "private"]);
+        if self.as_pid1 {
+            command.args(["--pid", "--fork", "--kill-child", "--mount-proc"]);
+        }
+        command
+            .args(["--", "sh", "-c", SETUP_SCRIPT, "sh"])
+            .arg(&self.nsswitch)
+            .arg(&self.etc)
+            .args(argv)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("LANG", "C")
+            .env("LD_LIBRARY_PATH", &self.lib_dir)
+            .env("USERDB_BROKER_SOCKET", &self.socket);
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        command
+    }
+
+    /// Runs `argv` in the namespace and returns what it did.
+    pub fn run(&self, argv: &[&str]) -> Outcome {
+        process::run(self.command(argv), self.limit)
+    }
+
+    /// Runs `argv` as nobody with no supplementary groups.
+    pub fn run_as_nobody(&self, argv: &[&str]) -> Outcome {
+        let reuid = format!("--reuid={NOBODY}");
+        let regid = format!("--regid={NOBODY}");
+        let mut full = vec!["setpriv", reuid.as_str(), regid.as_str(), "--clear-groups"];
+        full.extend_from_slice(argv);
+        self.run(&full)
+    }
+}
+
+/// `<scratch>/lib` holding `libnss_broker.so.2` -> the built module, for
+/// `LD_LIBRARY_PATH`.
+fn module_dir(scratch: &Path) -> PathBuf {
+    let dir = scratch.join("lib");
+    let link = dir.join("libnss_broker.so.2");
+    if !link.exists() {
+        let module = artifacts::module();
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        match symlink(&module, &link) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => panic!("symlink {}: {e}", link.display()),
+        }
+    }
+    dir
+}

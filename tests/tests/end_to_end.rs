@@ -1,0 +1,705 @@
+//! Issue 2: the path `getent`/`id` → glibc → libnss_broker.so.2 →
+//! userdb-brokerd → fixture files and userdb drop-ins, asserted on whole
+//! output lines.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use userdb_broker_tests::fixture::{BASE_GROUP, BASE_PASSWD, BASE_SHADOW, FILESUSER_HASH};
+use userdb_broker_tests::nss::{BROKER_ONLY, FILES_THEN_BROKER};
+use userdb_broker_tests::{artifacts, exclusive, Broker, DropinDir, Fixture, Nss, Outcome};
+
+/// A drop-in user with every passwd field set, and the line it must produce.
+struct User {
+    name: &'static str,
+    uid: u32,
+    gecos: &'static str,
+    home: &'static str,
+    shell: &'static str,
+}
+
+impl User {
+    fn record(&self) -> Value {
+        json!({
+            "userName": self.name, "uid": self.uid, "gid": self.uid,
+            "realName": self.gecos, "homeDirectory": self.home, "shell": self.shell,
+        })
+    }
+
+    fn passwd_line(&self) -> String {
+        format!(
+            "{}:x:{}:{}:{}:{}:{}",
+            self.name, self.uid, self.uid, self.gecos, self.home, self.shell
+        )
+    }
+
+    /// The user's own group (same name and id, no members).
+    fn group_record(&self) -> Value {
+        json!({ "groupName": self.name, "gid": self.uid })
+    }
+
+    fn group_line(&self) -> String {
+        format!("{}:x:{}:", self.name, self.uid)
+    }
+}
+
+const ALICE: User = User {
+    name: "alice",
+    uid: 1001,
+    gecos: "Alice Example",
+    home: "/home/alice",
+    shell: "/bin/bash",
+};
+const BOB: User = User {
+    name: "bob",
+    uid: 1002,
+    gecos: "Bob From UsrLib",
+    home: "/home/bob",
+    shell: "/bin/zsh",
+};
+/// In etc/userdb; a different `dual` with the same uid is in usr/lib/userdb.
+const DUAL: User = User {
+    name: "dual",
+    uid: 1003,
+    gecos: "Dual From Etc",
+    home: "/home/dual",
+    shell: "/bin/bash",
+};
+const DUAL_SHADOWED: User = User {
+    name: "dual",
+    uid: 1003,
+    gecos: "Dual From UsrLib",
+    home: "/srv/dual",
+    shell: "/bin/sh",
+};
+const CAROL: User = User {
+    name: "carol",
+    uid: 1004,
+    gecos: "Carol In Run",
+    home: "/home/carol",
+    shell: "/bin/bash",
+};
+const ERIN: User = User {
+    name: "erin",
+    uid: 1005,
+    gecos: "Erin In UsrLocal",
+    home: "/home/erin",
+    shell: "/bin/bash",
+};
+/// Member of 200 drop-in groups.
+const MANY: User = User {
+    name: "many",
+    uid: 1500,
+    gecos: "In 200 Groups",
+    home: "/home/many",
+    shell: "/bin/bash",
+};
+
+const ALICE_HASH: &str = "$6$alicesalt$AliceDropinHashOnlyRootMaySee";
+/// 19000 days in µs, as `lastPasswordChangeUSec`.
+const DAYS_19000_USEC: u64 = 19_000 * 86_400 * 1_000_000;
+
+const DEVS_GID: u32 = 2000;
+const BIG_GID: u32 = 5000;
+const BIG_MEMBERS: usize = 3000;
+const MANY_GROUPS: u32 = 200;
+const MANY_FIRST_GID: u32 = 6000;
+
+fn big_members() -> Vec<String> {
+    (0..BIG_MEMBERS).map(|i| format!("m{i:04}")).collect()
+}
+
+fn many_group_name(i: u32) -> String {
+    format!("g{i:03}")
+}
+
+/// Users and groups from the drop-ins, in every directory the broker reads.
+fn populated() -> Fixture {
+    let f = Fixture::new();
+    for (user, dir) in [
+        (&ALICE, DropinDir::Etc),
+        (&BOB, DropinDir::UsrLib),
+        (&DUAL, DropinDir::Etc),
+        (&DUAL_SHADOWED, DropinDir::UsrLib),
+        (&CAROL, DropinDir::Run),
+        (&ERIN, DropinDir::UsrLocalLib),
+        (&MANY, DropinDir::Etc),
+    ] {
+        f.dropin_user(dir, &user.record());
+        f.dropin_group(dir, &user.group_record());
+    }
+    let mut alice = ALICE.record();
+    alice["lastPasswordChangeUSec"] = json!(DAYS_19000_USEC);
+    f.dropin_user(DropinDir::Etc, &alice);
+    f.dropin_user_privileged(
+        DropinDir::Etc,
+        "alice",
+        &json!({ "hashedPassword": [ALICE_HASH] }),
+    );
+
+    f.dropin_group(
+        DropinDir::Etc,
+        &json!({ "groupName": "devs", "gid": DEVS_GID, "members": ["alice"] }),
+    );
+    // alice is already in the record: must still be listed once.
+    f.dropin_membership(DropinDir::Etc, "alice", "devs");
+    f.dropin_membership(DropinDir::UsrLib, "bob", "devs");
+    // wheel is in /etc/group with filesuser; alice joins it by drop-in.
+    f.dropin_membership(DropinDir::Etc, "alice", "wheel");
+
+    f.dropin_group(
+        DropinDir::UsrLib,
+        &json!({ "groupName": "big", "gid": BIG_GID, "members": big_members() }),
+    );
+    for i in 0..MANY_GROUPS {
+        let name = many_group_name(i);
+        f.dropin_group(
+            DropinDir::UsrLib,
+            &json!({ "groupName": name, "gid": MANY_FIRST_GID + i }),
+        );
+        f.dropin_membership(DropinDir::UsrLib, "many", &name);
+    }
+    f
+}
+
+const DROPIN_USERS: [&User; 6] = [&ALICE, &BOB, &DUAL, &CAROL, &ERIN, &MANY];
+
+/// Group lines the drop-ins define, as the broker must serve them merged.
+fn dropin_group_lines() -> Vec<String> {
+    let mut lines: Vec<String> = DROPIN_USERS.iter().map(|u| u.group_line()).collect();
+    lines.push(format!("devs:x:{DEVS_GID}:alice,bob"));
+    lines.push(format!("big:x:{BIG_GID}:{}", big_members().join(",")));
+    lines.extend(
+        (0..MANY_GROUPS).map(|i| format!("{}:x:{}:many", many_group_name(i), MANY_FIRST_GID + i)),
+    );
+    lines
+}
+
+fn run_ok(nss: &Nss, argv: &[&str]) -> Vec<String> {
+    let out = nss.run(argv);
+    out.assert_code(0, &argv.join(" "));
+    out.stdout.lines().map(str::to_owned).collect()
+}
+
+/// The single line `argv` prints, asserting success and exactly one line.
+fn one_line(nss: &Nss, argv: &[&str]) -> String {
+    let lines = run_ok(nss, argv);
+    assert_eq!(
+        lines.len(),
+        1,
+        "{}: expected one line, got {lines:?}",
+        argv.join(" ")
+    );
+    lines.into_iter().next().unwrap_or_default()
+}
+
+fn assert_not_found(nss: &Nss, argv: &[&str]) {
+    let out = nss.run(argv);
+    out.assert_code(2, &argv.join(" "));
+    assert_eq!(out.stdout, "", "{}: printed something", argv.join(" "));
+}
+
+fn sorted(lines: impl IntoIterator<Item = impl Into<String>>) -> Vec<String> {
+    let mut v: Vec<String> = lines.into_iter().map(Into::into).collect();
+    v.sort();
+    v
+}
+
+/// `id` output split into (uid part, gid part, supplementary groups as a
+/// set), asserting no group appears twice and the primary group comes first.
+fn parse_id(line: &str) -> (String, String, BTreeSet<String>) {
+    let fields: Vec<&str> = line.split(' ').collect();
+    assert_eq!(fields.len(), 3, "unexpected id output: {line}");
+    let groups: Vec<&str> = fields[2]
+        .strip_prefix("groups=")
+        .unwrap_or_else(|| panic!("no groups= in {line}"))
+        .split(',')
+        .collect();
+    let gid = fields[1].strip_prefix("gid=").unwrap_or_default();
+    assert_eq!(
+        groups.first(),
+        Some(&gid),
+        "primary group not first: {line}"
+    );
+    let set: BTreeSet<String> = groups.iter().map(|g| (*g).to_owned()).collect();
+    assert_eq!(set.len(), groups.len(), "a group is listed twice: {line}");
+    (fields[0].to_owned(), fields[1].to_owned(), set)
+}
+
+fn set_of(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// `getent initgroups` output: the name padded to 21 columns, then gids.
+fn parse_initgroups(line: &str, name: &str) -> BTreeSet<u32> {
+    assert!(
+        line.starts_with(&format!("{name:<21}")),
+        "initgroups line does not start with the padded name: {line:?}"
+    );
+    let gids: Vec<u32> = line[21..]
+        .split_whitespace()
+        .map(|g| {
+            g.parse()
+                .unwrap_or_else(|_| panic!("bad gid {g:?} in {line:?}"))
+        })
+        .collect();
+    let set: BTreeSet<u32> = gids.iter().copied().collect();
+    assert_eq!(set.len(), gids.len(), "a gid is listed twice: {line:?}");
+    set
+}
+
+#[test]
+fn passwd_by_name_and_uid_from_files_and_every_dropin_dir() {
+    let f = populated();
+    let _broker = Broker::start(&f);
+    let nss = Nss::new(&f, BROKER_ONLY);
+    for line in BASE_PASSWD {
+        let name = line.split(':').next().unwrap_or_default();
+        let uid = line.split(':').nth(2).unwrap_or_default();
+        assert_eq!(one_line(&nss, &["getent", "passwd", name]), line);
+        assert_eq!(one_line(&nss, &["getent", "passwd", uid]), line);
+    }
+    for user in DROPIN_USERS {
+        let expected = user.passwd_line();
+        assert_eq!(one_line(&nss, &["getent", "passwd", user.name]), expected);
+        assert_eq!(
+            one_line(&nss, &["getent", "passwd", &user.uid.to_string()]),
+            expected
+        );
+    }
+    assert_not_found(&nss, &["getent", "passwd", "nosuchuser"]);
+    assert_not_found(&nss, &["getent", "passwd", "4000"]);
+}
+
+#[test]
+fn first_dropin_directory_wins_by_name_and_by_uid() {
+    let f = populated();
+    let _broker = Broker::start(&f);
+    let nss = Nss::new(&f, BROKER_ONLY);
+    let expected = DUAL.passwd_line();
+    assert_ne!(expected, DUAL_SHADOWED.passwd_line());
+    assert_eq!(one_line(&nss, &["getent", "passwd", "dual"]), expected);
+    assert_eq!(one_line(&nss, &["getent", "passwd", "1003"]), expected);
+}
+
+#[test]
+fn group_by_name_and_gid_from_files_and_dropins() {
+    let f = populated();
+    let _broker = Broker::start(&f);
+    let nss = Nss::new(&f, BROKER_ONLY);
+    let mut expected: Vec<String> = BASE_GROUP
+        .iter()
+        .map(|l| {
+            if l.starts_with("wheel:") {
+                "wheel:x:10:filesuser,alice".to_owned()
+            } else {
+                (*l).to_owned()
+            }
+        })
+        .collect();
+    expected.extend(
+        dropin_group_lines()
+            .into_iter()
+            .filter(|l| !l.starts_with("big:")),
+    );
+    for line in &expected {
+        let name = line.split(':').next().unwrap_or_default();
+        let gid = line.split(':').nth(2).unwrap_or_default();
+        assert_eq!(&one_line(&nss, &["getent", "group", name]), line);
+        assert_eq!(&one_line(&nss, &["getent", "group", gid]), line);
+    }
+    assert_not_found(&nss, &["getent", "group", "nosuchgroup"]);
+    assert_not_found(&nss, &["getent", "group", "4000"]);
+}
+
+#[test]
+fn group_of_3000_members_survives_the_erange_retry() {
+    let f = populated();
+    let _broker = Broker::start(&f);
+    let expected = format!("big:x:{BIG_GID}:{}", big_members().join(","));
+    for conf in [BROKER_ONLY, FILES_THEN_BROKER] {
+        let nss = Nss::new(&f, conf);
+        assert_eq!(
+            one_line(&nss, &["getent", "group", "big"]),
+            expected,
+            "{conf}"
+        );
+        assert_eq!(
+            one_line(&nss, &["getent", "group", &BIG_GID.to_string()]),
+            expected,
+            "{conf}"
+        );
+    }
+}
+
+#[test]
+fn id_and_initgroups_list_each_group_once() {
+    let f = populated();
+    let _broker = Broker::start(&f);
+    for conf in [BROKER_ONLY, FILES_THEN_BROKER] {
+        let nss = Nss::new(&f, conf);
+        let (uid, gid, groups) = parse_id(&one_line(&nss, &["id", "alice"]));
+        assert_eq!(
+            (uid.as_str(), gid.as_str()),
+            ("uid=1001(alice)", "gid=1001(alice)"),
+            "{conf}"
+        );
+        assert_eq!(
+            groups,
+            set_of(&["1001(alice)", "10(wheel)", "2000(devs)"]),
+            "{conf}"
+        );
+
+        let (uid, gid, groups) = parse_id(&one_line(&nss, &["id", "filesuser"]));
+        assert_eq!(
+            (uid.as_str(), gid.as_str()),
+            ("uid=1000(filesuser)", "gid=1000(filesuser)"),
+            "{conf}"
+        );
+        assert_eq!(
+            groups,
+            set_of(&["1000(filesuser)", "4(adm)", "10(wheel)"]),
+            "{conf}"
+        );
+
+        let line = one_line(&nss, &["getent", "initgroups", "alice"]);
+        assert_eq!(
+            parse_initgroups(&line, "alice"),
+            BTreeSet::from([10, DEVS_GID]),
+            "{conf}"
+        );
+        let line = one_line(&nss, &["getent", "initgroups", "bob"]);
+        assert_eq!(
+            parse_initgroups(&line, "bob"),
+            BTreeSet::from([DEVS_GID]),
+            "{conf}"
+        );
+    }
+}
+
+#[test]
+fn user_in_200_groups() {
+    let f = populated();
+    let _broker = Broker::start(&f);
+    let nss = Nss::new(&f, BROKER_ONLY);
+    let mut expected: BTreeSet<String> = (0..MANY_GROUPS)
+        .map(|i| format!("{}({})", MANY_FIRST_GID + i, many_group_name(i)))
+        .collect();
+    expected.insert("1500(many)".to_owned());
+    let (uid, gid, groups) = parse_id(&one_line(&nss, &["id", "many"]));
+    assert_eq!(
+        (uid.as_str(), gid.as_str()),
+        ("uid=1500(many)", "gid=1500(many)")
+    );
+    assert_eq!(groups, expected);
+
+    let line = one_line(&nss, &["getent", "initgroups", "many"]);
+    let expected: BTreeSet<u32> = (0..MANY_GROUPS).map(|i| MANY_FIRST_GID + i).collect();
+    assert_eq!(parse_initgroups(&line, "many"), expected);
+}
+
+#[test]
+fn enumerations_list_every_entry_once() {
+    let f = populated();
+    let _broker = Broker::start(&f);
+    let nss = Nss::new(&f, BROKER_ONLY);
+
+    let mut expected: Vec<String> = BASE_PASSWD.iter().map(|l| (*l).to_owned()).collect();
+    expected.extend(DROPIN_USERS.iter().map(|u| u.passwd_line()));
+    assert_eq!(
+        sorted(run_ok(&nss, &["getent", "passwd"])),
+        sorted(expected)
+    );
+
+    let mut expected: Vec<String> = BASE_GROUP
+        .iter()
+        .map(|l| {
+            if l.starts_with("wheel:") {
+                "wheel:x:10:filesuser,alice".to_owned()
+            } else {
+                (*l).to_owned()
+            }
+        })
+        .collect();
+    expected.extend(dropin_group_lines());
+    assert_eq!(sorted(run_ok(&nss, &["getent", "group"])), sorted(expected));
+}
+
+#[test]
+fn merge_with_files_first_lists_every_member_and_entry_once() {
+    let f = populated();
+    let _broker = Broker::start(&f);
+    let nss = Nss::new(&f, FILES_THEN_BROKER);
+
+    // nss-systemd 252 prints wheel:x:10:filesuser,filesuser,alice here.
+    assert_eq!(
+        one_line(&nss, &["getent", "group", "wheel"]),
+        "wheel:x:10:filesuser,alice"
+    );
+    assert_eq!(
+        one_line(&nss, &["getent", "group", "10"]),
+        "wheel:x:10:filesuser,alice"
+    );
+    assert_eq!(
+        one_line(&nss, &["getent", "group", "adm"]),
+        "adm:x:4:filesuser"
+    );
+    assert_eq!(
+        one_line(&nss, &["getent", "group", "devs"]),
+        "devs:x:2000:alice,bob"
+    );
+
+    // Enumeration: glibc prints /etc/passwd itself, then the broker adds
+    // only what the files do not have.
+    let lines = run_ok(&nss, &["getent", "passwd"]);
+    assert_eq!(lines[..BASE_PASSWD.len()], BASE_PASSWD.map(String::from));
+    assert_eq!(
+        sorted(lines[BASE_PASSWD.len()..].to_vec()),
+        sorted(DROPIN_USERS.iter().map(|u| u.passwd_line()))
+    );
+
+    let lines = run_ok(&nss, &["getent", "group"]);
+    assert!(
+        lines.len() >= BASE_GROUP.len(),
+        "short group enumeration: {lines:?}"
+    );
+    assert_eq!(lines[..BASE_GROUP.len()], BASE_GROUP.map(String::from));
+    assert_eq!(
+        sorted(lines[BASE_GROUP.len()..].to_vec()),
+        sorted(dropin_group_lines())
+    );
+    let names: Vec<&str> = lines
+        .iter()
+        .map(|l| l.split(':').next().unwrap_or_default())
+        .collect();
+    let unique: BTreeSet<&str> = names.iter().copied().collect();
+    assert_eq!(unique.len(), names.len(), "a group is enumerated twice");
+}
+
+#[test]
+fn shadow_hash_only_for_root() {
+    let f = populated();
+    let _broker = Broker::start(&f);
+    let alice_shadow = format!("alice:{ALICE_HASH}:19000::::::");
+    let filesuser_shadow = BASE_SHADOW[5];
+    for conf in [BROKER_ONLY, FILES_THEN_BROKER] {
+        let nss = Nss::new(&f, conf);
+        assert_eq!(
+            one_line(&nss, &["getent", "shadow", "alice"]),
+            alice_shadow,
+            "{conf}"
+        );
+        assert_eq!(
+            one_line(&nss, &["getent", "shadow", "filesuser"]),
+            filesuser_shadow,
+            "{conf}"
+        );
+
+        for argv in [
+            &["getent", "shadow", "alice"][..],
+            &["getent", "shadow", "filesuser"],
+            &["getent", "shadow"],
+        ] {
+            let out = nss.run_as_nobody(argv);
+            assert!(!out.timed_out, "{}", out.describe());
+            for hash in [ALICE_HASH, FILESUSER_HASH] {
+                assert!(
+                    !out.stdout.contains(hash),
+                    "{conf} {argv:?} as nobody revealed a hash\n{}",
+                    out.describe()
+                );
+            }
+        }
+    }
+}
+
+/// Bad drop-ins: the file name and what is wrong with its content.
+fn hostile_dropins() -> Vec<(&'static str, Vec<u8>)> {
+    let huge = "A".repeat(1 << 20);
+    vec![
+        (
+            "broken.user",
+            br#"{"userName": "broken", "uid": 1100,"#.to_vec(),
+        ),
+        (
+            "mismatch.user",
+            br#"{"userName": "someoneelse", "uid": 1101}"#.to_vec(),
+        ),
+        (
+            "huge.user",
+            json!({ "userName": "huge", "uid": 1102, "realName": huge })
+                .to_string()
+                .into_bytes(),
+        ),
+        (
+            "rawnul.user",
+            b"{\"userName\": \"rawnul\", \"uid\": 1103, \"realName\": \"a\0b\"}".to_vec(),
+        ),
+        (
+            "escnul.user",
+            br#"{"userName": "escnul", "uid": 1104, "realName": "x\u0000y"}"#.to_vec(),
+        ),
+        (
+            "colon.user",
+            br#"{"userName": "colon", "uid": 1105, "realName": "Evil:0:0:root:/root:/bin/sh"}"#
+                .to_vec(),
+        ),
+        (
+            "negative.user",
+            br#"{"userName": "negative", "uid": -1}"#.to_vec(),
+        ),
+        (
+            "badmember.group",
+            br#"{"groupName": "badmember", "gid": 1106, "members": ["ok", "evil:member"]}"#
+                .to_vec(),
+        ),
+    ]
+}
+
+#[test]
+fn hostile_dropins_are_skipped_with_a_log_line_and_the_rest_is_served() {
+    let f = Fixture::new();
+    f.dropin_user(DropinDir::Etc, &ALICE.record());
+    for (file_name, bytes) in hostile_dropins() {
+        f.dropin_raw(DropinDir::Etc, file_name, &bytes);
+    }
+    let mut broker = Broker::start(&f);
+    let nss = Nss::new(&f, BROKER_ONLY);
+
+    assert_eq!(
+        one_line(&nss, &["getent", "passwd", "alice"]),
+        ALICE.passwd_line()
+    );
+    for name in [
+        "broken",
+        "someoneelse",
+        "mismatch",
+        "huge",
+        "rawnul",
+        "escnul",
+        "colon",
+        "negative",
+    ] {
+        assert_not_found(&nss, &["getent", "passwd", name]);
+    }
+    for uid in 1100..=1105 {
+        assert_not_found(&nss, &["getent", "passwd", &uid.to_string()]);
+    }
+    assert_not_found(&nss, &["getent", "group", "badmember"]);
+
+    let passwd = run_ok(&nss, &["getent", "passwd"]);
+    for line in &passwd {
+        assert_eq!(
+            line.split(':').count(),
+            7,
+            "passwd line with wrong field count: {line:?}"
+        );
+    }
+    let mut expected: Vec<String> = BASE_PASSWD.iter().map(|l| (*l).to_owned()).collect();
+    expected.push(ALICE.passwd_line());
+    assert_eq!(sorted(passwd), sorted(expected));
+    assert_eq!(
+        sorted(run_ok(&nss, &["getent", "group"])),
+        sorted(BASE_GROUP)
+    );
+
+    assert!(broker.is_running(), "broker died:\n{}", broker.log());
+    let log = broker.log();
+    for (file_name, _) in hostile_dropins() {
+        assert!(
+            log.lines().any(|l| l.contains(file_name)),
+            "no log line names {file_name}:\n{log}"
+        );
+    }
+}
+
+/// Polls `getent passwd NAME` until it prints `expected` (None: not found);
+/// returns how long that took after the change.
+fn time_until(nss: &Nss, name: &str, expected: Option<&str>, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let out = nss.run(&["getent", "passwd", name]);
+        let seen = match out.code() {
+            Some(0) => Some(out.stdout.trim_end().to_owned()),
+            _ => None,
+        };
+        if seen.as_deref() == expected {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "after {limit:?} getent passwd {name} still gives {seen:?}, want {expected:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn dropin_added_changed_removed_while_running_is_served_within_a_second() {
+    let _timing = exclusive();
+    let f = Fixture::new();
+    let _broker = Broker::start(&f);
+    let nss = Nss::new(&f, BROKER_ONLY);
+    assert_not_found(&nss, &["getent", "passwd", "late"]);
+    let mut late = User {
+        name: "late",
+        uid: 1200,
+        gecos: "Added Late",
+        home: "/home/late",
+        shell: "/bin/bash",
+    };
+    let limit = Duration::from_secs(1);
+
+    f.dropin_user(DropinDir::Etc, &late.record());
+    let added = time_until(&nss, "late", Some(&late.passwd_line()), limit);
+    late.gecos = "Changed Late";
+    f.dropin_user(DropinDir::Etc, &late.record());
+    let changed = time_until(&nss, "late", Some(&late.passwd_line()), limit);
+    f.remove_dropin(DropinDir::Etc, "late.user");
+    f.remove_dropin(DropinDir::Etc, "1200.user");
+    let removed = time_until(&nss, "late", None, limit);
+    println!("drop-in reload: added {added:?}, changed {changed:?}, removed {removed:?}");
+}
+
+/// DESIGN.md: exactly these symbols are public.
+const EXPORTED: [&str; 16] = [
+    "_nss_broker_endgrent",
+    "_nss_broker_endpwent",
+    "_nss_broker_endspent",
+    "_nss_broker_getgrent_r",
+    "_nss_broker_getgrgid_r",
+    "_nss_broker_getgrnam_r",
+    "_nss_broker_getpwent_r",
+    "_nss_broker_getpwnam_r",
+    "_nss_broker_getpwuid_r",
+    "_nss_broker_getsgnam_r",
+    "_nss_broker_getspent_r",
+    "_nss_broker_getspnam_r",
+    "_nss_broker_initgroups_dyn",
+    "_nss_broker_setgrent",
+    "_nss_broker_setpwent",
+    "_nss_broker_setspent",
+];
+
+#[test]
+fn module_exports_exactly_the_nss_entry_points() {
+    let mut nm = Command::new("nm");
+    nm.args(["--dynamic", "--defined-only", "--format=posix"])
+        .arg(artifacts::module());
+    let out: Outcome = userdb_broker_tests::process::run(nm, Duration::from_secs(30));
+    out.assert_code(0, "nm");
+    let exported: BTreeSet<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split(' ');
+            let name = parts.next()?;
+            let kind = parts.next()?;
+            // Text and data symbols; the version node of the library is type A.
+            matches!(kind, "T" | "D" | "B" | "R" | "W" | "V").then_some(name)
+        })
+        .collect();
+    assert_eq!(exported, EXPORTED.into_iter().collect::<BTreeSet<&str>>());
+}
