@@ -1,0 +1,326 @@
+#!/bin/bash
+# The boot test: installs the Debian package into a copy of a Debian bookworm
+# tree, boots it with systemd-nspawn and proves that generators and
+# daemon-reload never wait on the broker or on PID 1 (see tests/nspawn/README.md).
+#
+# Two boots: "broker" (group: files [SUCCESS=merge] broker) whose results are
+# asserted, and "control" (systemd in place of broker on the group line) whose
+# timings are only printed beside ours. Exit 0 when every assertion holds.
+#
+# Environment:
+#   USERDB_BROKER_TEST_CACHE  cache directory (default /var/cache/userdb-broker-tests);
+#                             the bookworm tree is debootstrapped into it when absent
+#   DEBIAN_MIRROR             mirror for debootstrap (default http://deb.debian.org/debian)
+#   USERDB_BROKER_DEB         a prebuilt .deb (default: packaging/debian/build-deb.sh)
+#   BOOT_TIMEOUT              seconds one boot may take before it is killed (default 240)
+#   SKIP_CONTROL=1            skip the control boot
+#   KEEP_WORKDIR=1            keep the per-run trees and logs for inspection
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+cache=${USERDB_BROKER_TEST_CACHE:-/var/cache/userdb-broker-tests}
+tree=$cache/bookworm
+mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+boot_timeout=${BOOT_TIMEOUT:-240}
+generator_bound_us=200000
+reload_bound_us=2000000
+
+if [[ $(id -u) != 0 ]]; then
+    echo "boot-test.sh: must run as root (debootstrap, mounts, systemd-nspawn)" >&2
+    exit 2
+fi
+for tool in systemd-nspawn dpkg-deb mountpoint timeout; do
+    if ! command -v "$tool" >/dev/null; then
+        echo "boot-test.sh: $tool is missing (apt-get install systemd-container dpkg coreutils util-linux)" >&2
+        exit 2
+    fi
+done
+
+# --- cleanup: everything this script mounts or starts is undone here --------
+workdir=""
+mounts=()
+nspawn_pid=""
+nspawn_tmpfs=""
+cleanup() {
+    local status=$? i
+    trap - EXIT INT TERM
+    if [[ -n $nspawn_pid ]] && kill -0 "$nspawn_pid" 2>/dev/null; then
+        kill -TERM "$nspawn_pid" 2>/dev/null || true
+        wait "$nspawn_pid" 2>/dev/null || true
+    fi
+    for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do
+        umount "${mounts[i]}" 2>/dev/null || umount --lazy "${mounts[i]}" || true
+    done
+    if [[ -n $nspawn_tmpfs ]]; then
+        umount "$nspawn_tmpfs" || true
+    fi
+    if [[ -n $workdir ]]; then
+        if [[ ${KEEP_WORKDIR:-0} == 1 ]]; then
+            echo "kept $workdir"
+        else
+            rm -rf "$workdir"
+        fi
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- host-side timings ------------------------------------------------------
+steps=()
+step_start=0
+begin() { step_start=$(date +%s%N); echo "== $1"; }
+finish() { steps+=("$1"$'\t'$((($(date +%s%N) - step_start) / 1000000))); }
+
+# --- the cached tree --------------------------------------------------------
+ensure_tree() {
+    if [[ -x $tree/usr/lib/systemd/systemd || -x $tree/lib/systemd/systemd ]]; then
+        return
+    fi
+    command -v debootstrap >/dev/null || {
+        echo "boot-test.sh: no cached tree at $tree and no debootstrap (apt-get install debootstrap)" >&2
+        exit 2
+    }
+    mkdir -p "$cache"
+    exec {lock}>"$cache/.lock"
+    flock "$lock"
+    if [[ ! -d $tree ]]; then
+        rm -rf "$tree.tmp"
+        debootstrap --variant=minbase \
+            --include=systemd,systemd-sysv,dbus,libnss-systemd,procps \
+            bookworm "$tree.tmp" "$mirror"
+        mv "$tree.tmp" "$tree"
+    fi
+    exec {lock}>&-
+}
+
+begin "cached bookworm tree ($tree)"
+ensure_tree
+finish "cached tree ready"
+
+begin "Debian package"
+deb=${USERDB_BROKER_DEB:-$("$repo/packaging/debian/build-deb.sh" | tail -n1)}
+echo "$deb"
+finish "build .deb"
+
+workdir=$(mktemp -d /var/tmp/userdb-broker-boot.XXXXXX)
+
+mkdir -p /run/systemd/nspawn
+if ! mountpoint -q /run/systemd/nspawn; then
+    mount -t tmpfs -o mode=0755 tmpfs /run/systemd/nspawn
+    nspawn_tmpfs=/run/systemd/nspawn
+fi
+
+# --- one container tree per run ---------------------------------------------
+# prepare NAME GROUP_LINE: an overlay over the cached tree (a copy when the
+# kernel offers no overlayfs), with the package, the test's users, generator
+# and units installed. The cached tree itself is never written.
+prepare() {
+    local name=$1 group_line=$2 run=$workdir/$1 root
+    root=$run/root
+    mkdir -p "$run/upper" "$run/work" "$root"
+    if mount -t overlay overlay \
+        -o "lowerdir=$tree,upperdir=$run/upper,workdir=$run/work" "$root" 2>/dev/null; then
+        mounts+=("$root")
+    else
+        cp -a "$tree/." "$root/"
+    fi
+
+    cp "$deb" "$root/tmp/userdb-broker.deb"
+    chroot "$root" dpkg -i /tmp/userdb-broker.deb >"$run/dpkg.log" 2>&1 || {
+        cat "$run/dpkg.log" >&2
+        return 1
+    }
+    rm "$root/tmp/userdb-broker.deb"
+
+    sed -i -E \
+        -e 's/^passwd:.*/passwd:         files broker/' \
+        -e "s/^group:.*/group:          $group_line/" \
+        -e 's/^shadow:.*/shadow:         files broker/' \
+        -e 's/^gshadow:.*/gshadow:        files broker/' \
+        "$root/etc/nsswitch.conf"
+
+    # A user that exists only as a drop-in, with its own group, a membership
+    # drop-in for a group /etc/group lists without it (users) and one for a
+    # group /etc/group already lists it in (adm): merged, each member once.
+    mkdir -p "$root/etc/userdb"
+    cat >"$root/etc/userdb/dropuser.user" <<'JSON'
+{"userName":"dropuser","uid":4711,"gid":4711,"realName":"Boot test drop-in user","homeDirectory":"/nonexistent","shell":"/bin/sh","disposition":"regular"}
+JSON
+    cat >"$root/etc/userdb/dropuser.group" <<'JSON'
+{"groupName":"dropuser","gid":4711,"disposition":"regular"}
+JSON
+    ln -s dropuser.user "$root/etc/userdb/4711.user"
+    ln -s dropuser.group "$root/etc/userdb/4711.group"
+    : >"$root/etc/userdb/dropuser:users.membership"
+    : >"$root/etc/userdb/dropuser:adm.membership"
+    sed -i -E '/^adm:/{s/:$/:dropuser/;t;s/$/,dropuser/}' "$root/etc/group"
+
+    install -D -m 0755 "$here/guest/boot-test-generator" "$root/etc/systemd/system-generators/boot-test-generator"
+    install -D -m 0755 "$here/guest/boot-test-check" "$root/usr/local/sbin/boot-test-check"
+    local unit
+    for unit in boot-test-user boot-test-dynamic boot-test-check; do
+        install -m 0644 "$here/guest/$unit.service" "$root/etc/systemd/system/"
+    done
+    mkdir -p "$root/etc/systemd/system/multi-user.target.wants"
+    ln -s ../boot-test-user.service ../boot-test-check.service "$root/etc/systemd/system/multi-user.target.wants/"
+    mkdir -p "$root/var/lib/boot-test"
+    # A persistent journal, so the broker's log can be read after poweroff.
+    mkdir -p "$root/var/log/journal"
+}
+
+# boot NAME: boots the prepared tree until it powers itself off.
+boot() {
+    local run=$workdir/$1 status=0
+    timeout --kill-after=15 "$boot_timeout" systemd-nspawn -D "$run/root" -b \
+        --register=no --keep-unit --quiet </dev/null >"$run/console.log" 2>&1 &
+    nspawn_pid=$!
+    wait "$nspawn_pid" || status=$?
+    nspawn_pid=""
+    echo "$status" >"$run/nspawn.status"
+    if [[ $status != 0 ]]; then
+        echo "systemd-nspawn exited with $status (124: killed after ${boot_timeout}s); last console lines:"
+        tail -n 25 "$run/console.log"
+    fi
+}
+
+runs=(broker)
+[[ ${SKIP_CONTROL:-0} == 1 ]] || runs+=(control)
+for run in "${runs[@]}"; do
+    case $run in
+    broker) group_line='files [SUCCESS=merge] broker' ;;
+    control) group_line='files [SUCCESS=merge] systemd' ;;
+    esac
+    begin "prepare $run tree (group: $group_line)"
+    prepare "$run" "$group_line"
+    finish "prepare $run"
+    begin "boot $run"
+    boot "$run"
+    finish "boot $run (nspawn wall time)"
+done
+
+# --- reading the results ------------------------------------------------------
+# value RUN KEY: one value from the run's results file.
+value() {
+    awk -F'\t' -v key="$2" '$1 == key { v = $2 } END { print v }' \
+        "$workdir/$1/root/var/lib/boot-test/results" 2>/dev/null || true
+}
+generator_log() { cat "$workdir/$1/root/var/lib/boot-test/generator.log" 2>/dev/null || true; }
+ms() { [[ -n $1 ]] && awk -v us="$1" 'BEGIN { printf "%.1f", us / 1000 }' || echo "-"; }
+
+# generator_max RUN PHASE LOOKUP: the slowest such generator lookup, in µs.
+generator_max() {
+    generator_log "$1" | awk -F'\t' -v phase="$2" -v lookup="$3" '
+        { p = $1; sub(/-[0-9]+$/, "", p) }
+        p == phase && $2 == lookup { if ($3 > max) max = $3; seen = 1 }
+        END { if (seen) print max }'
+}
+reloads() {
+    local i out=""
+    for i in 1 2 3 4 5; do
+        out+="$(ms "$(value "$1" "reload.$2.$i.us")" | sed 's/\..*//') "
+    done
+    echo "${out% }"
+}
+
+# --- assertions on the broker run ---------------------------------------------
+failures=()
+check() { # check DESCRIPTION COMMAND...
+    local what=$1
+    shift
+    if "$@"; then
+        echo "ok   $what"
+    else
+        echo "FAIL $what"
+        failures+=("$what")
+    fi
+}
+equals() { [[ $1 == "$2" ]]; }
+matches() { [[ $1 =~ $2 ]]; }
+below() { [[ -n $1 && $1 -lt $2 ]]; }
+count_of() { grep -o -- "$2" <<<"$1" | wc -l; }
+
+r=broker
+echo
+echo "== assertions (broker run)"
+check "boot ended by the test's own poweroff" equals "$(cat "$workdir/$r/nspawn.status")" 0
+check "check script completed" equals "$(value $r done)" yes
+check "multi-user.target reached" equals "$(value $r multi-user)" active
+check "broker running as its own process (pid $(value $r broker.pid))" \
+    matches "$(value $r broker.pid)/$(value $r broker.comm)" '^([2-9]|[1-9][0-9]+)/userdb-brokerd$'
+check "getent passwd dropuser" matches "$(value $r getent-passwd-dropuser.out)" '^dropuser:x:4711:4711:'
+id_out=$(value $r id-dropuser.out)
+check "id dropuser: uid, gid" matches "$id_out" '^uid=4711\(dropuser\) gid=4711\(dropuser\)'
+check "id dropuser: users (drop-in membership) listed once" equals "$(count_of "$id_out" '100(users)')" 1
+check "id dropuser: adm (files and drop-in) listed once" equals "$(count_of "$id_out" '4(adm)')" 1
+check "getent group users merges the drop-in member" equals "$(value $r getent-group-users.out)" "users:x:100:dropuser"
+check "getent group adm lists dropuser once" equals \
+    "$(value $r getent-group-adm.out | cut -d: -f4 | tr ',' '\n' | grep -cx dropuser)" 1
+check "User=dropuser unit ran as dropuser" matches "$(value $r user-unit.out)" '^uid=4711\(dropuser\)'
+dynamic_uid=$(value $r dynamic.uid)
+check "DynamicUser= unit's user resolves through the broker by name (uid $dynamic_uid)" \
+    matches "$(value $r dynamic-by-name.out)" "^boot-test-dynamic:[^:]*:$dynamic_uid:"
+check "DynamicUser= unit's user resolves through the broker by uid" \
+    matches "$(value $r dynamic-by-uid.out)" '^boot-test-dynamic:'
+check "broker was stopped, then frozen (state T)" equals "$(value $r broker.stopped)/$(value $r broker.frozen)" "inactive/T"
+for phase in running stopped frozen; do
+    for i in 1 2 3 4 5; do
+        check "daemon-reload $phase #$i < 2 s ($(ms "$(value $r "reload.$phase.$i.us")") ms)" \
+            below "$(value $r "reload.$phase.$i.us")" "$reload_bound_us"
+        check "daemon-reload $phase #$i re-ran the generator" \
+            equals "$(generator_log $r | awk -F'\t' -v p="$phase-$i" '$1 == p' | wc -l)" 3
+    done
+done
+check "generator ran at boot" equals "$(generator_log $r | awk -F'\t' '$1 == "boot"' | wc -l)" 3
+slow=$(generator_log $r | awk -F'\t' -v bound="$generator_bound_us" '$3 >= bound { print $1 " " $2 " " $3 " µs" }')
+check "every generator lookup < 200 ms${slow:+ (slow: $slow)}" equals "$slow" ""
+
+# --- the table ------------------------------------------------------------------
+echo
+echo "== timings (ms; generator rows: slowest of the runs in that phase)"
+table() {
+    local label=$1 broker_value=$2 control_value=$3 bound=$4
+    printf '%-52s | %-24s | %-24s | %s\n' "$label" "$broker_value" "$control_value" "$bound"
+}
+control_or_dash() { [[ ${SKIP_CONTROL:-0} == 1 ]] && echo "-" || "$@"; }
+table "measurement" "broker" "control: group systemd" "bound"
+table "---" "---" "---" "---"
+for phase in boot running stopped frozen; do
+    for lookup in getent-group-systemd-network id-dropuser getent-passwd-dropuser; do
+        table "generator $lookup ($phase)" \
+            "$(ms "$(generator_max broker $phase $lookup)")" \
+            "$(control_or_dash ms "$(generator_max control $phase $lookup)")" "< 200"
+    done
+done
+for phase in running stopped frozen; do
+    table "daemon-reload x5, broker $phase" "$(reloads broker $phase)" \
+        "$(control_or_dash reloads control $phase)" "< 2000 each"
+done
+for lookup in getent-passwd-dropuser id-dropuser getent-group-users getent-group-systemd-network dynamic-by-name; do
+    table "after boot: $lookup" "$(ms "$(value broker "$lookup.us")")" \
+        "$(control_or_dash ms "$(value control "$lookup.us")")" ""
+done
+table "getent passwd dropuser, broker frozen" "$(ms "$(value broker frozen-getent-passwd-dropuser.us)")" \
+    "$(control_or_dash ms "$(value control frozen-getent-passwd-dropuser.us)")" ""
+echo
+echo "== host steps (ms)"
+for step in "${steps[@]}"; do
+    printf '%-40s %s\n' "${step%%$'\t'*}" "${step#*$'\t'}"
+done
+
+if ((${#failures[@]})); then
+    echo
+    echo "boot test FAILED: ${#failures[@]} assertion(s)"
+    for run in "${runs[@]}"; do
+        echo "--- $run: failed units: $(value "$run" failed-units)"
+        echo "--- $run: broker log (last 20 lines)"
+        journalctl -D "$workdir/$run/root/var/log/journal" -u userdb-brokerd.service \
+            --no-pager -o short-monotonic 2>/dev/null | tail -n 20 || true
+    done
+    echo "(KEEP_WORKDIR=1 keeps the trees, console logs and results)"
+    exit 1
+fi
+echo
+echo "boot test passed"
