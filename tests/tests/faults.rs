@@ -1,0 +1,628 @@
+//! Issue 3: whatever the broker does, a lookup through libnss_broker.so.2
+//! never waits past its bound, and the contexts that must not wait at all
+//! never open a socket. Every timing row prints its measured figure as
+//! `fault-matrix | row | measured | bound` (run with `--nocapture`).
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+use userdb_broker_tests::fake::{open_idle_connections, Behaviour};
+use userdb_broker_tests::nss::{BROKER_ONLY, FILES_THEN_BROKER};
+use userdb_broker_tests::{
+    artifacts, exclusive, process, Backlogged, Broker, DropinDir, FakeBroker, Fixture, Nss, Outcome,
+};
+
+const PROBE: &str = env!("CARGO_BIN_EXE_nss-probe");
+
+/// The deadline the hung-broker rows configure.
+const DEADLINE_MS: u64 = 300;
+
+/// Each timing row runs this many fresh processes; every run must hold the bound.
+const RUNS: usize = 3;
+
+const ALICE_LINE: &str = "alice:x:1001:1001:Alice Example:/home/alice:/bin/bash";
+
+/// A fixture with one drop-in user and group, for rows that need a live broker.
+fn fixture_with_alice() -> Fixture {
+    let f = Fixture::new();
+    f.dropin_user(
+        DropinDir::Etc,
+        &json!({
+            "userName": "alice", "uid": 1001, "gid": 1001, "realName": "Alice Example",
+            "homeDirectory": "/home/alice", "shell": "/bin/bash",
+        }),
+    );
+    f.dropin_group(
+        DropinDir::Etc,
+        &json!({ "groupName": "alice", "gid": 1001 }),
+    );
+    f.dropin_membership(DropinDir::Etc, "alice", "wheel");
+    f
+}
+
+/// One lookup as `nss-probe time` reports it.
+#[derive(Debug)]
+struct Timed {
+    query: String,
+    took: Duration,
+    answer: String,
+}
+
+#[derive(Debug)]
+struct ProbeRun {
+    lookups: Vec<Timed>,
+    total: Duration,
+}
+
+impl ProbeRun {
+    fn first(&self) -> &Timed {
+        &self.lookups[0]
+    }
+}
+
+fn parse_micros(text: &str, line: &str) -> Duration {
+    Duration::from_micros(
+        text.parse()
+            .unwrap_or_else(|_| panic!("bad µs {text:?} in probe line {line:?}")),
+    )
+}
+
+/// Runs `nss-probe time QUERY...` and parses what it measured around each libc call.
+fn probe_time(nss: &Nss, queries: &[&str]) -> ProbeRun {
+    let mut argv = vec![PROBE, "time"];
+    argv.extend_from_slice(queries);
+    let out = nss.run(&argv);
+    out.assert_code(0, "nss-probe time");
+    let mut lookups = Vec::new();
+    let mut total = None;
+    for line in out.stdout.lines() {
+        let fields: Vec<&str> = line.splitn(3, '\t').collect();
+        match fields[..] {
+            ["total", micros] => total = Some(parse_micros(micros, line)),
+            [query, micros, answer] => lookups.push(Timed {
+                query: query.to_owned(),
+                took: parse_micros(micros, line),
+                answer: answer.to_owned(),
+            }),
+            _ => panic!("unexpected probe line {line:?}\n{}", out.describe()),
+        }
+    }
+    assert_eq!(lookups.len(), queries.len(), "{}", out.describe());
+    ProbeRun {
+        lookups,
+        total: total.unwrap_or_else(|| panic!("no total line\n{}", out.describe())),
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn report(row: &str, measured: &[Duration], bound_ms: f64) {
+    let all: Vec<String> = measured.iter().map(|d| format!("{:.2}", ms(*d))).collect();
+    let worst = measured.iter().max().copied().unwrap_or_default();
+    println!(
+        "fault-matrix | {row} | max {:.2} ms (runs: {} ms) | bound {bound_ms} ms",
+        ms(worst),
+        all.join(", ")
+    );
+}
+
+/// Runs `measure` RUNS times, reports, and asserts every run within `bound_ms`.
+fn assert_row(row: &str, bound_ms: f64, mut measure: impl FnMut() -> Duration) {
+    let measured: Vec<Duration> = (0..RUNS).map(|_| measure()).collect();
+    report(row, &measured, bound_ms);
+    for d in &measured {
+        assert!(
+            ms(*d) <= bound_ms,
+            "{row}: {:.2} ms exceeds {bound_ms} ms",
+            ms(*d)
+        );
+    }
+}
+
+/// A failed lookup, as the probe prints it: glibc reports UNAVAIL as an
+/// error code or (with another service on the line) as not found.
+fn assert_failed(timed: &Timed) {
+    assert!(
+        timed.answer == "notfound" || timed.answer.starts_with("error "),
+        "{}: expected a failed lookup, got {:?}",
+        timed.query,
+        timed.answer
+    );
+}
+
+/// Lookups against a fake broker on the fixture's socket, deadline DEADLINE_MS.
+fn against_fake(f: &Fixture) -> Nss {
+    Nss::new(f, BROKER_ONLY).env("USERDB_BROKER_TIMEOUT_MS", DEADLINE_MS.to_string())
+}
+
+/// Asserts the fake saw at least one connection: the row really exercised it.
+fn assert_connected(fake: &FakeBroker) {
+    assert!(
+        fake.accepted_after(Duration::from_millis(50)) > 0,
+        "the module never connected to the fake broker"
+    );
+}
+
+#[test]
+fn socket_absent_fails_within_5_ms() {
+    let _timing = exclusive();
+    let f = Fixture::new();
+    let nss = Nss::new(&f, BROKER_ONLY).socket(&f.scratch().join("absent"));
+    assert_row("socket absent (first lookup in the process)", 5.0, || {
+        let run = probe_time(&nss, &["passwd:nosuchuser"]);
+        assert_eq!(
+            run.first().answer,
+            "error 2",
+            "UNAVAIL with ENOENT expected"
+        );
+        run.first().took
+    });
+    let files_first = Nss::new(&f, FILES_THEN_BROKER).socket(&f.scratch().join("absent"));
+    let out = files_first.run(&["getent", "passwd", "root"]);
+    out.assert_code(0, "files still answer without a broker");
+    assert_eq!(out.stdout, "root:x:0:0:root:/root:/bin/bash\n");
+}
+
+#[test]
+fn broker_that_accepts_and_never_answers_costs_one_deadline() {
+    let _timing = exclusive();
+    let f = Fixture::new();
+    let fake = FakeBroker::start(&f.socket_path(), Behaviour::NeverAnswer);
+    let nss = against_fake(&f);
+    assert_row("accepts, never answers, deadline 300 ms", 350.0, || {
+        let run = probe_time(&nss, &["passwd:nosuchuser"]);
+        assert_failed(run.first());
+        run.first().took
+    });
+    assert_connected(&fake);
+
+    let merged =
+        Nss::new(&f, FILES_THEN_BROKER).env("USERDB_BROKER_TIMEOUT_MS", DEADLINE_MS.to_string());
+    assert_row(
+        "  same, whole `getent group daemon` process (files+merge)",
+        450.0,
+        || {
+            let out = merged.run(&["getent", "group", "daemon"]);
+            out.assert_code(0, "getent group daemon");
+            assert_eq!(out.stdout, "daemon:x:1:\n");
+            out.elapsed
+        },
+    );
+    assert_row(
+        "  same, whole `id daemon` process (files+merge)",
+        450.0,
+        || {
+            let out = merged.run(&["id", "daemon"]);
+            out.assert_code(0, "id daemon");
+            assert_eq!(out.stdout, "uid=1(daemon) gid=1(daemon) groups=1(daemon)\n");
+            out.elapsed
+        },
+    );
+}
+
+#[test]
+fn socket_listening_but_never_accepting_costs_one_deadline() {
+    let _timing = exclusive();
+    let f = Fixture::new();
+    let backlog = Backlogged::start(&f.socket_path());
+    assert!(backlog.queued() > 0);
+    let nss = against_fake(&f);
+    assert_row(
+        "listening, never accepting (full backlog), deadline 300 ms",
+        350.0,
+        || {
+            let run = probe_time(&nss, &["passwd:nosuchuser"]);
+            assert_failed(run.first());
+            run.first().took
+        },
+    );
+}
+
+#[test]
+fn three_lookups_against_a_hung_broker_cost_one_deadline() {
+    let _timing = exclusive();
+    let f = Fixture::new();
+    let fake = FakeBroker::start(&f.socket_path(), Behaviour::NeverAnswer);
+    let nss = against_fake(&f);
+    assert_row(
+        "three lookups in one process, hung broker, deadline 300 ms",
+        400.0,
+        || {
+            let run = probe_time(
+                &nss,
+                &["passwd:nosuchuser", "group:nosuchgroup", "uid:4000"],
+            );
+            run.lookups.iter().for_each(assert_failed);
+            run.total
+        },
+    );
+    assert_connected(&fake);
+}
+
+#[test]
+fn trickled_or_unterminated_reply_costs_one_deadline() {
+    let _timing = exclusive();
+    for (row, behaviour) in [
+        (
+            "reply trickled one byte per 20 ms, deadline 300 ms",
+            Behaviour::Trickle {
+                interval: Duration::from_millis(20),
+            },
+        ),
+        (
+            "reply never NUL-terminated, deadline 300 ms",
+            Behaviour::Unterminated,
+        ),
+    ] {
+        let f = Fixture::new();
+        let fake = FakeBroker::start(&f.socket_path(), behaviour);
+        let nss = against_fake(&f);
+        assert_row(row, 350.0, || {
+            let run = probe_time(&nss, &["passwd:fake"]);
+            assert_failed(run.first());
+            run.first().took
+        });
+        assert_connected(&fake);
+    }
+}
+
+#[test]
+fn garbage_or_oversized_reply_fails_cleanly_within_the_deadline() {
+    let _timing = exclusive();
+    for (row, behaviour) in [
+        ("garbage reply", Behaviour::Garbage),
+        (
+            "oversized reply (32 MiB, no terminator)",
+            Behaviour::Oversized { bytes: 32 << 20 },
+        ),
+        (
+            "connection closed mid-reply (broker killed)",
+            Behaviour::CloseMidReply,
+        ),
+    ] {
+        let f = Fixture::new();
+        let fake = FakeBroker::start(&f.socket_path(), behaviour);
+        let nss = against_fake(&f);
+        assert_row(row, DEADLINE_MS as f64, || {
+            let run = probe_time(&nss, &["passwd:fake"]);
+            assert_failed(run.first());
+            run.first().took
+        });
+        assert_connected(&fake);
+    }
+}
+
+#[test]
+fn broker_killed_then_restarted_answers_again() {
+    let _timing = exclusive();
+    let f = fixture_with_alice();
+    let nss = Nss::new(&f, BROKER_ONLY);
+    let mut broker = Broker::start(&f);
+    let lookup = || nss.run(&["getent", "passwd", "alice"]);
+    let before = lookup();
+    before.assert_code(0, "live broker");
+    assert_eq!(before.stdout.trim_end(), ALICE_LINE);
+
+    broker.kill();
+    let down = lookup();
+    down.assert_code(2, "broker killed");
+    assert_eq!(down.stdout, "");
+    report(
+        "broker killed: whole getent process",
+        &[down.elapsed],
+        100.0,
+    );
+    assert!(down.ms() < 100.0, "{}", down.describe());
+
+    let _restarted = Broker::start(&f);
+    let after = lookup();
+    after.assert_code(0, "restarted broker");
+    assert_eq!(after.stdout.trim_end(), ALICE_LINE);
+}
+
+/// Runs `getent passwd nosuchuser` with `nss` against a counting fake and
+/// returns how many connections it made.
+fn connections_made(f: &Fixture, nss: &Nss) -> usize {
+    let fake = FakeBroker::start(&f.socket_path(), Behaviour::NotFound);
+    let out = nss.run(&["getent", "passwd", "nosuchuser"]);
+    out.assert_code(2, "lookup of an unknown user");
+    fake.accepted_after(Duration::from_millis(100))
+}
+
+#[test]
+fn bypass_variables_and_pid_1_make_no_connection() {
+    let f = Fixture::new();
+    let plain = Nss::new(&f, BROKER_ONLY);
+    assert!(
+        connections_made(&f, &plain) > 0,
+        "control: without a bypass the module must connect"
+    );
+    for (key, value) in [
+        ("USERDB_BROKER_BYPASS", "1"),
+        ("SYSTEMD_BYPASS_USERDB", "io.userdb.Broker"),
+        (
+            "SYSTEMD_BYPASS_USERDB",
+            "io.systemd.DynamicUser:io.userdb.Broker",
+        ),
+        ("SYSTEMD_BYPASS_USERDB", "1"),
+    ] {
+        let nss = Nss::new(&f, BROKER_ONLY).env(key, value);
+        assert_eq!(connections_made(&f, &nss), 0, "{key}={value} connected");
+    }
+    let pid1 = Nss::new(&f, BROKER_ONLY).as_pid1();
+    assert_eq!(
+        connections_made(&f, &pid1),
+        0,
+        "a lookup as PID 1 connected"
+    );
+}
+
+/// What PID 1 gives generators in systemd 252.
+const GENERATOR_ENV: [(&str, &str); 4] = [
+    ("SYSTEMD_SCOPE", "system"),
+    ("SYSTEMD_ARCHITECTURE", "x86-64"),
+    ("SYSTEMD_IN_INITRD", "0"),
+    ("SYSTEMD_FIRST_BOOT", "0"),
+];
+
+fn generator(nss: Nss) -> Nss {
+    GENERATOR_ENV.iter().fold(nss, |nss, (k, v)| nss.env(k, *v))
+}
+
+#[test]
+fn generator_context_waits_at_most_100_ms_and_still_gets_answers() {
+    let _timing = exclusive();
+    let f = fixture_with_alice();
+    {
+        let fake = FakeBroker::start(&f.socket_path(), Behaviour::NeverAnswer);
+        // No USERDB_BROKER_TIMEOUT_MS: the default of 1000 ms must be cut to 100.
+        let nss = generator(Nss::new(&f, BROKER_ONLY));
+        assert_row("generator environment, hung broker", 150.0, || {
+            let run = probe_time(&nss, &["group:nosuchgroup"]);
+            assert_failed(run.first());
+            run.first().took
+        });
+        assert_connected(&fake);
+    }
+    let _broker = Broker::start(&f);
+    let nss = generator(Nss::new(&f, BROKER_ONLY));
+    let out = nss.run(&["getent", "passwd", "alice"]);
+    out.assert_code(0, "generator, live broker");
+    assert_eq!(out.stdout.trim_end(), ALICE_LINE);
+    let merged = generator(Nss::new(&f, FILES_THEN_BROKER));
+    let out = merged.run(&["getent", "group", "wheel"]);
+    out.assert_code(0, "generator, live broker, merge");
+    assert_eq!(out.stdout, "wheel:x:10:filesuser,alice\n");
+}
+
+/// Lookups with known answers for the probe's threads/fork/atexit modes.
+const EXPECTATIONS: [&str; 6] = [
+    "passwd:alice=1001",
+    "passwd:root=0",
+    "group:wheel=10",
+    "group:alice=1001",
+    "passwd:nosuchuser=-",
+    "group:nosuchgroup=-",
+];
+
+fn probe(nss: &Nss, mode: &[&str]) -> Outcome {
+    let mut argv = vec![PROBE];
+    argv.extend_from_slice(mode);
+    argv.extend_from_slice(&EXPECTATIONS);
+    nss.run(&argv)
+}
+
+#[test]
+fn sixty_four_threads_times_ten_thousand_lookups_are_all_correct() {
+    let _heavy = exclusive();
+    let f = fixture_with_alice();
+    let _broker = Broker::start(&f);
+    let nss = Nss::new(&f, BROKER_ONLY).limit(Duration::from_secs(240));
+    let out = probe(&nss, &["threads", "64", "10000"]);
+    println!(
+        "64 threads x 10000 lookups: {:.1} s, {}",
+        out.elapsed.as_secs_f64(),
+        out.stdout.trim()
+    );
+    out.assert_code(0, "every answer correct");
+    assert_eq!(out.stdout, "lookups=640000 wrong=0 crashed_threads=0\n");
+}
+
+#[test]
+fn fork_from_a_threaded_process_keeps_lookups_working_in_parent_and_child() {
+    let _heavy = exclusive();
+    let f = fixture_with_alice();
+    let _broker = Broker::start(&f);
+    let nss = Nss::new(&f, BROKER_ONLY);
+    let out = probe(&nss, &["fork", "50"]);
+    out.assert_code(0, "fork");
+    assert_eq!(
+        out.stdout,
+        "rounds=50 child_failed=0 child_hung=0 parent_wrong=0 background_wrong=0\n"
+    );
+}
+
+#[test]
+fn lookup_from_an_atexit_handler_does_not_crash() {
+    let f = fixture_with_alice();
+    let _broker = Broker::start(&f);
+    let nss = Nss::new(&f, BROKER_ONLY);
+    let lines = |prefix: &str| -> String {
+        EXPECTATIONS
+            .iter()
+            .map(|e| {
+                format!(
+                    "{prefix} {} right\n",
+                    e.rsplit_once('=').map_or(*e, |(q, _)| q)
+                )
+            })
+            .collect()
+    };
+    let out = probe(&nss, &["atexit"]);
+    out.assert_code(0, "atexit after lookups in main");
+    assert_eq!(out.stdout, lines("main") + &lines("atexit"));
+    let out = probe(&nss, &["atexit-only"]);
+    out.assert_code(0, "first lookup in atexit");
+    assert_eq!(out.stdout, lines("atexit"));
+}
+
+#[test]
+fn broker_refuses_to_run_as_pid_1() {
+    let f = Fixture::new();
+    let mut command = Command::new("unshare");
+    command
+        .args(["--pid", "--fork", "--kill-child", "--mount-proc"])
+        .arg(artifacts::brokerd())
+        .arg("--root")
+        .arg(f.root())
+        .arg("--socket")
+        .arg(f.socket_path());
+    let out = process::run(command, Duration::from_secs(10));
+    assert!(
+        !out.timed_out,
+        "the broker kept running as PID 1\n{}",
+        out.describe()
+    );
+    assert!(
+        !out.status.success(),
+        "exit status must be non-zero\n{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("PID 1"),
+        "no clear message naming PID 1\n{}",
+        out.describe()
+    );
+    assert!(
+        !f.socket_path().exists(),
+        "the broker created its socket as PID 1"
+    );
+}
+
+#[test]
+fn broker_answers_a_new_client_within_50_ms_under_2000_idle_connections() {
+    let _timing = exclusive();
+    let f = fixture_with_alice();
+    let mut broker = Broker::start(&f);
+    let idle = open_idle_connections(broker.socket(), 2000, Duration::from_secs(10));
+    println!("idle connections opened: {}", idle.len());
+    let nss = Nss::new(&f, BROKER_ONLY);
+    assert_row(
+        &format!("new client under {} idle connections", idle.len()),
+        50.0,
+        || {
+            let run = probe_time(&nss, &["passwd:alice"]);
+            assert_eq!(run.first().answer, format!("found {ALICE_LINE}"));
+            run.first().took
+        },
+    );
+    assert!(
+        broker.is_running(),
+        "broker died under the flood:\n{}",
+        broker.log()
+    );
+    assert_eq!(idle.len(), 2000, "could not even open 2000 connections");
+}
+
+#[test]
+fn broker_starts_and_serves_with_broker_in_its_own_nsswitch_conf() {
+    let f = fixture_with_alice();
+    let own = Nss::new(&f, BROKER_ONLY);
+    let _broker = Broker::start_under(&f, &own);
+    let out = Nss::new(&f, BROKER_ONLY).run(&["getent", "passwd", "alice"]);
+    out.assert_code(0, "served");
+    assert_eq!(out.stdout.trim_end(), ALICE_LINE);
+}
+
+#[test]
+fn broker_binary_imports_no_nss_lookup_functions() {
+    let mut nm = Command::new("nm");
+    nm.args(["--dynamic", "--undefined-only", "--format=posix"])
+        .arg(artifacts::brokerd());
+    let out = process::run(nm, Duration::from_secs(30));
+    out.assert_code(0, "nm");
+    let forbidden = [
+        "getpw",
+        "getgr",
+        "getsp",
+        "getsg",
+        "initgroups",
+        "getgrouplist",
+        "setpwent",
+        "setgrent",
+    ];
+    let imported: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.split(' ').next())
+        .filter(|sym| forbidden.iter().any(|f| sym.starts_with(f)))
+        .collect();
+    assert!(!out.stdout.is_empty(), "nm listed no imports at all");
+    assert_eq!(
+        imported,
+        Vec::<&str>::new(),
+        "the broker can resolve users through NSS"
+    );
+}
+
+fn valgrind(nss: &Nss, argv: &[&str], ok_codes: &[i32]) {
+    let mut full = vec![
+        "valgrind",
+        "--error-exitcode=99",
+        "--leak-check=full",
+        "--errors-for-leak-kinds=definite",
+        "--track-fds=no",
+    ];
+    full.extend_from_slice(argv);
+    let out = nss.run(&full);
+    let code = out.code().unwrap_or(-1);
+    assert!(
+        ok_codes.contains(&code),
+        "valgrind {argv:?}: exit {code}, want one of {ok_codes:?}\n{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("ERROR SUMMARY: 0 errors"),
+        "valgrind {argv:?} reported errors\n{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn lookups_under_valgrind_show_no_invalid_access_or_definite_leak() {
+    let _heavy = exclusive();
+    let f = fixture_with_alice();
+    {
+        let _broker = Broker::start(&f);
+        for conf in [BROKER_ONLY, FILES_THEN_BROKER] {
+            let nss = Nss::new(&f, conf);
+            for argv in [
+                &["getent", "passwd", "alice"][..],
+                &["getent", "passwd", "1001"],
+                &["getent", "group", "wheel"],
+                &["getent", "group", "1001"],
+                &["getent", "initgroups", "alice"],
+                &["getent", "shadow", "alice"],
+                &["getent", "passwd"],
+                &["getent", "group"],
+                &["id", "alice"],
+            ] {
+                valgrind(&nss, argv, &[0]);
+            }
+            valgrind(&nss, &["getent", "passwd", "nosuchuser"], &[2]);
+        }
+    }
+    for behaviour in [
+        Behaviour::Garbage,
+        Behaviour::Oversized { bytes: 32 << 20 },
+        Behaviour::NeverAnswer,
+        Behaviour::CloseMidReply,
+    ] {
+        let _fake = FakeBroker::start(&f.socket_path(), behaviour);
+        let nss = against_fake(&f);
+        valgrind(&nss, &["getent", "passwd", "alice"], &[2]);
+    }
+}
