@@ -1,0 +1,547 @@
+//! The C ABI glibc calls, and every `unsafe` block of the crate.
+//!
+//! Each entry point turns its raw arguments into safe values, runs its body
+//! under `catch_unwind` (a panic becomes `NSS_STATUS_UNAVAIL`, it never
+//! unwinds into C), restores `errno` to what it was on entry (our own
+//! socket calls must not leak their errno into the caller) and then sets
+//! `*errnop` only when the call failed, which is what glibc reads.
+
+use std::ffi::{c_char, c_int, c_long, CStr, CString};
+use std::mem::size_of;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use libc::{gid_t, uid_t};
+use userdb_proto::names::valid_name;
+use userdb_proto::record::{GroupRecord, UserRecord};
+
+use crate::client::{new_gids, Failure, Host, Key, Lookup, Status};
+use crate::enumerate::{GROUPS, SHADOW, USERS};
+use crate::nsswitch::Database;
+use crate::pack::{self, PasswdFields, TooSmall};
+
+extern "C" {
+    // glibc's secure_getenv (NULL in set-uid/set-gid processes); the libc
+    // crate does not bind it for glibc targets.
+    fn secure_getenv(name: *const c_char) -> *mut c_char;
+}
+
+/// glibc's `struct sgrp` (`<gshadow.h>`), which the libc crate lacks.
+#[repr(C)]
+pub struct Sgrp {
+    pub sg_namp: *mut c_char,
+    pub sg_passwd: *mut c_char,
+    pub sg_adm: *mut *mut c_char,
+    pub sg_mem: *mut *mut c_char,
+}
+
+/// A panic inside an entry point, caught before it could reach C.
+const PANICKED: Failure = Failure::unavail(libc::EIO);
+/// glibc passed a NULL where a struct or counter must be.
+const BAD_ARGUMENT: Failure = Failure::unavail(libc::EINVAL);
+/// `realloc` failed while growing the `initgroups` array (as glibc's files module).
+const OUT_OF_MEMORY: Failure = Failure {
+    status: Status::TryAgain,
+    errno: libc::ENOMEM,
+};
+
+fn env(name: &str) -> Option<String> {
+    let name = CString::new(name).ok()?;
+    // SAFETY: `name` is a valid NUL-terminated string for the call.
+    let value = unsafe { secure_getenv(name.as_ptr()) };
+    if value.is_null() {
+        return None;
+    }
+    // SAFETY: a non-NULL result is a NUL-terminated string in the
+    // environment; it is copied at once, before anything could change it.
+    let value = unsafe { CStr::from_ptr(value) };
+    value.to_str().ok().map(str::to_owned)
+}
+
+fn monotonic_ms() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for clock_gettime to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let secs = u64::try_from(now.tv_sec).unwrap_or(0);
+    let millis = u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000_000;
+    secs.saturating_mul(1000).saturating_add(millis)
+}
+
+fn start_lookup() -> Result<Lookup, Failure> {
+    // SAFETY: getpid has no preconditions and cannot fail.
+    let pid = unsafe { libc::getpid() };
+    Lookup::start(&Host {
+        env: &env,
+        pid: u32::try_from(pid).unwrap_or(0),
+        now_ms: monotonic_ms,
+    })
+}
+
+/// Runs an entry point's body: catches panics, keeps `errno`, reports failures.
+fn run(errnop: *mut c_int, body: impl FnOnce() -> Result<(), Failure>) -> c_int {
+    // SAFETY: __errno_location always returns this thread's errno slot.
+    let errno = unsafe { libc::__errno_location() };
+    // SAFETY: the slot is valid and only this thread uses it.
+    let saved = unsafe { *errno };
+    let result = catch_unwind(AssertUnwindSafe(body)).unwrap_or(Err(PANICKED));
+    // SAFETY: as above. Restored first: glibc usually passes `&errno` as
+    // `errnop`, and the failure's value written below must win.
+    unsafe { *errno = saved };
+    match result {
+        Ok(()) => Status::Success as c_int,
+        Err(failure) => {
+            if !errnop.is_null() {
+                // SAFETY: a non-NULL errnop points to an int glibc gave us to fill.
+                unsafe { *errnop = failure.errno };
+            }
+            failure.status as c_int
+        }
+    }
+}
+
+/// The name argument; a NULL, non-UTF-8 or invalid name cannot exist, so it
+/// is answered `NOTFOUND` without asking anyone.
+fn name_arg<'a>(name: *const c_char) -> Result<&'a str, Failure> {
+    if name.is_null() {
+        return Err(Failure::NOT_FOUND);
+    }
+    // SAFETY: glibc passes a NUL-terminated string valid for the whole call.
+    let name = unsafe { CStr::from_ptr(name) };
+    name.to_str()
+        .ok()
+        .filter(|n| valid_name(n))
+        .ok_or(Failure::NOT_FOUND)
+}
+
+/// The caller's buffer as a slice.
+fn buffer<'a>(buf: *mut c_char, buflen: usize) -> &'a mut [u8] {
+    if buf.is_null() || buflen == 0 {
+        return &mut [];
+    }
+    // SAFETY: glibc hands us `buflen` writable bytes at `buf`, ours alone
+    // for the duration of the call.
+    unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), buflen) }
+}
+
+fn too_small(_: TooSmall) -> Failure {
+    Failure::BUFFER_TOO_SMALL
+}
+
+/// Turns offsets into the buffer into the pointers glibc's structs hold.
+struct Pointers(*mut u8);
+
+impl Pointers {
+    fn string(&self, offset: usize) -> *mut c_char {
+        self.0.wrapping_add(offset).cast()
+    }
+
+    fn array(&self, offset: usize) -> *mut *mut c_char {
+        self.0.wrapping_add(offset).cast()
+    }
+}
+
+fn write_passwd(
+    out: *mut libc::passwd,
+    buf: *mut c_char,
+    buflen: usize,
+    user: &UserRecord,
+) -> Result<(), Failure> {
+    if out.is_null() {
+        return Err(BAD_ARGUMENT);
+    }
+    let bytes = buffer(buf, buflen);
+    let fields = PasswdFields {
+        name: &user.name,
+        gecos: &user.gecos,
+        dir: &user.home,
+        shell: &user.shell,
+    };
+    let layout = pack::pack_passwd(&fields, bytes).map_err(too_small)?;
+    let at = Pointers(bytes.as_mut_ptr());
+    let entry = libc::passwd {
+        pw_name: at.string(layout.name),
+        pw_passwd: at.string(layout.passwd),
+        pw_uid: user.uid,
+        pw_gid: user.gid,
+        pw_gecos: at.string(layout.gecos),
+        pw_dir: at.string(layout.dir),
+        pw_shell: at.string(layout.shell),
+    };
+    // SAFETY: `out` is non-NULL and points to the caller's struct passwd.
+    unsafe { out.write(entry) };
+    Ok(())
+}
+
+fn write_group(
+    out: *mut libc::group,
+    buf: *mut c_char,
+    buflen: usize,
+    group: &GroupRecord,
+) -> Result<(), Failure> {
+    if out.is_null() {
+        return Err(BAD_ARGUMENT);
+    }
+    let bytes = buffer(buf, buflen);
+    let layout = pack::pack_group(&group.name, &group.members, bytes).map_err(too_small)?;
+    let at = Pointers(bytes.as_mut_ptr());
+    let entry = libc::group {
+        gr_name: at.string(layout.name),
+        gr_passwd: at.string(layout.passwd),
+        gr_gid: group.gid,
+        gr_mem: at.array(layout.members),
+    };
+    // SAFETY: `out` is non-NULL and points to the caller's struct group.
+    unsafe { out.write(entry) };
+    Ok(())
+}
+
+/// Shadow days as glibc stores them: -1 for an empty field.
+fn days(value: Option<i64>) -> c_long {
+    value.and_then(|d| c_long::try_from(d).ok()).unwrap_or(-1)
+}
+
+fn write_shadow(
+    out: *mut libc::spwd,
+    buf: *mut c_char,
+    buflen: usize,
+    user: &UserRecord,
+    incomplete: bool,
+) -> Result<(), Failure> {
+    if incomplete {
+        return Err(Failure::NOT_PRIVILEGED);
+    }
+    if out.is_null() {
+        return Err(BAD_ARGUMENT);
+    }
+    let shadow = user.shadow.clone().unwrap_or_default();
+    let bytes = buffer(buf, buflen);
+    let layout = pack::pack_shadow(&user.name, shadow.hashed_password.as_deref(), bytes)
+        .map_err(too_small)?;
+    let at = Pointers(bytes.as_mut_ptr());
+    let entry = libc::spwd {
+        sp_namp: at.string(layout.name),
+        sp_pwdp: at.string(layout.passwd),
+        sp_lstchg: days(shadow.last_change_days),
+        sp_min: days(shadow.min_days),
+        sp_max: days(shadow.max_days),
+        sp_warn: days(shadow.warn_days),
+        sp_inact: days(shadow.inactive_days),
+        sp_expire: days(shadow.expire_days),
+        // An empty flag field, as glibc's own parser stores it.
+        sp_flag: libc::c_ulong::MAX,
+    };
+    // SAFETY: `out` is non-NULL and points to the caller's struct spwd.
+    unsafe { out.write(entry) };
+    Ok(())
+}
+
+fn write_gshadow(
+    out: *mut Sgrp,
+    buf: *mut c_char,
+    buflen: usize,
+    group: &GroupRecord,
+    incomplete: bool,
+) -> Result<(), Failure> {
+    if incomplete {
+        return Err(Failure::NOT_PRIVILEGED);
+    }
+    if out.is_null() {
+        return Err(BAD_ARGUMENT);
+    }
+    let shadow = group.shadow.clone().unwrap_or_default();
+    let bytes = buffer(buf, buflen);
+    let layout = pack::pack_gshadow(
+        &group.name,
+        shadow.hashed_password.as_deref(),
+        &shadow.administrators,
+        &group.members,
+        bytes,
+    )
+    .map_err(too_small)?;
+    let at = Pointers(bytes.as_mut_ptr());
+    let entry = Sgrp {
+        sg_namp: at.string(layout.name),
+        sg_passwd: at.string(layout.passwd),
+        sg_adm: at.array(layout.admins),
+        sg_mem: at.array(layout.members),
+    };
+    // SAFETY: `out` is non-NULL and points to the caller's struct sgrp.
+    unsafe { out.write(entry) };
+    Ok(())
+}
+
+fn fetch_users() -> Result<Vec<UserRecord>, Failure> {
+    let users = start_lookup()?.all_users(Database::Passwd)?;
+    Ok(users.into_iter().map(|(user, _)| user).collect())
+}
+
+fn fetch_groups() -> Result<Vec<GroupRecord>, Failure> {
+    let groups = start_lookup()?.all_groups(Database::Group)?;
+    Ok(groups.into_iter().map(|(group, _)| group).collect())
+}
+
+fn fetch_shadow() -> Result<Vec<UserRecord>, Failure> {
+    let users = start_lookup()?.all_users(Database::Shadow)?;
+    if users.iter().any(|(_, incomplete)| *incomplete) {
+        return Err(Failure::NOT_PRIVILEGED);
+    }
+    Ok(users.into_iter().map(|(user, _)| user).collect())
+}
+
+/// # Safety
+/// glibc's contract for `getpwnam_r` modules: valid or NULL pointers,
+/// `buf` holding `buflen` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn _nss_broker_getpwnam_r(
+    name: *const c_char,
+    result: *mut libc::passwd,
+    buf: *mut c_char,
+    buflen: usize,
+    errnop: *mut c_int,
+) -> c_int {
+    run(errnop, || {
+        let name = name_arg(name)?;
+        let (user, _) = start_lookup()?.user(Key::Name(name), Database::Passwd)?;
+        write_passwd(result, buf, buflen, &user)
+    })
+}
+
+/// # Safety
+/// As `_nss_broker_getpwnam_r`.
+#[no_mangle]
+pub unsafe extern "C" fn _nss_broker_getpwuid_r(
+    uid: uid_t,
+    result: *mut libc::passwd,
+    buf: *mut c_char,
+    buflen: usize,
+    errnop: *mut c_int,
+) -> c_int {
+    run(errnop, || {
+        let (user, _) = start_lookup()?.user(Key::Id(uid), Database::Passwd)?;
+        write_passwd(result, buf, buflen, &user)
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn _nss_broker_setpwent(_stayopen: c_int) -> c_int {
+    run(std::ptr::null_mut(), || USERS.open(fetch_users))
+}
+
+/// # Safety
+/// As `_nss_broker_getpwnam_r`.
+#[no_mangle]
+pub unsafe extern "C" fn _nss_broker_getpwent_r(
+    result: *mut libc::passwd,
+    buf: *mut c_char,
+    buflen: usize,
+    errnop: *mut c_int,
+) -> c_int {
+    run(errnop, || {
+        USERS.next(fetch_users, |user| write_passwd(result, buf, buflen, user))
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn _nss_broker_endpwent() -> c_int {
+    run(std::ptr::null_mut(), || USERS.close())
+}
+
+/// # Safety
+/// glibc's contract for `getgrnam_r` modules: valid or NULL pointers,
+/// `buf` holding `buflen` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn _nss_broker_getgrnam_r(
+    name: *const c_char,
+    result: *mut libc::group,
+    buf: *mut c_char,
+    buflen: usize,
+    errnop: *mut c_int,
+) -> c_int {
+    run(errnop, || {
+        let name = name_arg(name)?;
+        let (group, _) = start_lookup()?.group(Key::Name(name), Database::Group)?;
+        write_group(result, buf, buflen, &group)
+    })
+}
+
+/// # Safety
+/// As `_nss_broker_getgrnam_r`.
+#[no_mangle]
+pub unsafe extern "C" fn _nss_broker_getgrgid_r(
+    gid: gid_t,
+    result: *mut libc::group,
+    buf: *mut c_char,
+    buflen: usize,
+    errnop: *mut c_int,
+) -> c_int {
+    run(errnop, || {
+        let (group, _) = start_lookup()?.group(Key::Id(gid), Database::Group)?;
+        write_group(result, buf, buflen, &group)
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn _nss_broker_setgrent(_stayopen: c_int) -> c_int {
+    run(std::ptr::null_mut(), || GROUPS.open(fetch_groups))
+}
+
+/// # Safety
+/// As `_nss_broker_getgrnam_r`.
+#[no_mangle]
+pub unsafe extern "C" fn _nss_broker_getgrent_r(
+    result: *mut libc::group,
+    buf: *mut c_char,
+    buflen: usize,
+    errnop: *mut c_int,
+) -> c_int {
+    run(errnop, || {
+        GROUPS.next(fetch_groups, |group| {
+            write_group(result, buf, buflen, group)
+        })
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn _nss_broker_endgrent() -> c_int {
+    run(std::ptr::null_mut(), || GROUPS.close())
+}
+
+/// Adds the groups `user` is a member of to glibc's array, as glibc's
+/// files module does: `*start` entries are in use out of `*size`, the array
+/// grows with `realloc` (doubling, capped at `limit` when `limit > 0`).
+///
+/// # Safety
+/// glibc's contract for `initgroups_dyn`: `start`, `size` and `groupsp`
+/// valid, `*groupsp` a malloc'd array of `*size` gids, `*start` of them set.
+#[no_mangle]
+pub unsafe extern "C" fn _nss_broker_initgroups_dyn(
+    user: *const c_char,
+    group: gid_t,
+    start: *mut c_long,
+    size: *mut c_long,
+    groupsp: *mut *mut gid_t,
+    limit: c_long,
+    errnop: *mut c_int,
+) -> c_int {
+    run(errnop, || {
+        let user = name_arg(user)?;
+        if start.is_null() || size.is_null() || groupsp.is_null() {
+            return Err(BAD_ARGUMENT);
+        }
+        let found = start_lookup()?.membership_gids(user)?;
+        if found.is_empty() {
+            return Err(Failure::NOT_FOUND);
+        }
+        // SAFETY: the three pointers are non-NULL and glibc's to share.
+        let (mut filled, mut capacity, mut groups) = unsafe { (*start, *size, *groupsp) };
+        if filled < 0 || capacity < filled || (groups.is_null() && capacity > 0) {
+            return Err(BAD_ARGUMENT);
+        }
+        let present: &[gid_t] = if groups.is_null() {
+            &[]
+        } else {
+            // SAFETY: the first `*start` entries of the array are set gids.
+            unsafe { std::slice::from_raw_parts(groups, filled as usize) }
+        };
+        for gid in new_gids(&found, group, present) {
+            if filled == capacity {
+                if limit > 0 && capacity >= limit {
+                    break;
+                }
+                let mut grown_to = capacity.saturating_mul(2).max(1);
+                if limit > 0 {
+                    grown_to = grown_to.min(limit);
+                }
+                let bytes = usize::try_from(grown_to)
+                    .ok()
+                    .and_then(|n| n.checked_mul(size_of::<gid_t>()))
+                    .ok_or(OUT_OF_MEMORY)?;
+                // SAFETY: `groups` is NULL or glibc's malloc'd array; on
+                // failure realloc leaves it untouched and still ours to keep.
+                let grown = unsafe { libc::realloc(groups.cast(), bytes) }.cast::<gid_t>();
+                if grown.is_null() {
+                    return Err(OUT_OF_MEMORY);
+                }
+                groups = grown;
+                capacity = grown_to;
+                // SAFETY: the pointers are valid (checked above); glibc must
+                // see the new array and size even if a later step fails.
+                unsafe {
+                    *groupsp = groups;
+                    *size = capacity;
+                }
+            }
+            // SAFETY: `filled < capacity`, so the slot lies inside the array.
+            unsafe {
+                groups.add(filled as usize).write(gid);
+                filled += 1;
+                *start = filled;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// # Safety
+/// glibc's contract for `getspnam_r` modules: valid or NULL pointers,
+/// `buf` holding `buflen` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn _nss_broker_getspnam_r(
+    name: *const c_char,
+    result: *mut libc::spwd,
+    buf: *mut c_char,
+    buflen: usize,
+    errnop: *mut c_int,
+) -> c_int {
+    run(errnop, || {
+        let name = name_arg(name)?;
+        let (user, incomplete) = start_lookup()?.user(Key::Name(name), Database::Shadow)?;
+        write_shadow(result, buf, buflen, &user, incomplete)
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn _nss_broker_setspent(_stayopen: c_int) -> c_int {
+    run(std::ptr::null_mut(), || SHADOW.open(fetch_shadow))
+}
+
+/// # Safety
+/// As `_nss_broker_getspnam_r`.
+#[no_mangle]
+pub unsafe extern "C" fn _nss_broker_getspent_r(
+    result: *mut libc::spwd,
+    buf: *mut c_char,
+    buflen: usize,
+    errnop: *mut c_int,
+) -> c_int {
+    run(errnop, || {
+        SHADOW.next(fetch_shadow, |user| {
+            write_shadow(result, buf, buflen, user, false)
+        })
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn _nss_broker_endspent() -> c_int {
+    run(std::ptr::null_mut(), || SHADOW.close())
+}
+
+/// # Safety
+/// glibc's contract for `getsgnam_r` modules: valid or NULL pointers,
+/// `buf` holding `buflen` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn _nss_broker_getsgnam_r(
+    name: *const c_char,
+    result: *mut Sgrp,
+    buf: *mut c_char,
+    buflen: usize,
+    errnop: *mut c_int,
+) -> c_int {
+    run(errnop, || {
+        let name = name_arg(name)?;
+        let (group, incomplete) = start_lookup()?.group(Key::Name(name), Database::Gshadow)?;
+        write_gshadow(result, buf, buflen, &group, incomplete)
+    })
+}

@@ -1,0 +1,169 @@
+//! Whether glibc has already read the files for a database before asking
+//! us: `files` (or `compat`) stands before `broker` on that database's line
+//! of `/etc/nsswitch.conf`. The broker then leaves out what came only from
+//! those files, so merged groups list each member once and enumerations
+//! list each name once.
+//!
+//! The parsed file is cached and read again when its inode, size or mtime
+//! changes; the check costs one `stat` per call.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::{Mutex, TryLockError};
+
+use userdb_proto::nsswitch::{self, Line};
+
+pub const NSSWITCH_CONF: &str = "/etc/nsswitch.conf";
+
+/// Our service name on nsswitch.conf lines.
+const SERVICE: &str = "broker";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Database {
+    Passwd,
+    Group,
+    Shadow,
+    Gshadow,
+    /// `initgroups` falls back to the `group` line when it has none, as in glibc.
+    Initgroups,
+}
+
+impl Database {
+    fn line_name(self) -> &'static str {
+        match self {
+            Database::Passwd => "passwd",
+            Database::Group => "group",
+            Database::Shadow => "shadow",
+            Database::Gshadow => "gshadow",
+            Database::Initgroups => "initgroups",
+        }
+    }
+}
+
+/// Decides from parsed lines; no line for the database means glibc's
+/// default, which does not involve us, so there is nothing to leave out.
+pub fn files_first(lines: &[Line], database: Database) -> bool {
+    let line = match nsswitch::find(lines, database.line_name()) {
+        Some(line) => Some(line),
+        None if database == Database::Initgroups => nsswitch::find(lines, "group"),
+        None => None,
+    };
+    line.is_some_and(|line| line.files_before(SERVICE))
+}
+
+/// What identifies one version of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+#[derive(Debug)]
+struct Parsed {
+    stamp: Stamp,
+    lines: Vec<Line>,
+}
+
+/// The parsed file, shared by all threads of the process.
+pub struct Cache {
+    parsed: Mutex<Option<Parsed>>,
+}
+
+impl Cache {
+    pub const fn new() -> Self {
+        Cache {
+            parsed: Mutex::new(None),
+        }
+    }
+
+    /// Whether `files` comes before `broker` for `database` in the file at
+    /// `path`. An unreadable file means no.
+    pub fn files_first(&self, path: &Path, database: Database) -> bool {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return false;
+        };
+        let stamp = Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        };
+        let mut guard = match self.parsed.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            // Another thread is refreshing (or a fork() froze the lock):
+            // read the file without the cache rather than wait.
+            Err(TryLockError::WouldBlock) => {
+                return read_lines(path).is_some_and(|l| files_first(&l, database))
+            }
+        };
+        if guard.as_ref().map(|p| p.stamp) != Some(stamp) {
+            *guard = read_lines(path).map(|lines| Parsed { stamp, lines });
+        }
+        guard
+            .as_ref()
+            .is_some_and(|p| files_first(&p.lines, database))
+    }
+}
+
+fn read_lines(path: &Path) -> Option<Vec<Line>> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|text| nsswitch::parse(&text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn decision_per_database() {
+        let lines = nsswitch::parse(
+            "passwd: files broker\n\
+             group: files [SUCCESS=merge] broker\n\
+             shadow: broker files\n\
+             gshadow: files\n",
+        );
+        assert!(files_first(&lines, Database::Passwd));
+        assert!(files_first(&lines, Database::Group));
+        assert!(!files_first(&lines, Database::Shadow));
+        assert!(!files_first(&lines, Database::Gshadow));
+        assert!(
+            files_first(&lines, Database::Initgroups),
+            "falls back to the group line"
+        );
+        let own = nsswitch::parse("group: files broker\ninitgroups: broker files\n");
+        assert!(!files_first(&own, Database::Initgroups));
+        let compat = nsswitch::parse("passwd: compat systemd broker\n");
+        assert!(files_first(&compat, Database::Passwd));
+        assert!(!files_first(&[], Database::Passwd));
+    }
+
+    fn temp_file(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("nss-broker-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("nsswitch.conf")
+    }
+
+    #[test]
+    fn cache_follows_changes_to_the_file() {
+        let path = temp_file("cache");
+        let cache = Cache::new();
+        std::fs::write(&path, "passwd: files broker\n").unwrap();
+        assert!(cache.files_first(&path, Database::Passwd));
+        // Same size, different content: the mtime or inode tells.
+        let replacement = path.with_extension("new");
+        std::fs::write(&replacement, "passwd: broker files\n").unwrap();
+        std::fs::rename(&replacement, &path).unwrap();
+        assert!(!cache.files_first(&path, Database::Passwd));
+        std::fs::remove_file(&path).unwrap();
+        assert!(!cache.files_first(&path, Database::Passwd));
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+}
