@@ -1,1 +1,14 @@
-//! userdb-broker library (being written).
+//! userdb-brokerd and userdb-brokerctl: a userdb broker that serves users
+//! and groups from `/etc` files and systemd's JSON drop-ins over Varlink,
+//! without ever resolving users through NSS itself.
+
+pub mod config;
+pub mod ctl;
+pub mod daemon;
+pub mod merge;
+pub mod peer;
+pub mod server;
+pub mod service;
+pub mod snapshot;
+pub mod sources;
+pub mod watch;

@@ -1,0 +1,629 @@
+//! The Unix socket listener: one worker thread per connection from an
+//! elastic pool (idle workers are reused, and exit after a while unused).
+//!
+//! Bounded everywhere: a request frame is at most [`MAX_FRAME`] bytes; at most
+//! `max_connections` are held, and at the cap the longest-idle connection is
+//! closed to make room; a connection idle for `idle_timeout`, or stuck in
+//! the middle of a message for that long, is closed; a peer that does not
+//! read its replies for `write_timeout` is dropped. Garbage gets an
+//! `InvalidParameter` error and the connection is closed.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs;
+use std::io::{self, BufWriter, ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use userdb_proto::varlink::{encode, errors, Call, FrameBuffer, FrameError, Reply};
+
+use crate::config::Config;
+use crate::peer::Peer;
+use crate::service::Service;
+
+/// Largest request accepted; real calls are a few hundred bytes.
+pub const MAX_FRAME: usize = 64 * 1024;
+
+/// Workers idle this long exit; the pool grows again on demand.
+const WORKER_IDLE_EXIT: Duration = Duration::from_secs(60);
+
+/// Enough for serde_json's bounded recursion and the tracing formatter.
+const WORKER_STACK_SIZE: usize = 512 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+}
+
+impl Limits {
+    pub fn from_config(config: &Config) -> Self {
+        Limits {
+            max_connections: config.max_connections,
+            idle_timeout: config.idle_timeout,
+            write_timeout: config.write_timeout,
+        }
+    }
+}
+
+/// Creates the listening socket: parent directory (0755) if missing, a
+/// stale socket file replaced, mode 0666 so every process can resolve
+/// users. Refuses to replace a socket some process still listens on, or
+/// anything that is not a socket.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
+            fs::create_dir_all(parent)?;
+            fs::set_permissions(parent, fs::Permissions::from_mode(0o755))?;
+        }
+    }
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    ErrorKind::AddrInUse,
+                    format!("{} is in use by a running process", path.display()),
+                ));
+            }
+            fs::remove_file(path)?;
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ))
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+pub struct Server {
+    listener: UnixListener,
+    service: Arc<Service>,
+    limits: Limits,
+    registry: Arc<Registry>,
+    pool: Arc<Pool>,
+}
+
+impl Server {
+    pub fn new(listener: UnixListener, service: Arc<Service>, limits: Limits) -> Self {
+        let registry = Arc::new(Registry::new(service.connection_counter()));
+        Server {
+            listener,
+            service,
+            limits,
+            registry,
+            pool: Arc::new(Pool::default()),
+        }
+    }
+
+    /// Accepts connections until the process ends.
+    pub fn serve(self) -> ! {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => self.start(stream),
+                Err(e) => {
+                    // Out of descriptors or memory: back off briefly rather
+                    // than spin; existing connections keep being served.
+                    tracing::warn!("accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+
+    fn start(&self, stream: UnixStream) {
+        if self.registry.len() >= self.limits.max_connections {
+            self.registry.close_longest_idle();
+        }
+        let Some(connection) = self.registry.add(&stream) else {
+            return;
+        };
+        let service = Arc::clone(&self.service);
+        let registry = Arc::clone(&self.registry);
+        let limits = self.limits;
+        self.pool.execute(Box::new(move || {
+            if let Err(e) = serve_connection(&stream, &connection, &registry, &service, limits) {
+                tracing::debug!("connection closed: {e}");
+            }
+            registry.remove(connection.id);
+        }));
+    }
+}
+
+/// One open connection as the registry sees it.
+struct Connection {
+    id: u64,
+    /// A second handle on the socket, to shut it down from another thread.
+    handle: UnixStream,
+    /// Milliseconds since the registry's epoch when the peer last sent data.
+    last_active: AtomicU64,
+}
+
+/// Open connections, for the cap and its eviction, and the count in status.
+struct Registry {
+    epoch: Instant,
+    next_id: AtomicU64,
+    open: Mutex<HashMap<u64, Arc<Connection>>>,
+    count: Arc<AtomicUsize>,
+}
+
+impl Registry {
+    fn new(count: Arc<AtomicUsize>) -> Self {
+        Registry {
+            epoch: Instant::now(),
+            next_id: AtomicU64::new(0),
+            open: Mutex::new(HashMap::new()),
+            count,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Arc<Connection>>> {
+        self.open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn add(&self, stream: &UnixStream) -> Option<Arc<Connection>> {
+        let handle = match stream.try_clone() {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!("dropping connection: {e}");
+                return None;
+            }
+        };
+        let connection = Arc::new(Connection {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            handle,
+            last_active: AtomicU64::new(self.now()),
+        });
+        let mut open = self.lock();
+        open.insert(connection.id, Arc::clone(&connection));
+        self.count.store(open.len(), Ordering::Relaxed);
+        Some(connection)
+    }
+
+    fn remove(&self, id: u64) {
+        let mut open = self.lock();
+        open.remove(&id);
+        self.count.store(open.len(), Ordering::Relaxed);
+    }
+
+    fn touch(&self, connection: &Connection) {
+        connection.last_active.store(self.now(), Ordering::Relaxed);
+    }
+
+    /// Makes room at the cap: the worker of the closed connection notices
+    /// the shutdown at its next read and ends.
+    fn close_longest_idle(&self) {
+        let mut open = self.lock();
+        let oldest = open
+            .values()
+            .min_by_key(|c| c.last_active.load(Ordering::Relaxed))
+            .map(|c| c.id);
+        if let Some(connection) = oldest.and_then(|id| open.remove(&id)) {
+            let _ = connection.handle.shutdown(Shutdown::Both);
+            tracing::debug!("connection limit reached: closed the longest-idle connection");
+        }
+        self.count.store(open.len(), Ordering::Relaxed);
+    }
+}
+
+fn serve_connection(
+    stream: &UnixStream,
+    connection: &Connection,
+    registry: &Registry,
+    service: &Service,
+    limits: Limits,
+) -> io::Result<()> {
+    let peer = Peer::of(stream)?;
+    stream.set_write_timeout(Some(limits.write_timeout))?;
+    let mut frames = FrameBuffer::new(MAX_FRAME);
+    let mut writer = BufWriter::new(stream);
+    let mut reader = stream;
+    let mut buf = [0u8; 8192];
+    // When the oldest unanswered byte arrived: a message must be complete
+    // within the idle timeout, however slowly it trickles in.
+    let mut partial_since: Option<Instant> = None;
+    loop {
+        loop {
+            match frames.next_frame() {
+                Ok(Some(frame)) => {
+                    if !answer(&frame, &peer, service, &mut writer)? {
+                        writer.flush()?;
+                        return Ok(());
+                    }
+                }
+                Ok(None) => break,
+                Err(FrameError::TooLarge { cap }) => {
+                    send_invalid(&mut writer, &format!("message larger than {cap} bytes"))?;
+                    return writer.flush();
+                }
+            }
+        }
+        writer.flush()?;
+        if frames.pending() == 0 {
+            partial_since = None;
+        }
+        let timeout = match partial_since {
+            Some(since) => limits.idle_timeout.saturating_sub(since.elapsed()),
+            None => limits.idle_timeout,
+        };
+        if timeout.is_zero() {
+            send_invalid(&mut writer, "message not completed in time")?;
+            return writer.flush();
+        }
+        stream.set_read_timeout(Some(timeout))?;
+        match reader.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                frames.push(&buf[..n]);
+                partial_since.get_or_insert_with(Instant::now);
+                registry.touch(connection);
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if frames.pending() > 0 {
+                    send_invalid(&mut writer, "message not completed in time")?;
+                    writer.flush()?;
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Handles one frame; `false` means the connection must be closed.
+fn answer(
+    frame: &[u8],
+    peer: &Peer,
+    service: &Service,
+    writer: &mut impl Write,
+) -> io::Result<bool> {
+    let call: Call = match serde_json::from_slice(frame) {
+        Ok(call) => call,
+        Err(e) => {
+            send_invalid(writer, &format!("not a Varlink call: {e}"))?;
+            return Ok(false);
+        }
+    };
+    if call.oneway {
+        service.handle(&call, peer, &mut |_| Ok(()))?;
+    } else {
+        service.handle(&call, peer, &mut |reply| writer.write_all(&encode(&reply)))?;
+    }
+    Ok(true)
+}
+
+fn send_invalid(writer: &mut impl Write, why: &str) -> io::Result<()> {
+    let reply = Reply {
+        parameters: Some(json!({ "parameter": why })),
+        continues: false,
+        error: Some(errors::INVALID_PARAMETER.to_owned()),
+    };
+    writer.write_all(&encode(&reply))
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs each job on an idle worker, or on a new one if none is idle.
+#[derive(Default)]
+struct Pool {
+    state: Mutex<PoolState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct PoolState {
+    queue: VecDeque<Job>,
+    /// Workers waiting for a job.
+    idle: usize,
+}
+
+impl Pool {
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn execute(self: &Arc<Self>, job: Job) {
+        let mut state = self.lock();
+        state.queue.push_back(job);
+        if state.queue.len() <= state.idle {
+            self.wake.notify_one();
+            return;
+        }
+        drop(state);
+        let pool = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("conn".into())
+            .stack_size(WORKER_STACK_SIZE)
+            .spawn(move || pool.work());
+        if let Err(e) = spawned {
+            // The job stays queued for the next worker that frees up.
+            tracing::warn!("cannot start a worker thread: {e}");
+        }
+    }
+
+    fn work(&self) {
+        loop {
+            let job = {
+                let mut state = self.lock();
+                loop {
+                    if let Some(job) = state.queue.pop_front() {
+                        break job;
+                    }
+                    state.idle += 1;
+                    let (guard, wait) = self
+                        .wake
+                        .wait_timeout(state, WORKER_IDLE_EXIT)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    state = guard;
+                    state.idle -= 1;
+                    if wait.timed_out() && state.queue.is_empty() {
+                        return;
+                    }
+                }
+            };
+            job();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merge::{merge, LoadedSource};
+    use crate::snapshot::SnapshotStore;
+    use crate::sources::{SourceData, SourceKind, SourceUser};
+    use serde_json::Value;
+    use std::path::PathBuf;
+
+    fn start(tag: &str, limits: Limits) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("brokerd-server-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let path = dir.join("sub/io.userdb.Broker");
+        let data = SourceData {
+            users: (0..3)
+                .map(|i| SourceUser {
+                    name: format!("user{i}"),
+                    uid: 1000 + i,
+                    record: json!({"userName": format!("user{i}"), "uid": 1000 + i}),
+                    listed: true,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let merged = merge(
+            vec![LoadedSource {
+                name: "files".into(),
+                kind: SourceKind::Files,
+                data,
+                load_time: Duration::ZERO,
+            }],
+            1,
+        );
+        let service = Arc::new(Service::new(SnapshotStore::new(merged.snapshot)));
+        let server = Server::new(bind(&path).unwrap(), service, limits);
+        std::thread::spawn(move || server.serve());
+        path
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_connections: 64,
+            idle_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn connect(path: &Path) -> UnixStream {
+        let s = UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    }
+
+    /// Reads replies until `count` arrived or the peer closed.
+    fn read_replies(stream: &mut UnixStream, count: usize) -> Vec<Value> {
+        let mut frames = FrameBuffer::new(1 << 20);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while out.len() < count {
+            while let Some(frame) = frames.next_frame().unwrap() {
+                out.push(serde_json::from_slice(&frame).unwrap());
+            }
+            if out.len() >= count {
+                break;
+            }
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => frames.push(&buf[..n]),
+            }
+        }
+        out
+    }
+
+    fn closed(stream: &mut UnixStream) -> bool {
+        matches!(stream.read(&mut [0u8; 16]), Ok(0))
+    }
+
+    fn lookup(uid: u32) -> Vec<u8> {
+        encode(&json!({"method": "io.systemd.UserDatabase.GetUserRecord",
+                       "parameters": {"uid": uid, "service": "io.userdb.Broker"}}))
+    }
+
+    #[test]
+    fn socket_is_world_accessible_and_stale_file_replaced() {
+        let path = start("bind", limits());
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o666);
+        let parent = fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(parent, 0o755);
+        assert_eq!(bind(&path).unwrap_err().kind(), ErrorKind::AddrInUse);
+        let stale = path.with_file_name("stale");
+        drop(UnixListener::bind(&stale).unwrap());
+        assert!(bind(&stale).is_ok());
+        let regular = path.with_file_name("regular");
+        fs::write(&regular, "x").unwrap();
+        assert!(bind(&regular).is_err());
+    }
+
+    #[test]
+    fn pipelined_calls_are_answered_in_order() {
+        let path = start("pipeline", limits());
+        let mut s = connect(&path);
+        let mut batch = lookup(1002);
+        batch.extend(encode(
+            &json!({"method": "io.systemd.UserDatabase.GetUserRecord",
+            "parameters": {"service": "io.userdb.Broker"}, "more": true}),
+        ));
+        batch.extend(encode(
+            &json!({"method": "io.systemd.UserDatabase.GetUserRecord",
+            "parameters": {"uid": 1000}, "oneway": true}),
+        ));
+        batch.extend(lookup(4242));
+        s.write_all(&batch).unwrap();
+        let replies = read_replies(&mut s, 5);
+        assert_eq!(replies[0]["parameters"]["record"]["userName"], "user2");
+        let listed: Vec<&Value> = replies[1..4]
+            .iter()
+            .map(|r| &r["parameters"]["record"]["uid"])
+            .collect();
+        assert_eq!(listed, [1000, 1001, 1002]);
+        assert_eq!(replies[3].get("continues"), None);
+        assert_eq!(replies[4]["error"], "io.systemd.UserDatabase.NoRecordFound");
+        s.write_all(&lookup(1001)).unwrap();
+        assert_eq!(
+            read_replies(&mut s, 1)[0]["parameters"]["record"]["userName"],
+            "user1"
+        );
+    }
+
+    #[test]
+    fn garbage_gets_an_error_and_the_connection_closes() {
+        let path = start("garbage", limits());
+        let mut s = connect(&path);
+        s.write_all(b"this is not json\0").unwrap();
+        let replies = read_replies(&mut s, 1);
+        assert_eq!(replies[0]["error"], errors::INVALID_PARAMETER);
+        assert!(closed(&mut s));
+        let mut next = connect(&path);
+        next.write_all(&lookup(1000)).unwrap();
+        assert_eq!(
+            read_replies(&mut next, 1)[0]["parameters"]["record"]["uid"],
+            1000
+        );
+    }
+
+    #[test]
+    fn oversized_frame_is_refused() {
+        let path = start("oversized", limits());
+        let mut s = connect(&path);
+        let big = vec![b'x'; MAX_FRAME + 100];
+        // The server may close before taking every byte; that is the point.
+        let _ = s.write_all(&big);
+        let replies = read_replies(&mut s, 1);
+        assert_eq!(replies[0]["error"], errors::INVALID_PARAMETER);
+        assert!(replies[0]["parameters"]["parameter"]
+            .as_str()
+            .unwrap()
+            .contains("larger"));
+    }
+
+    #[test]
+    fn stalled_half_message_is_dropped_others_still_served() {
+        let path = start(
+            "stall",
+            Limits {
+                idle_timeout: Duration::from_millis(300),
+                ..limits()
+            },
+        );
+        let mut staller = connect(&path);
+        staller.write_all(b"{\"method\": \"io.sys").unwrap();
+        let mut other = connect(&path);
+        let started = Instant::now();
+        other.write_all(&lookup(1000)).unwrap();
+        assert_eq!(
+            read_replies(&mut other, 1)[0]["parameters"]["record"]["uid"],
+            1000
+        );
+        assert!(started.elapsed() < Duration::from_millis(200));
+        let replies = read_replies(&mut staller, 1);
+        assert_eq!(replies[0]["error"], errors::INVALID_PARAMETER);
+        assert!(closed(&mut staller));
+        assert!(started.elapsed() >= Duration::from_millis(250));
+    }
+
+    #[test]
+    fn at_the_cap_the_longest_idle_connection_is_closed() {
+        let path = start(
+            "cap",
+            Limits {
+                max_connections: 3,
+                ..limits()
+            },
+        );
+        let mut oldest = connect(&path);
+        std::thread::sleep(Duration::from_millis(20));
+        let mut kept: Vec<UnixStream> = (0..2).map(|_| connect(&path)).collect();
+        for s in &mut kept {
+            s.write_all(&lookup(1000)).unwrap();
+            read_replies(s, 1);
+        }
+        let mut newest = connect(&path);
+        newest.write_all(&lookup(1001)).unwrap();
+        assert_eq!(
+            read_replies(&mut newest, 1)[0]["parameters"]["record"]["uid"],
+            1001
+        );
+        assert!(closed(&mut oldest));
+        for s in &mut kept {
+            s.write_all(&lookup(1002)).unwrap();
+            assert_eq!(read_replies(s, 1)[0]["parameters"]["record"]["uid"], 1002);
+        }
+    }
+
+    #[test]
+    fn many_idle_connections_do_not_slow_a_new_client() {
+        let path = start("flood", limits());
+        let idle: Vec<UnixStream> = (0..500).map(|_| connect(&path)).collect();
+        let mut s = connect(&path);
+        let started = Instant::now();
+        s.write_all(&lookup(1000)).unwrap();
+        assert_eq!(
+            read_replies(&mut s, 1)[0]["parameters"]["record"]["uid"],
+            1000
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(50),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(idle);
+    }
+}
