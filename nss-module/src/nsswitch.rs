@@ -4,8 +4,11 @@
 //! those files, so merged groups list each member once and enumerations
 //! list each name once.
 //!
-//! The parsed file is cached and read again when its inode, size or mtime
-//! changes; the check costs one `stat` per call.
+//! The decisions are cached and the file read again when its inode, size or
+//! mtime changes; the check costs one `stat` per call. The cache holds no
+//! heap memory: glibc unloads NSS modules at exit under valgrind's
+//! `__libc_freeres`, and a heap block owned by a static would then show up
+//! as lost.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -29,6 +32,14 @@ pub enum Database {
 }
 
 impl Database {
+    const ALL: [Database; 5] = [
+        Database::Passwd,
+        Database::Group,
+        Database::Shadow,
+        Database::Gshadow,
+        Database::Initgroups,
+    ];
+
     fn line_name(self) -> &'static str {
         match self {
             Database::Passwd => "passwd",
@@ -61,21 +72,29 @@ struct Stamp {
     mtime_nsec: i64,
 }
 
-#[derive(Debug)]
-struct Parsed {
-    stamp: Stamp,
-    lines: Vec<Line>,
+/// `files_first` for every database, in the order of `Database::ALL`.
+type Decisions = [bool; Database::ALL.len()];
+
+fn decide_all(lines: &[Line]) -> Decisions {
+    Database::ALL.map(|database| files_first(lines, database))
 }
 
-/// The parsed file, shared by all threads of the process.
+fn index(database: Database) -> usize {
+    Database::ALL
+        .iter()
+        .position(|&d| d == database)
+        .unwrap_or_default()
+}
+
+/// The decisions for one version of the file, shared by all threads.
 pub struct Cache {
-    parsed: Mutex<Option<Parsed>>,
+    decided: Mutex<Option<(Stamp, Decisions)>>,
 }
 
 impl Cache {
     pub const fn new() -> Self {
         Cache {
-            parsed: Mutex::new(None),
+            decided: Mutex::new(None),
         }
     }
 
@@ -92,28 +111,30 @@ impl Cache {
             mtime: meta.mtime(),
             mtime_nsec: meta.mtime_nsec(),
         };
-        let mut guard = match self.parsed.try_lock() {
+        let mut guard = match self.decided.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             // Another thread is refreshing (or a fork() froze the lock):
             // read the file without the cache rather than wait.
             Err(TryLockError::WouldBlock) => {
-                return read_lines(path).is_some_and(|l| files_first(&l, database))
+                return read_decisions(path).is_some_and(|d| d[index(database)])
             }
         };
-        if guard.as_ref().map(|p| p.stamp) != Some(stamp) {
-            *guard = read_lines(path).map(|lines| Parsed { stamp, lines });
-        }
-        guard
-            .as_ref()
-            .is_some_and(|p| files_first(&p.lines, database))
+        let decisions = match *guard {
+            Some((cached, decisions)) if cached == stamp => Some(decisions),
+            _ => {
+                let fresh = read_decisions(path);
+                *guard = fresh.map(|decisions| (stamp, decisions));
+                fresh
+            }
+        };
+        decisions.is_some_and(|d| d[index(database)])
     }
 }
 
-fn read_lines(path: &Path) -> Option<Vec<Line>> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|text| nsswitch::parse(&text))
+fn read_decisions(path: &Path) -> Option<Decisions> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(decide_all(&nsswitch::parse(&text)))
 }
 
 #[cfg(test)]
