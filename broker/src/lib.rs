@@ -6,6 +6,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod merge;
+pub mod nsswitch_config;
 pub mod peer;
 pub mod server;
 pub mod service;

@@ -154,8 +154,9 @@ JSON
 JSON
     ln -s dropuser.user "$root/etc/userdb/4711.user"
     ln -s dropuser.group "$root/etc/userdb/4711.group"
-    : >"$root/etc/userdb/dropuser:users.membership"
-    : >"$root/etc/userdb/dropuser:adm.membership"
+    # Not empty: an empty drop-in masks its name, as in systemd.
+    echo '{}' >"$root/etc/userdb/dropuser:users.membership"
+    echo '{}' >"$root/etc/userdb/dropuser:adm.membership"
     sed -i -E '/^adm:/{s/:$/:dropuser/;t;s/$/,dropuser/}' "$root/etc/group"
 
     install -D -m 0755 "$here/guest/boot-test-generator" "$root/etc/systemd/system-generators/boot-test-generator"
