@@ -276,9 +276,11 @@ impl Fixture {
         self
     }
 
-    /// An empty `USER:GROUP.membership` file.
+    /// A `USER:GROUP.membership` file. Its content is not read, but it holds
+    /// `{}`: systemd lists drop-ins with CONF_FILES_FILTER_MASKED, so an
+    /// empty file would mask the name rather than state the membership.
     pub fn dropin_membership(&self, dir: DropinDir, user: &str, group: &str) -> &Self {
-        self.dropin_raw(dir, &format!("{user}:{group}.membership"), b"");
+        self.dropin_raw(dir, &format!("{user}:{group}.membership"), b"{}");
         self
     }
 

@@ -10,6 +10,7 @@ pub mod artifacts;
 pub mod broker;
 pub mod fake;
 pub mod fixture;
+pub mod lines;
 pub mod nss;
 pub mod process;
 
@@ -18,6 +19,7 @@ use std::sync::{Mutex, MutexGuard};
 pub use broker::Broker;
 pub use fake::{Backlogged, Behaviour, FakeBroker};
 pub use fixture::{DropinDir, Fixture};
+pub use lines::{assert_line, assert_same_lines};
 pub use nss::Nss;
 pub use process::Outcome;
 

@@ -57,6 +57,8 @@ pub struct Nss {
     lib_dir: PathBuf,
     socket: PathBuf,
     env: Vec<(String, OsString)>,
+    /// The nsswitch.conf lines joined with "; ", for failure messages.
+    label: String,
     as_pid1: bool,
     limit: Duration,
 }
@@ -79,9 +81,15 @@ impl Nss {
             lib_dir: module_dir(scratch),
             socket: fixture.socket_path(),
             env: Vec::new(),
+            label: nsswitch.lines().collect::<Vec<_>>().join("; "),
             as_pid1: false,
             limit: DEFAULT_LIMIT,
         }
+    }
+
+    /// The nsswitch.conf in use, on one line.
+    pub fn label(&self) -> &str {
+        &self.label
     }
 
     /// Point the module at another socket.

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use userdb_broker_tests::fixture::{BASE_GROUP, BASE_PASSWD, BASE_SHADOW, FILESUSER_HASH};
 use userdb_broker_tests::nss::{BROKER_ONLY, FILES_THEN_BROKER};
-use userdb_broker_tests::{artifacts, exclusive, Broker, DropinDir, Fixture, Nss, Outcome};
+use userdb_broker_tests::{
+    artifacts, assert_line, assert_same_lines, exclusive, Broker, DropinDir, Fixture, Nss, Outcome,
+};
 
 /// A drop-in user with every passwd field set, and the line it must produce.
 struct User {
@@ -195,16 +197,16 @@ fn one_line(nss: &Nss, argv: &[&str]) -> String {
     lines.into_iter().next().unwrap_or_default()
 }
 
+/// Asserts `argv` prints exactly the line `expected`.
+fn expect_line(nss: &Nss, argv: &[&str], expected: impl AsRef<str>) {
+    let what = format!("[{}] {}", nss.label(), argv.join(" "));
+    assert_line(&what, &one_line(nss, argv), expected.as_ref());
+}
+
 fn assert_not_found(nss: &Nss, argv: &[&str]) {
     let out = nss.run(argv);
     out.assert_code(2, &argv.join(" "));
     assert_eq!(out.stdout, "", "{}: printed something", argv.join(" "));
-}
-
-fn sorted(lines: impl IntoIterator<Item = impl Into<String>>) -> Vec<String> {
-    let mut v: Vec<String> = lines.into_iter().map(Into::into).collect();
-    v.sort();
-    v
 }
 
 /// `id` output split into (uid part, gid part, supplementary groups as a
@@ -258,15 +260,16 @@ fn passwd_by_name_and_uid_from_files_and_every_dropin_dir() {
     for line in BASE_PASSWD {
         let name = line.split(':').next().unwrap_or_default();
         let uid = line.split(':').nth(2).unwrap_or_default();
-        assert_eq!(one_line(&nss, &["getent", "passwd", name]), line);
-        assert_eq!(one_line(&nss, &["getent", "passwd", uid]), line);
+        expect_line(&nss, &["getent", "passwd", name], line);
+        expect_line(&nss, &["getent", "passwd", uid], line);
     }
     for user in DROPIN_USERS {
         let expected = user.passwd_line();
-        assert_eq!(one_line(&nss, &["getent", "passwd", user.name]), expected);
-        assert_eq!(
-            one_line(&nss, &["getent", "passwd", &user.uid.to_string()]),
-            expected
+        expect_line(&nss, &["getent", "passwd", user.name], &expected);
+        expect_line(
+            &nss,
+            &["getent", "passwd", &user.uid.to_string()],
+            &expected,
         );
     }
     assert_not_found(&nss, &["getent", "passwd", "nosuchuser"]);
@@ -280,8 +283,8 @@ fn first_dropin_directory_wins_by_name_and_by_uid() {
     let nss = Nss::new(&f, BROKER_ONLY);
     let expected = DUAL.passwd_line();
     assert_ne!(expected, DUAL_SHADOWED.passwd_line());
-    assert_eq!(one_line(&nss, &["getent", "passwd", "dual"]), expected);
-    assert_eq!(one_line(&nss, &["getent", "passwd", "1003"]), expected);
+    expect_line(&nss, &["getent", "passwd", "dual"], &expected);
+    expect_line(&nss, &["getent", "passwd", "1003"], &expected);
 }
 
 #[test]
@@ -307,8 +310,8 @@ fn group_by_name_and_gid_from_files_and_dropins() {
     for line in &expected {
         let name = line.split(':').next().unwrap_or_default();
         let gid = line.split(':').nth(2).unwrap_or_default();
-        assert_eq!(&one_line(&nss, &["getent", "group", name]), line);
-        assert_eq!(&one_line(&nss, &["getent", "group", gid]), line);
+        expect_line(&nss, &["getent", "group", name], line);
+        expect_line(&nss, &["getent", "group", gid], line);
     }
     assert_not_found(&nss, &["getent", "group", "nosuchgroup"]);
     assert_not_found(&nss, &["getent", "group", "4000"]);
@@ -321,16 +324,8 @@ fn group_of_3000_members_survives_the_erange_retry() {
     let expected = format!("big:x:{BIG_GID}:{}", big_members().join(","));
     for conf in [BROKER_ONLY, FILES_THEN_BROKER] {
         let nss = Nss::new(&f, conf);
-        assert_eq!(
-            one_line(&nss, &["getent", "group", "big"]),
-            expected,
-            "{conf}"
-        );
-        assert_eq!(
-            one_line(&nss, &["getent", "group", &BIG_GID.to_string()]),
-            expected,
-            "{conf}"
-        );
+        expect_line(&nss, &["getent", "group", "big"], &expected);
+        expect_line(&nss, &["getent", "group", &BIG_GID.to_string()], &expected);
     }
 }
 
@@ -408,9 +403,10 @@ fn enumerations_list_every_entry_once() {
 
     let mut expected: Vec<String> = BASE_PASSWD.iter().map(|l| (*l).to_owned()).collect();
     expected.extend(DROPIN_USERS.iter().map(|u| u.passwd_line()));
-    assert_eq!(
-        sorted(run_ok(&nss, &["getent", "passwd"])),
-        sorted(expected)
+    assert_same_lines(
+        "getent passwd",
+        &run_ok(&nss, &["getent", "passwd"]),
+        &expected,
     );
 
     let mut expected: Vec<String> = BASE_GROUP
@@ -424,7 +420,11 @@ fn enumerations_list_every_entry_once() {
         })
         .collect();
     expected.extend(dropin_group_lines());
-    assert_eq!(sorted(run_ok(&nss, &["getent", "group"])), sorted(expected));
+    assert_same_lines(
+        "getent group",
+        &run_ok(&nss, &["getent", "group"]),
+        &expected,
+    );
 }
 
 #[test]
@@ -434,48 +434,46 @@ fn merge_with_files_first_lists_every_member_and_entry_once() {
     let nss = Nss::new(&f, FILES_THEN_BROKER);
 
     // nss-systemd 252 prints wheel:x:10:filesuser,filesuser,alice here.
-    assert_eq!(
-        one_line(&nss, &["getent", "group", "wheel"]),
-        "wheel:x:10:filesuser,alice"
+    expect_line(
+        &nss,
+        &["getent", "group", "wheel"],
+        "wheel:x:10:filesuser,alice",
     );
-    assert_eq!(
-        one_line(&nss, &["getent", "group", "10"]),
-        "wheel:x:10:filesuser,alice"
+    expect_line(
+        &nss,
+        &["getent", "group", "10"],
+        "wheel:x:10:filesuser,alice",
     );
-    assert_eq!(
-        one_line(&nss, &["getent", "group", "adm"]),
-        "adm:x:4:filesuser"
-    );
-    assert_eq!(
-        one_line(&nss, &["getent", "group", "devs"]),
-        "devs:x:2000:alice,bob"
-    );
+    expect_line(&nss, &["getent", "group", "adm"], "adm:x:4:filesuser");
+    expect_line(&nss, &["getent", "group", "devs"], "devs:x:2000:alice,bob");
 
-    // Enumeration: glibc prints /etc/passwd itself, then the broker adds
-    // only what the files do not have.
-    let lines = run_ok(&nss, &["getent", "passwd"]);
-    assert_eq!(lines[..BASE_PASSWD.len()], BASE_PASSWD.map(String::from));
-    assert_eq!(
-        sorted(lines[BASE_PASSWD.len()..].to_vec()),
-        sorted(DROPIN_USERS.iter().map(|u| u.passwd_line()))
-    );
-
-    let lines = run_ok(&nss, &["getent", "group"]);
-    assert!(
-        lines.len() >= BASE_GROUP.len(),
-        "short group enumeration: {lines:?}"
-    );
-    assert_eq!(lines[..BASE_GROUP.len()], BASE_GROUP.map(String::from));
-    assert_eq!(
-        sorted(lines[BASE_GROUP.len()..].to_vec()),
-        sorted(dropin_group_lines())
-    );
-    let names: Vec<&str> = lines
+    // Enumeration: glibc prints the files itself, then the broker adds only
+    // what the files do not have.
+    let passwd = run_ok(&nss, &["getent", "passwd"]);
+    let dropin_passwd: Vec<String> = DROPIN_USERS.iter().map(|u| u.passwd_line()).collect();
+    assert_files_then_broker("getent passwd", &passwd, &BASE_PASSWD, &dropin_passwd);
+    let group = run_ok(&nss, &["getent", "group"]);
+    assert_files_then_broker("getent group", &group, &BASE_GROUP, &dropin_group_lines());
+    let names: Vec<&str> = group
         .iter()
         .map(|l| l.split(':').next().unwrap_or_default())
         .collect();
     let unique: BTreeSet<&str> = names.iter().copied().collect();
     assert_eq!(unique.len(), names.len(), "a group is enumerated twice");
+}
+
+/// `lines` is the files' lines in file order followed by `from_broker` in any order.
+fn assert_files_then_broker(what: &str, lines: &[String], files: &[&str], from_broker: &[String]) {
+    let mut expected: Vec<String> = files.iter().map(|l| (*l).to_owned()).collect();
+    expected.extend_from_slice(from_broker);
+    assert_same_lines(what, lines, &expected);
+    for (at, (actual, wanted)) in lines.iter().zip(files).enumerate() {
+        assert_line(
+            &format!("{what}, line {at} (from the files)"),
+            actual,
+            wanted,
+        );
+    }
 }
 
 #[test]
@@ -486,16 +484,8 @@ fn shadow_hash_only_for_root() {
     let filesuser_shadow = BASE_SHADOW[5];
     for conf in [BROKER_ONLY, FILES_THEN_BROKER] {
         let nss = Nss::new(&f, conf);
-        assert_eq!(
-            one_line(&nss, &["getent", "shadow", "alice"]),
-            alice_shadow,
-            "{conf}"
-        );
-        assert_eq!(
-            one_line(&nss, &["getent", "shadow", "filesuser"]),
-            filesuser_shadow,
-            "{conf}"
-        );
+        expect_line(&nss, &["getent", "shadow", "alice"], &alice_shadow);
+        expect_line(&nss, &["getent", "shadow", "filesuser"], filesuser_shadow);
 
         for argv in [
             &["getent", "shadow", "alice"][..],
@@ -568,10 +558,7 @@ fn hostile_dropins_are_skipped_with_a_log_line_and_the_rest_is_served() {
     let mut broker = Broker::start(&f);
     let nss = Nss::new(&f, BROKER_ONLY);
 
-    assert_eq!(
-        one_line(&nss, &["getent", "passwd", "alice"]),
-        ALICE.passwd_line()
-    );
+    expect_line(&nss, &["getent", "passwd", "alice"], ALICE.passwd_line());
     for name in [
         "broken",
         "someoneelse",
@@ -599,10 +586,11 @@ fn hostile_dropins_are_skipped_with_a_log_line_and_the_rest_is_served() {
     }
     let mut expected: Vec<String> = BASE_PASSWD.iter().map(|l| (*l).to_owned()).collect();
     expected.push(ALICE.passwd_line());
-    assert_eq!(sorted(passwd), sorted(expected));
-    assert_eq!(
-        sorted(run_ok(&nss, &["getent", "group"])),
-        sorted(BASE_GROUP)
+    assert_same_lines("getent passwd", &passwd, &expected);
+    assert_same_lines(
+        "getent group",
+        &run_ok(&nss, &["getent", "group"]),
+        &BASE_GROUP,
     );
 
     assert!(broker.is_running(), "broker died:\n{}", broker.log());

@@ -219,6 +219,27 @@ fn socket_listening_but_never_accepting_costs_one_deadline() {
             run.first().took
         },
     );
+    // A full backlog leaves no trace on the listening side, so prove with
+    // strace (outside the timed runs) that the module did try to connect.
+    let out = nss.run(&[
+        "strace",
+        "-f",
+        "-qq",
+        "-e",
+        "trace=connect",
+        PROBE,
+        "time",
+        "passwd:nosuchuser",
+    ]);
+    out.assert_code(0, "probe under strace");
+    let socket = f.socket_path().display().to_string();
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.contains("connect(") && l.contains(&socket)),
+        "the module never tried to connect to {socket}\n{}",
+        out.describe()
+    );
 }
 
 #[test]
