@@ -545,3 +545,215 @@ pub unsafe extern "C" fn _nss_broker_getsgnam_r(
         write_gshadow(result, buf, buflen, &group, incomplete)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! The entry points against an in-process fake broker on a real socket.
+
+    use super::*;
+    use serde_json::{json, Value};
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::sync::OnceLock;
+
+    const TRYAGAIN: c_int = Status::TryAgain as c_int;
+    const UNAVAIL: c_int = Status::Unavail as c_int;
+    const NOTFOUND: c_int = Status::NotFound as c_int;
+    const SUCCESS: c_int = Status::Success as c_int;
+
+    fn answer(call: &Value) -> Vec<Value> {
+        let params = &call["parameters"];
+        let no_record = json!({"error": "io.systemd.UserDatabase.NoRecordFound", "parameters": {}});
+        let record = |record: Value| json!({"parameters": {"record": record, "incomplete": false}});
+        match (call["method"].as_str(), params["userName"].as_str()) {
+            (Some("io.userdb.Broker.GetUserRecord"), Some("alice")) => vec![record(json!({
+                "userName": "alice", "uid": 60100, "realName": "Alice",
+                "homeDirectory": "/home/alice", "shell": "/bin/zsh", "service": "io.userdb.Broker"
+            }))],
+            // Answers a different user than asked for.
+            (Some("io.userdb.Broker.GetUserRecord"), Some("liar")) => {
+                vec![record(json!({"userName": "root", "uid": 0}))]
+            }
+            // A colon in realName would forge passwd fields.
+            (Some("io.userdb.Broker.GetUserRecord"), Some("forger")) => vec![record(json!({
+                "userName": "forger", "uid": 60200, "realName": "x:0:0::/root:/bin/sh"
+            }))],
+            (Some("io.userdb.Broker.GetMemberships"), Some("alice")) => [5u32, 100, 6, 5, 7, 8]
+                .iter()
+                .enumerate()
+                .map(|(i, gid)| {
+                    json!({
+                        "parameters": {"userName": "alice", "groupName": format!("g{gid}"), "gid": gid},
+                        "continues": i < 5
+                    })
+                })
+                .collect(),
+            _ => vec![no_record],
+        }
+    }
+
+    fn serve(mut stream: UnixStream) {
+        let mut call = Vec::new();
+        let mut byte = [0u8; 1];
+        while stream.read(&mut byte).unwrap_or(0) == 1 && byte[0] != 0 {
+            call.push(byte[0]);
+        }
+        let Ok(call) = serde_json::from_slice::<Value>(&call) else {
+            return;
+        };
+        for reply in answer(&call) {
+            let mut bytes = serde_json::to_vec(&reply).unwrap();
+            bytes.push(0);
+            let _ = stream.write_all(&bytes);
+        }
+    }
+
+    /// Starts the fake broker once and points the module at it.
+    fn fake_broker() {
+        static STARTED: OnceLock<()> = OnceLock::new();
+        STARTED.get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("nss-broker-ffi-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let socket = dir.join("broker.sock");
+            let _ = std::fs::remove_file(&socket);
+            let listener = UnixListener::bind(&socket).unwrap();
+            std::thread::spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    serve(stream);
+                }
+            });
+            std::env::set_var("USERDB_BROKER_SOCKET", &socket);
+        });
+    }
+
+    /// Name, uid, gecos and shell of a passwd entry.
+    type Entry = (String, u32, String, String);
+
+    fn getpwnam(name: &str, buf: &mut [u8]) -> (c_int, c_int, Option<Entry>) {
+        let name = CString::new(name).unwrap();
+        let mut pwd = std::mem::MaybeUninit::<libc::passwd>::zeroed();
+        let mut errno: c_int = 0;
+        // SAFETY: every pointer is valid for the call; `buf` holds its length.
+        let status = unsafe {
+            _nss_broker_getpwnam_r(
+                name.as_ptr(),
+                pwd.as_mut_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut errno,
+            )
+        };
+        if status != SUCCESS {
+            return (status, errno, None);
+        }
+        // SAFETY: on success the struct is filled with pointers into `buf`.
+        let pwd = unsafe { pwd.assume_init() };
+        // SAFETY: the pointers are NUL-terminated strings inside `buf`.
+        let text = |p: *mut c_char| unsafe { CStr::from_ptr(p) }.to_str().unwrap().to_owned();
+        let entry = (
+            text(pwd.pw_name),
+            pwd.pw_uid,
+            text(pwd.pw_gecos),
+            text(pwd.pw_shell),
+        );
+        (status, errno, Some(entry))
+    }
+
+    /// Status and errno of a failed getpwnam_r.
+    fn outcome(name: &str, buf: &mut [u8]) -> (c_int, c_int) {
+        let (status, errno, _) = getpwnam(name, buf);
+        (status, errno)
+    }
+
+    #[test]
+    fn getpwnam_r_buffer_contract() {
+        fake_broker();
+        let mut big = vec![0u8; 1024];
+        let (status, _, entry) = getpwnam("alice", &mut big);
+        assert_eq!(status, SUCCESS);
+        let expected = (
+            "alice".to_owned(),
+            60100,
+            "Alice".to_owned(),
+            "/bin/zsh".to_owned(),
+        );
+        assert_eq!(entry, Some(expected.clone()));
+        let needed = "alice x Alice /home/alice /bin/zsh ".len();
+        for size in 0..needed {
+            let mut small = vec![0u8; size];
+            assert_eq!(
+                outcome("alice", &mut small),
+                (TRYAGAIN, libc::ERANGE),
+                "size {size}"
+            );
+        }
+        let mut exact = vec![0u8; needed];
+        assert_eq!(getpwnam("alice", &mut exact).2, Some(expected));
+    }
+
+    #[test]
+    fn lying_or_forged_records_are_not_packed() {
+        fake_broker();
+        let mut buf = vec![0u8; 1024];
+        assert_eq!(outcome("liar", &mut buf), (UNAVAIL, libc::EBADMSG));
+        assert_eq!(outcome("forger", &mut buf), (UNAVAIL, libc::EBADMSG));
+        assert_eq!(outcome("nosuchuser", &mut buf), (NOTFOUND, libc::ENOENT));
+        assert_eq!(outcome("bad:name", &mut buf), (NOTFOUND, libc::ENOENT));
+    }
+
+    #[test]
+    fn errno_is_left_alone_on_success() {
+        fake_broker();
+        // SAFETY: this thread's errno slot.
+        unsafe { *libc::__errno_location() = 1234 };
+        let (status, _, _) = getpwnam("alice", &mut [0u8; 1024]);
+        assert_eq!(status, SUCCESS);
+        // SAFETY: as above.
+        assert_eq!(unsafe { *libc::__errno_location() }, 1234);
+    }
+
+    /// Runs initgroups_dyn for alice (primary gid 100) on a malloc'd array.
+    fn initgroups(present: &[gid_t], size: c_long, limit: c_long) -> (c_int, Vec<gid_t>, c_long) {
+        let user = CString::new("alice").unwrap();
+        // SAFETY: a fresh malloc'd array of `size` gids, as glibc passes it.
+        let mut groups =
+            unsafe { libc::malloc(size as usize * size_of::<gid_t>()) }.cast::<gid_t>();
+        assert!(!groups.is_null());
+        for (i, gid) in present.iter().enumerate() {
+            // SAFETY: i < present.len() <= size.
+            unsafe { groups.add(i).write(*gid) };
+        }
+        let (mut start, mut size) = (present.len() as c_long, size);
+        let mut errno = 0;
+        // SAFETY: valid pointers to the counters and the array, as glibc passes them.
+        let status = unsafe {
+            _nss_broker_initgroups_dyn(
+                user.as_ptr(),
+                100,
+                &mut start,
+                &mut size,
+                &mut groups,
+                limit,
+                &mut errno,
+            )
+        };
+        // SAFETY: the first `start` entries are set; the array is ours to free.
+        let got = unsafe { std::slice::from_raw_parts(groups, start as usize) }.to_vec();
+        // SAFETY: `groups` came from malloc/realloc.
+        unsafe { libc::free(groups.cast()) };
+        (status, got, size)
+    }
+
+    #[test]
+    fn initgroups_dyn_grows_skips_and_honours_limit() {
+        fake_broker();
+        let (status, groups, size) = initgroups(&[100], 1, -1);
+        assert_eq!(status, SUCCESS);
+        assert_eq!(groups, [100, 5, 6, 7, 8]);
+        assert!(size >= 5);
+        let (_, groups, size) = initgroups(&[100, 6], 2, 3);
+        assert_eq!((groups.as_slice(), size), (&[100, 6, 5][..], 3));
+        let (status, groups, _) = initgroups(&[100, 5, 6, 7, 8], 8, 0);
+        assert_eq!((status, groups.len()), (SUCCESS, 5));
+    }
+}

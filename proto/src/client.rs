@@ -157,6 +157,13 @@ fn connect_error(errno: i32) -> ClientError {
     }
 }
 
+/// The socket, for `SO_PEERCRED` (the broker asks who serves a source).
+impl AsRawFd for Connection {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 impl Connection {
     /// Connects to the socket at `path`; the connection and every call made
     /// on it must finish by `deadline`.
@@ -216,7 +223,8 @@ impl Connection {
         })
     }
 
-    /// Connects with a deadline `timeout` from now.
+    /// Connects with a deadline `timeout` from now (a timeout too large to
+    /// represent is cut to a day).
     pub fn connect_timeout(path: &Path, timeout: Duration) -> Result<Connection, ClientError> {
         let deadline = Instant::now()
             .checked_add(timeout)
