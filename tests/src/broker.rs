@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::artifacts;
 use crate::fixture::Fixture;
 use crate::nss::Nss;
+use crate::process;
 
 /// How long the broker may take to send `READY=1`.
 pub const READY_LIMIT: Duration = Duration::from_secs(10);
@@ -126,6 +127,19 @@ impl Broker {
         fs::read(&self.log)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
+    }
+
+    /// `userdb-brokerctl --json status` against this broker, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let mut command = Command::new(artifacts::brokerctl());
+        command
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(["--json", "status"]);
+        let out = process::run(command, Duration::from_secs(10));
+        out.assert_code(0, "userdb-brokerctl status");
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("status is not JSON ({e}):\n{}", out.stdout))
     }
 
     /// Whether the process is still alive (not exited, not crashed).
