@@ -88,6 +88,9 @@ pub struct Connection {
     deadline: Instant,
     frames: FrameBuffer,
     limits: Limits,
+    /// Scratch space for `recv`, kept so that a long stream of replies
+    /// does not allocate one per reply.
+    chunk: Vec<u8>,
 }
 
 fn last_errno() -> i32 {
@@ -220,6 +223,7 @@ impl Connection {
             deadline,
             frames: FrameBuffer::new(Limits::default().max_frame),
             limits: Limits::default(),
+            chunk: vec![0u8; READ_CHUNK],
         })
     }
 
@@ -335,25 +339,24 @@ impl Connection {
     }
 
     fn read_frame(&mut self) -> Result<Vec<u8>, ClientError> {
-        let mut chunk = vec![0u8; READ_CHUNK];
         loop {
             match self.frames.next_frame() {
                 Ok(Some(frame)) => return Ok(frame),
                 Ok(None) => {}
                 Err(_) => return Err(ClientError::Oversized),
             }
-            // SAFETY: `chunk` is a valid writable buffer of its length.
+            // SAFETY: `self.chunk` is a valid writable buffer of its length.
             let n = unsafe {
                 libc::recv(
                     self.fd.as_raw_fd(),
-                    chunk.as_mut_ptr().cast(),
-                    chunk.len(),
+                    self.chunk.as_mut_ptr().cast(),
+                    self.chunk.len(),
                     libc::MSG_DONTWAIT,
                 )
             };
             match n {
                 0 => return Err(ClientError::Protocol("peer closed the connection".into())),
-                n if n > 0 => self.frames.push(&chunk[..n as usize]),
+                n if n > 0 => self.frames.push(&self.chunk[..n as usize]),
                 _ => match last_errno() {
                     libc::EINTR => continue,
                     libc::EAGAIN => wait_for(&self.fd, libc::POLLIN, self.deadline)?,
@@ -699,6 +702,7 @@ mod tests {
             deadline: Instant::now() + Duration::from_secs(5),
             frames: FrameBuffer::new(DEFAULT_MAX_FRAME),
             limits: Limits::default(),
+            chunk: vec![0u8; READ_CHUNK],
         };
         server.write_all(b"{\"parameters\":{}}\0").unwrap();
         conn.call(METHOD, &serde_json::json!({"uid": 0})).unwrap();
