@@ -21,8 +21,27 @@
 //! idle_timeout_ms = 30000
 //! # A client that does not read its replies for this long is dropped.
 //! write_timeout_ms = 10000
-//! # How often sources are checked for changes.
+//! # How often sources are checked for changes (files, drop-ins, and the
+//! # services appearing in or leaving run/systemd/userdb/).
 //! poll_interval_ms = 250
+//!
+//! # Priority of the sources: a user or group comes from the first source in
+//! # this list that has it. "files" and "dropins" are the local sources;
+//! # other entries are Varlink service names in run/systemd/userdb/.
+//! # Sources not named here follow, local ones first, services by name.
+//! order = ["files", "dropins"]
+//! # Each Varlink service must answer a look-up within this time...
+//! source_timeout_ms = 250
+//! # ...and a full listing within this time.
+//! enumeration_timeout_ms = 1000
+//! # After a timeout a service is left out for a back-off that starts here
+//! # and doubles up to the maximum; it is probed off the request path and
+//! # restored as soon as it answers.
+//! breaker_min_backoff_ms = 5000
+//! breaker_max_backoff_ms = 60000
+//! # How long answers from Varlink services are reused: found, not found.
+//! cache_ttl_ms = 2000
+//! negative_cache_ttl_ms = 1000
 //! ```
 
 use std::fmt;
@@ -41,6 +60,32 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
     pub poll_interval: Duration,
+    pub order: Vec<String>,
+    pub varlink: VarlinkSettings,
+}
+
+/// How Varlink userdb services are queried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VarlinkSettings {
+    pub timeout: Duration,
+    pub enumeration_timeout: Duration,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    pub cache_ttl: Duration,
+    pub negative_cache_ttl: Duration,
+}
+
+impl Default for VarlinkSettings {
+    fn default() -> Self {
+        VarlinkSettings {
+            timeout: Duration::from_millis(250),
+            enumeration_timeout: Duration::from_secs(1),
+            min_backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(60),
+            cache_ttl: Duration::from_secs(2),
+            negative_cache_ttl: Duration::from_secs(1),
+        }
+    }
 }
 
 impl Default for Config {
@@ -53,6 +98,8 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
             poll_interval: Duration::from_millis(250),
+            order: vec!["files".to_owned(), "dropins".to_owned()],
+            varlink: VarlinkSettings::default(),
         }
     }
 }
@@ -68,6 +115,13 @@ struct ConfigFile {
     idle_timeout_ms: Option<u64>,
     write_timeout_ms: Option<u64>,
     poll_interval_ms: Option<u64>,
+    order: Option<Vec<String>>,
+    source_timeout_ms: Option<u64>,
+    enumeration_timeout_ms: Option<u64>,
+    breaker_min_backoff_ms: Option<u64>,
+    breaker_max_backoff_ms: Option<u64>,
+    cache_ttl_ms: Option<u64>,
+    negative_cache_ttl_ms: Option<u64>,
 }
 
 /// Why the configuration could not be built, in words for the user.
@@ -85,12 +139,12 @@ impl std::error::Error for ConfigError {}
 pub const USAGE: &str = "\
 usage: userdb-brokerd [--socket PATH] [--root DIR] [--config FILE]
                       [--log-level FILTER] [--max-connections N]
-                      [--idle-timeout-ms N]";
+                      [--idle-timeout-ms N] [--source-timeout-ms N]";
 
 /// What the command line asks for.
 #[derive(Debug, PartialEq)]
 pub enum Command {
-    Run(Config),
+    Run(Box<Config>),
     Help,
 }
 
@@ -126,7 +180,7 @@ impl Config {
         for (flag, value) in flags {
             config.apply_flag(&flag, &value)?;
         }
-        Ok(Command::Run(config))
+        Ok(Command::Run(Box::new(config)))
     }
 
     fn apply_flag(&mut self, flag: &str, value: &str) -> Result<(), ConfigError> {
@@ -137,6 +191,9 @@ impl Config {
             "--max-connections" => self.max_connections = positive(flag, value)? as usize,
             "--idle-timeout-ms" => {
                 self.idle_timeout = Duration::from_millis(positive(flag, value)?)
+            }
+            "--source-timeout-ms" => {
+                self.varlink.timeout = Duration::from_millis(positive(flag, value)?)
             }
             _ => return Err(ConfigError(format!("unknown option {flag}\n{USAGE}"))),
         }
@@ -174,6 +231,44 @@ impl Config {
         if let Some(v) = file.poll_interval_ms {
             self.poll_interval = Duration::from_millis(nonzero("poll_interval_ms", v)?);
         }
+        if let Some(order) = file.order {
+            self.order = order;
+        }
+        let millis =
+            |key: &str, value: Option<u64>, target: &mut Duration| -> Result<(), ConfigError> {
+                if let Some(v) = value {
+                    *target = Duration::from_millis(nonzero(key, v)?);
+                }
+                Ok(())
+            };
+        let v = &mut self.varlink;
+        millis("source_timeout_ms", file.source_timeout_ms, &mut v.timeout)?;
+        millis(
+            "enumeration_timeout_ms",
+            file.enumeration_timeout_ms,
+            &mut v.enumeration_timeout,
+        )?;
+        millis(
+            "breaker_min_backoff_ms",
+            file.breaker_min_backoff_ms,
+            &mut v.min_backoff,
+        )?;
+        millis(
+            "breaker_max_backoff_ms",
+            file.breaker_max_backoff_ms,
+            &mut v.max_backoff,
+        )?;
+        millis("cache_ttl_ms", file.cache_ttl_ms, &mut v.cache_ttl)?;
+        millis(
+            "negative_cache_ttl_ms",
+            file.negative_cache_ttl_ms,
+            &mut v.negative_cache_ttl,
+        )?;
+        if v.max_backoff < v.min_backoff {
+            return Err(ConfigError(
+                "breaker_max_backoff_ms must not be less than breaker_min_backoff_ms".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -200,7 +295,7 @@ mod tests {
 
     fn run(args: &[&str]) -> Result<Config, ConfigError> {
         match Config::from_args(args.iter().map(|s| s.to_string()))? {
-            Command::Run(c) => Ok(c),
+            Command::Run(c) => Ok(*c),
             Command::Help => Err(ConfigError("help".into())),
         }
     }
@@ -258,6 +353,33 @@ mod tests {
         assert_eq!(c.write_timeout, Duration::from_millis(20));
         assert_eq!(c.poll_interval, Duration::from_millis(100));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn varlink_settings_and_order_from_file() {
+        let mut c = Config::default();
+        c.apply_toml(
+            "order = [\"io.systemd.Home\", \"files\"]\nsource_timeout_ms = 100\nenumeration_timeout_ms = 900\nbreaker_min_backoff_ms = 10\nbreaker_max_backoff_ms = 20\ncache_ttl_ms = 30\nnegative_cache_ttl_ms = 40\n",
+        )
+        .unwrap();
+        assert_eq!(c.order, ["io.systemd.Home", "files"]);
+        let v = &c.varlink;
+        assert_eq!(
+            [
+                v.timeout,
+                v.enumeration_timeout,
+                v.min_backoff,
+                v.max_backoff,
+                v.cache_ttl,
+                v.negative_cache_ttl
+            ],
+            [100, 900, 10, 20, 30, 40].map(Duration::from_millis)
+        );
+        assert!(c
+            .apply_toml("breaker_min_backoff_ms = 100\nbreaker_max_backoff_ms = 50")
+            .is_err());
+        let flag = run(&["--source-timeout-ms", "75"]).unwrap();
+        assert_eq!(flag.varlink.timeout, Duration::from_millis(75));
     }
 
     #[test]

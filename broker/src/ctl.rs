@@ -301,12 +301,11 @@ pub fn group_line(g: &GroupRecord) -> String {
 }
 
 fn status_lines(status: &Value) -> Vec<String> {
-    let usec = |v: &Value| v.as_u64().unwrap_or(0) as f64;
     let mut lines = vec![
         format!(
             "snapshot generation {}, built {:.1} s ago; {} open connections",
             status["generation"],
-            usec(&status["snapshotAgeUSec"]) / 1e6,
+            status["snapshotAgeUSec"].as_u64().unwrap_or(0) as f64 / 1e6,
             status["connections"],
         ),
         format!(
@@ -317,16 +316,26 @@ fn status_lines(status: &Value) -> Vec<String> {
     for s in status["sources"].as_array().into_iter().flatten() {
         let text = |k: &str| s[k].as_str().unwrap_or("-").to_owned();
         let count = |k: &str| s[k].as_u64().map_or("-".to_owned(), |n| n.to_string());
+        let latency = s["latencyUSec"]
+            .as_u64()
+            .map_or("-".to_owned(), |us| format!("{:.2} ms", us as f64 / 1e3));
+        let mut state = text("state");
+        if let Some(us) = s["retryInUSec"].as_u64() {
+            state = format!("{state}, retry in {:.1} s", us as f64 / 1e6);
+        }
+        if s["servedByPid1"] == true {
+            state.push_str(", PID 1");
+        }
         lines.push(format!(
-            "{:<28} {:<8} {:<10} {:>7} {:>7} {:>11} {:>8} {:>7.2} ms",
+            "{:<28} {:<8} {:<10} {:>7} {:>7} {:>11} {:>8} {:>10}",
             text("name"),
             text("kind"),
-            text("state"),
+            state,
             count("users"),
             count("groups"),
             count("memberships"),
             count("problems"),
-            usec(&s["latencyUSec"]) / 1e3,
+            latency,
         ));
     }
     lines
@@ -386,6 +395,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(group_line(&g), "wheel:x:10:a,b");
+    }
+
+    #[test]
+    fn status_shows_every_source_with_state_and_latency() {
+        let status = json!({
+            "generation": 4, "snapshotAgeUSec": 1_500_000u64, "connections": 2,
+            "sources": [
+                {"name": "files", "kind": "files", "state": "ok", "users": 3, "groups": 4,
+                 "memberships": 5, "problems": 0, "latencyUSec": 120},
+                {"name": "io.systemd.DynamicUser", "kind": "varlink", "state": "open",
+                 "servedByPid1": true, "latencyUSec": null, "retryInUSec": 4_200_000u64},
+            ]
+        });
+        let lines = status_lines(&status);
+        assert_eq!(lines.len(), 4);
+        assert!(
+            lines[0].contains("generation 4") && lines[0].contains("2 open connections"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[2].starts_with("files") && lines[2].ends_with("0.12 ms"),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[3].contains("open, retry in 4.2 s, PID 1") && lines[3].ends_with('-'),
+            "{}",
+            lines[3]
+        );
     }
 
     #[test]

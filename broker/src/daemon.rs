@@ -8,9 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::merge::Priority;
+use crate::resolve::Resolver;
 use crate::server::{bind, Limits, Server};
 use crate::service::Service;
 use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::sources::varlink::{self, VarlinkSources};
 use crate::watch::Watcher;
 
 /// Set in the daemon's own environment so that libnss_broker, should
@@ -92,15 +95,23 @@ pub fn notify_ready() -> io::Result<()> {
 pub fn run(config: Config) -> Result<(), String> {
     handle_termination(config.socket.clone())
         .map_err(|e| format!("cannot set up signal handling: {e}"))?;
+    let priority = Priority::new(config.order.clone());
     let store = SnapshotStore::new(Snapshot::empty());
-    let mut watcher = Watcher::new(config.root.clone(), store.clone());
+    let mut watcher = Watcher::new(config.root.clone(), priority.clone(), store.clone());
     watcher.refresh();
-    watcher
-        .spawn(config.poll_interval)
-        .map_err(|e| format!("cannot start the change watcher: {e}"))?;
+    // Bound first: service discovery must recognise the broker's own socket.
     let listener = bind(&config.socket)
         .map_err(|e| format!("cannot listen on {}: {e}", config.socket.display()))?;
-    let service = Arc::new(Service::new(store));
+    let varlink = Arc::new(VarlinkSources::new(
+        varlink::directory(&config.root),
+        config.socket.clone(),
+        config.varlink.clone(),
+    ));
+    watcher
+        .with_varlink(Arc::clone(&varlink))
+        .spawn(config.poll_interval)
+        .map_err(|e| format!("cannot start the change watcher: {e}"))?;
+    let service = Arc::new(Service::new(Resolver::new(store, varlink, priority)));
     let server = Server::new(listener, service, Limits::from_config(&config));
     tracing::info!(socket = %config.socket.display(), root = %config.root.display(), "ready");
     if let Err(e) = notify_ready() {

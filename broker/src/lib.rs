@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod merge;
 pub mod nsswitch_config;
 pub mod peer;
+pub mod resolve;
 pub mod server;
 pub mod service;
 pub mod snapshot;

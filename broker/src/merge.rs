@@ -17,6 +17,38 @@ use userdb_proto::names::valid_name;
 use crate::snapshot::{GroupEntry, Membership, Snapshot, SourceId, SourceStatus, UserEntry};
 use crate::sources::{SourceData, SourceGroup, SourceKind, SourceUser};
 
+/// The configured priority order of sources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Priority {
+    order: Vec<String>,
+}
+
+/// Sorts sources by priority: smaller is preferred.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rank(usize, u8, String);
+
+impl Priority {
+    pub fn new(order: Vec<String>) -> Self {
+        Priority { order }
+    }
+
+    /// Named sources by their position; the others after them, local
+    /// sources first (files, then drop-ins), services by name.
+    pub fn rank(&self, name: &str, kind: SourceKind) -> Rank {
+        let position = self
+            .order
+            .iter()
+            .position(|n| n == name)
+            .unwrap_or(self.order.len());
+        let kind_order = match kind {
+            SourceKind::Files => 0,
+            SourceKind::DropIns => 1,
+            SourceKind::Varlink => 2,
+        };
+        Rank(position, kind_order, name.to_owned())
+    }
+}
+
 /// One source's data with what `merge` needs to know about the source.
 pub struct LoadedSource {
     pub name: String,
@@ -387,6 +419,35 @@ mod tests {
         let s = &merged.snapshot;
         assert!(s.stated_by_files(s.membership("alice", "wheel").unwrap()));
         assert!(!s.stated_by_files(s.membership("bob", "wheel").unwrap()));
+    }
+
+    #[test]
+    fn priority_follows_the_configured_order() {
+        let default = Priority::new(vec!["files".into(), "dropins".into()]);
+        let mut ranks = [
+            ("io.systemd.Home", SourceKind::Varlink),
+            ("dropins", SourceKind::DropIns),
+            ("files", SourceKind::Files),
+            ("io.a.Directory", SourceKind::Varlink),
+        ]
+        .map(|(n, k)| (default.rank(n, k), n));
+        ranks.sort();
+        assert_eq!(
+            ranks.map(|(_, n)| n),
+            ["files", "dropins", "io.a.Directory", "io.systemd.Home"]
+        );
+        let custom = Priority::new(vec!["io.systemd.Home".into(), "dropins".into()]);
+        assert!(
+            custom.rank("io.systemd.Home", SourceKind::Varlink)
+                < custom.rank("dropins", SourceKind::DropIns)
+        );
+        assert!(
+            custom.rank("dropins", SourceKind::DropIns) < custom.rank("files", SourceKind::Files)
+        );
+        assert!(
+            custom.rank("files", SourceKind::Files)
+                < custom.rank("io.a.Directory", SourceKind::Varlink)
+        );
     }
 
     #[test]

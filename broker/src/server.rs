@@ -393,8 +393,10 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::merge::{merge, LoadedSource};
+    use crate::merge::{merge, LoadedSource, Priority};
+    use crate::resolve::Resolver;
     use crate::snapshot::SnapshotStore;
+    use crate::sources::varlink::VarlinkSources;
     use crate::sources::{SourceData, SourceKind, SourceUser};
     use serde_json::Value;
     use std::path::PathBuf;
@@ -423,7 +425,17 @@ mod tests {
             }],
             1,
         );
-        let service = Arc::new(Service::new(SnapshotStore::new(merged.snapshot)));
+        let no_services = VarlinkSources::new(
+            "/nonexistent".into(),
+            "/nonexistent".into(),
+            Default::default(),
+        );
+        let resolver = Resolver::new(
+            SnapshotStore::new(merged.snapshot),
+            Arc::new(no_services),
+            Priority::new(Vec::new()),
+        );
+        let service = Arc::new(Service::new(resolver));
         let server = Server::new(bind(&path).unwrap(), service, limits);
         std::thread::spawn(move || server.serve());
         path

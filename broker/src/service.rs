@@ -16,8 +16,7 @@ use userdb_proto::varlink::{errors, Call, Reply};
 use userdb_proto::BROKER_SERVICE;
 
 use crate::peer::Peer;
-use crate::snapshot::{GroupEntry, Membership, Snapshot, SnapshotStore, UserEntry};
-use crate::sources::SourceKind;
+use crate::resolve::{Key, Resolver};
 
 const GET_INFO: &str = "org.varlink.service.GetInfo";
 const VARLINK_SERVICE_INTERFACE: &str = "org.varlink.service";
@@ -26,7 +25,7 @@ const VARLINK_SERVICE_INTERFACE: &str = "org.varlink.service";
 pub type ReplySink<'a> = dyn FnMut(Reply) -> io::Result<()> + 'a;
 
 pub struct Service {
-    store: SnapshotStore,
+    resolver: Resolver,
     connections: Arc<AtomicUsize>,
 }
 
@@ -39,9 +38,9 @@ enum Interface {
 }
 
 impl Service {
-    pub fn new(store: SnapshotStore) -> Self {
+    pub fn new(resolver: Resolver) -> Self {
         Service {
-            store,
+            resolver,
             connections: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -55,9 +54,8 @@ impl Service {
     /// deliver a reply is returned as `Err`.
     pub fn handle(&self, call: &Call, peer: &Peer, sink: &mut ReplySink<'_>) -> io::Result<()> {
         let mut out = Replies::new(sink, call.more);
-        let snapshot = self.store.current();
         let ctx = Context {
-            snapshot: &snapshot,
+            resolver: &self.resolver,
             peer,
         };
         match call.method.as_str() {
@@ -70,33 +68,18 @@ impl Service {
                 ctx.get_memberships(Interface::UserDatabase, call, &mut out)
             }
             api::broker::GET_MEMBERSHIPS => ctx.get_memberships(Interface::Broker, call, &mut out),
-            api::broker::GET_STATUS => out.single(self.status(&snapshot)),
+            api::broker::GET_STATUS => out.single(self.status()),
             other => out.error(unknown_method(other)),
         }
     }
 
-    fn status(&self, snapshot: &Snapshot) -> Value {
-        let sources: Vec<Value> = snapshot
-            .sources
-            .iter()
-            .map(|s| {
-                json!({
-                    "name": s.name,
-                    "kind": s.kind.name(),
-                    "state": "ok",
-                    "users": s.users,
-                    "groups": s.groups,
-                    "memberships": s.memberships,
-                    "problems": s.problems,
-                    "latencyUSec": s.load_time.as_micros() as u64,
-                })
-            })
-            .collect();
+    fn status(&self) -> Value {
+        let snapshot = self.resolver.snapshot();
         json!({
             "generation": snapshot.generation,
             "snapshotAgeUSec": snapshot.built_at.elapsed().as_micros() as u64,
             "connections": self.connections.load(Ordering::Relaxed),
-            "sources": sources,
+            "sources": self.resolver.sources_status(),
         })
     }
 }
@@ -191,7 +174,7 @@ impl<'s, 'a> Replies<'s, 'a> {
 }
 
 struct Context<'a> {
-    snapshot: &'a Snapshot,
+    resolver: &'a Resolver,
     peer: &'a Peer,
 }
 
@@ -224,11 +207,15 @@ fn options_for(interface: Interface, options: LookupOptions) -> LookupOptions {
     }
 }
 
-impl Context<'_> {
-    fn winner_is_files(&self, source: usize) -> bool {
-        self.snapshot.source_kind(source) == Some(SourceKind::Files)
-    }
+/// The id a record carries under `field`.
+fn id_of(record: &Value, field: &str) -> Option<u32> {
+    record
+        .get(field)
+        .and_then(Value::as_u64)
+        .and_then(|id| u32::try_from(id).ok())
+}
 
+impl Context<'_> {
     /// The record as this peer may see it, with `service` filled in.
     fn render(&self, mut record: Value) -> Value {
         let incomplete = !self.peer.privileged() && strip_privileged(&mut record);
@@ -237,28 +224,6 @@ impl Context<'_> {
                 .or_insert_with(|| json!(BROKER_SERVICE));
         }
         json!({ "record": record, "incomplete": incomplete })
-    }
-
-    fn render_user(&self, user: &UserEntry) -> Value {
-        self.render(user.record.clone())
-    }
-
-    fn render_group(&self, group: &GroupEntry, options: LookupOptions) -> Value {
-        let members: Vec<&str> = self
-            .snapshot
-            .memberships_of_group(&group.name)
-            .filter(|m| self.wanted(m, options))
-            .map(|m| m.user.as_str())
-            .collect();
-        let mut record = group.record.clone();
-        if let (Some(obj), false) = (record.as_object_mut(), members.is_empty()) {
-            obj.insert("members".into(), json!(members));
-        }
-        self.render(record)
-    }
-
-    fn wanted(&self, membership: &Membership, options: LookupOptions) -> bool {
-        !(options.caller_reads_files && self.snapshot.stated_by_files(membership))
     }
 
     fn get_user(&self, interface: Interface, call: &Call, out: &mut Replies) -> io::Result<()> {
@@ -270,25 +235,22 @@ impl Context<'_> {
         let found = match (&query.user_name, query.uid) {
             (None, None) => {
                 if out.require_more()? {
-                    for user in self.snapshot.users() {
-                        if !(options.caller_reads_files && self.winner_is_files(user.source)) {
-                            out.item(self.render_user(user))?;
-                        }
-                    }
+                    self.resolver
+                        .users(options, &mut |picked| out.item(self.render(picked.record)))?;
                     out.finish()?;
                 }
                 return Ok(());
             }
-            (Some(name), uid) => match self.snapshot.user_by_name(name) {
-                Some(user) if uid.is_some_and(|uid| uid != user.uid) => {
+            (Some(name), uid) => match self.resolver.user(Key::Name(name), options) {
+                Some(user) if uid.is_some_and(|uid| id_of(&user.record, "uid") != Some(uid)) => {
                     return out.error(Reply::error(api::userdb::CONFLICTING_RECORD_FOUND))
                 }
                 found => found,
             },
-            (None, Some(uid)) => self.snapshot.user_by_uid(uid),
+            (None, Some(uid)) => self.resolver.user(Key::Id(uid), options),
         };
         match found {
-            Some(user) => out.single(self.render_user(user)),
+            Some(user) => out.single(self.render(user.record)),
             None => out.error(Reply::error(api::userdb::NO_RECORD_FOUND)),
         }
     }
@@ -302,37 +264,24 @@ impl Context<'_> {
         let found = match (&query.group_name, query.gid) {
             (None, None) => {
                 if out.require_more()? {
-                    for group in self.snapshot.groups() {
-                        if !(options.caller_reads_files && self.winner_is_files(group.source)) {
-                            out.item(self.render_group(group, options))?;
-                        }
-                    }
+                    self.resolver
+                        .groups(options, &mut |picked| out.item(self.render(picked.record)))?;
                     out.finish()?;
                 }
                 return Ok(());
             }
-            (Some(name), gid) => match self.snapshot.group_by_name(name) {
-                Some(group) if gid.is_some_and(|gid| gid != group.gid) => {
+            (Some(name), gid) => match self.resolver.group(Key::Name(name), options) {
+                Some(group) if gid.is_some_and(|gid| id_of(&group.record, "gid") != Some(gid)) => {
                     return out.error(Reply::error(api::userdb::CONFLICTING_RECORD_FOUND))
                 }
                 found => found,
             },
-            (None, Some(gid)) => self.snapshot.group_by_gid(gid),
+            (None, Some(gid)) => self.resolver.group(Key::Id(gid), options),
         };
         match found {
-            Some(group) => out.single(self.render_group(group, options)),
+            Some(group) => out.single(self.render(group.record)),
             None => out.error(Reply::error(api::userdb::NO_RECORD_FOUND)),
         }
-    }
-
-    fn render_membership(&self, interface: Interface, membership: &Membership) -> Value {
-        let mut reply = json!({ "userName": membership.user, "groupName": membership.group });
-        if interface == Interface::Broker {
-            if let Some(group) = self.snapshot.group_by_name(&membership.group) {
-                reply["gid"] = json!(group.gid);
-            }
-        }
-        reply
     }
 
     fn get_memberships(
@@ -347,20 +296,23 @@ impl Context<'_> {
                 Err(reply) => return out.error(reply),
             };
         let options = options_for(interface, query.options);
-        let s = self.snapshot;
-        let memberships: Box<dyn Iterator<Item = &Membership>> =
-            match (&query.user_name, &query.group_name) {
-                (Some(user), Some(group)) => Box::new(s.membership(user, group).into_iter()),
-                (Some(user), None) => Box::new(s.memberships_of_user(user)),
-                (None, Some(group)) => Box::new(s.memberships_of_group(group)),
-                (None, None) => Box::new(s.memberships()),
-            };
         let single = query.user_name.is_some() && query.group_name.is_some();
         if !single && !out.require_more()? {
             return Ok(());
         }
-        for membership in memberships.filter(|m| self.wanted(m, options)) {
-            out.item(self.render_membership(interface, membership))?;
+        let memberships = self.resolver.memberships(
+            query.user_name.as_deref(),
+            query.group_name.as_deref(),
+            options,
+        );
+        for m in memberships {
+            let mut reply = json!({ "userName": m.user, "groupName": m.group });
+            if interface == Interface::Broker {
+                if let Some(gid) = self.resolver.gid_of(&m.group, options) {
+                    reply["gid"] = json!(gid);
+                }
+            }
+            out.item(reply)?;
         }
         out.finish()
     }
@@ -369,8 +321,10 @@ impl Context<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::merge::{merge, LoadedSource};
-    use crate::sources::{SourceData, SourceGroup, SourceUser};
+    use crate::merge::{merge, LoadedSource, Priority};
+    use crate::snapshot::SnapshotStore;
+    use crate::sources::varlink::VarlinkSources;
+    use crate::sources::{SourceData, SourceGroup, SourceKind, SourceUser};
     use std::time::Duration;
     use userdb_proto::record::{GroupRecord, UserRecord, UserShadow};
 
@@ -463,7 +417,17 @@ mod tests {
             ],
             3,
         );
-        Service::new(SnapshotStore::new(merged.snapshot))
+        let no_services = VarlinkSources::new(
+            "/nonexistent".into(),
+            "/nonexistent".into(),
+            Default::default(),
+        );
+        let resolver = Resolver::new(
+            SnapshotStore::new(merged.snapshot),
+            Arc::new(no_services),
+            Priority::new(vec!["files".into(), "dropins".into()]),
+        );
+        Service::new(resolver)
     }
 
     fn call(

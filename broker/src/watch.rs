@@ -14,6 +14,7 @@ use std::fs::Metadata;
 use std::hash::{Hash, Hasher};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Files modified this recently are fingerprinted by their content as well.
@@ -21,8 +22,9 @@ const RACY_WINDOW: Duration = Duration::from_secs(2);
 /// Larger files are fingerprinted by metadata alone.
 const MAX_CONTENT_HASH: u64 = 16 << 20;
 
-use crate::merge::{merge, LogOnce};
+use crate::merge::{merge, LogOnce, Priority};
 use crate::snapshot::SnapshotStore;
+use crate::sources::varlink::VarlinkSources;
 use crate::sources::{dropins, files, load_local};
 
 /// The state of the local sources below a root. Two fingerprints differ
@@ -112,24 +114,36 @@ fn hash_metadata(hasher: &mut DefaultHasher, metadata: Option<Metadata>) {
     }
 }
 
-/// Rebuilds the snapshot in `store` from the sources below `root`.
+/// Rebuilds the snapshot in `store` from the sources below `root`, and
+/// keeps the Varlink services up to date.
 pub struct Watcher {
     root: PathBuf,
+    priority: Priority,
     store: SnapshotStore,
+    varlink: Option<Arc<VarlinkSources>>,
     generation: u64,
     last_fingerprint: Option<Fingerprint>,
     log: LogOnce,
 }
 
 impl Watcher {
-    pub fn new(root: PathBuf, store: SnapshotStore) -> Self {
+    pub fn new(root: PathBuf, priority: Priority, store: SnapshotStore) -> Self {
         Watcher {
             root,
+            priority,
             store,
+            varlink: None,
             generation: 0,
             last_fingerprint: None,
             log: LogOnce::default(),
         }
+    }
+
+    /// Also discovers services and probes those left out, each poll.
+    pub fn with_varlink(mut self, varlink: Arc<VarlinkSources>) -> Self {
+        varlink.maintain();
+        self.varlink = Some(varlink);
+        self
     }
 
     /// Rebuilds if anything changed since the last build (or if there was
@@ -145,7 +159,7 @@ impl Watcher {
         }
         self.last_fingerprint = Some(current);
         self.generation += 1;
-        let merged = merge(load_local(&self.root), self.generation);
+        let merged = merge(load_local(&self.root, &self.priority), self.generation);
         for message in self.log.update(merged.messages) {
             tracing::warn!("{message}");
         }
@@ -184,7 +198,8 @@ mod tests {
         std::fs::create_dir_all(root.join("etc/userdb")).unwrap();
         std::fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
         let store = SnapshotStore::new(Snapshot::empty());
-        let mut watcher = Watcher::new(root.clone(), store.clone());
+        let priority = Priority::new(vec!["files".into(), "dropins".into()]);
+        let mut watcher = Watcher::new(root.clone(), priority, store.clone());
         assert!(watcher.refresh());
         assert!(!watcher.refresh(), "nothing changed");
         assert_eq!(store.current().generation, 1);

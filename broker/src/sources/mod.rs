@@ -1,8 +1,11 @@
 //! Where users and groups come from. Each local source reads its data into a
 //! [`SourceData`]; `merge` combines them into one snapshot by priority.
+//! Varlink services are not snapshotted: `varlink` queries them per
+//! request, and `resolve` merges their answers with the snapshot.
 
 pub mod dropins;
 pub mod files;
+pub mod varlink;
 
 use serde_json::Value;
 
@@ -13,6 +16,8 @@ pub enum SourceKind {
     Files,
     /// systemd's JSON user/group drop-in directories.
     DropIns,
+    /// A Varlink `io.systemd.UserDatabase` service, queried per request.
+    Varlink,
 }
 
 impl SourceKind {
@@ -20,6 +25,7 @@ impl SourceKind {
         match self {
             SourceKind::Files => "files",
             SourceKind::DropIns => "dropins",
+            SourceKind::Varlink => "varlink",
         }
     }
 }
@@ -58,9 +64,11 @@ pub struct SourceData {
     pub problems: Vec<String>,
 }
 
-/// Reads the local sources below `root` in priority order: files, then
-/// drop-ins.
-pub fn load_local(root: &std::path::Path) -> Vec<crate::merge::LoadedSource> {
+/// Reads the local sources below `root`, in priority order.
+pub fn load_local(
+    root: &std::path::Path,
+    priority: &crate::merge::Priority,
+) -> Vec<crate::merge::LoadedSource> {
     let timed = |kind: SourceKind, load: &dyn Fn() -> SourceData| {
         let started = std::time::Instant::now();
         let data = load();
@@ -71,8 +79,10 @@ pub fn load_local(root: &std::path::Path) -> Vec<crate::merge::LoadedSource> {
             load_time: started.elapsed(),
         }
     };
-    vec![
+    let mut sources = vec![
         timed(SourceKind::Files, &|| files::load(root)),
         timed(SourceKind::DropIns, &|| dropins::load(&dropins::dirs(root))),
-    ]
+    ];
+    sources.sort_by_key(|s| priority.rank(&s.name, s.kind));
+    sources
 }
