@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -49,9 +49,23 @@ pub fn valid_user_reply() -> Vec<u8> {
 #[derive(Debug)]
 pub struct FakeBroker {
     path: PathBuf,
-    stop: Arc<AtomicBool>,
-    accepted: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
     acceptor: Option<JoinHandle<()>>,
+}
+
+/// State the acceptor and connection threads share with the test.
+#[derive(Debug, Default)]
+struct Shared {
+    stop: AtomicBool,
+    accepted: AtomicUsize,
+    /// Every request received, without its NUL.
+    requests: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Shared {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
 }
 
 /// How long the acceptor sleeps in poll between checks of the stop flag.
@@ -65,17 +79,14 @@ impl FakeBroker {
         listener
             .set_nonblocking(true)
             .unwrap_or_else(|e| panic!("nonblocking listener: {e}"));
-        let stop = Arc::new(AtomicBool::new(false));
-        let accepted = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(Shared::default());
         let acceptor = {
-            let stop = Arc::clone(&stop);
-            let accepted = Arc::clone(&accepted);
-            thread::spawn(move || accept_loop(&listener, behaviour, &stop, &accepted))
+            let shared = Arc::clone(&shared);
+            thread::spawn(move || accept_loop(&listener, behaviour, &shared))
         };
         FakeBroker {
             path: path.to_path_buf(),
-            stop,
-            accepted,
+            shared,
             acceptor: Some(acceptor),
         }
     }
@@ -88,13 +99,26 @@ impl FakeBroker {
     /// `settle` has passed, so that a connection still in the backlog is counted.
     pub fn accepted_after(&self, settle: Duration) -> usize {
         thread::sleep(settle);
-        self.accepted.load(Ordering::SeqCst)
+        self.shared.accepted.load(Ordering::SeqCst)
+    }
+
+    /// The requests received so far, parsed as JSON (unparsable ones as null).
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        self.shared
+            .requests
+            .lock()
+            .map(|r| {
+                r.iter()
+                    .map(|bytes| serde_json::from_slice(bytes).unwrap_or_default())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
 impl Drop for FakeBroker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.shared.stop.store(true, Ordering::SeqCst);
         if let Some(acceptor) = self.acceptor.take() {
             let _ = acceptor.join();
         }
@@ -111,19 +135,14 @@ fn wait_readable(fd: i32, timeout_ms: i32) {
     unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
 }
 
-fn accept_loop(
-    listener: &UnixListener,
-    behaviour: Behaviour,
-    stop: &Arc<AtomicBool>,
-    accepted: &AtomicUsize,
-) {
+fn accept_loop(listener: &UnixListener, behaviour: Behaviour, shared: &Arc<Shared>) {
     let mut handlers: Vec<JoinHandle<()>> = Vec::new();
-    while !stop.load(Ordering::SeqCst) {
+    while !shared.stopping() {
         match listener.accept() {
             Ok((stream, _)) => {
-                accepted.fetch_add(1, Ordering::SeqCst);
-                let stop = Arc::clone(stop);
-                handlers.push(thread::spawn(move || serve(stream, behaviour, &stop)));
+                shared.accepted.fetch_add(1, Ordering::SeqCst);
+                let shared = Arc::clone(shared);
+                handlers.push(thread::spawn(move || serve(stream, behaviour, &shared)));
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 wait_readable(listener.as_raw_fd(), POLL_SLICE_MS)
@@ -136,16 +155,22 @@ fn accept_loop(
     }
 }
 
-/// Reads one NUL-terminated request; false when the client went away or
-/// the fake is stopping first.
-fn read_request(stream: &mut UnixStream, stop: &AtomicBool) -> bool {
+/// Reads one NUL-terminated request and records it; false when the client
+/// went away or the fake is stopping first.
+fn read_request(stream: &mut UnixStream, shared: &Shared) -> bool {
     let _ = stream.set_read_timeout(Some(Duration::from_millis(20)));
+    let mut request = Vec::new();
     let mut byte = [0u8; 1];
-    while !stop.load(Ordering::SeqCst) {
+    while !shared.stopping() {
         match stream.read(&mut byte) {
             Ok(0) => return false,
-            Ok(_) if byte[0] == 0 => return true,
-            Ok(_) => {}
+            Ok(_) if byte[0] == 0 => {
+                if let Ok(mut requests) = shared.requests.lock() {
+                    requests.push(request);
+                }
+                return true;
+            }
+            Ok(_) => request.push(byte[0]),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(_) => return false,
         }
@@ -155,10 +180,10 @@ fn read_request(stream: &mut UnixStream, stop: &AtomicBool) -> bool {
 
 /// Keeps the connection open, doing nothing, until the fake stops or the
 /// client closes its end.
-fn hold(stream: &mut UnixStream, stop: &AtomicBool) {
+fn hold(stream: &mut UnixStream, shared: &Shared) {
     let _ = stream.set_read_timeout(Some(Duration::from_millis(20)));
     let mut sink = [0u8; 4096];
-    while !stop.load(Ordering::SeqCst) {
+    while !shared.stopping() {
         match stream.read(&mut sink) {
             Ok(0) => return,
             Ok(_) => {}
@@ -168,34 +193,34 @@ fn hold(stream: &mut UnixStream, stop: &AtomicBool) {
     }
 }
 
-fn serve(mut stream: UnixStream, behaviour: Behaviour, stop: &AtomicBool) {
-    if !read_request(&mut stream, stop) {
+fn serve(mut stream: UnixStream, behaviour: Behaviour, shared: &Shared) {
+    if !read_request(&mut stream, shared) {
         return;
     }
     match behaviour {
-        Behaviour::NeverAnswer => hold(&mut stream, stop),
+        Behaviour::NeverAnswer => hold(&mut stream, shared),
         Behaviour::Trickle { interval } => {
             let mut reply = valid_user_reply();
             reply.push(0);
             for byte in reply {
-                if stop.load(Ordering::SeqCst) || stream.write_all(&[byte]).is_err() {
+                if shared.stopping() || stream.write_all(&[byte]).is_err() {
                     return;
                 }
                 thread::sleep(interval);
             }
-            hold(&mut stream, stop);
+            hold(&mut stream, shared);
         }
         Behaviour::Unterminated => {
             if stream.write_all(&valid_user_reply()).is_ok() {
-                hold(&mut stream, stop);
+                hold(&mut stream, shared);
             }
         }
         Behaviour::Garbage => {
             if stream.write_all(b"\xff\xfe}{ this is not json ]\0").is_ok() {
-                hold(&mut stream, stop);
+                hold(&mut stream, shared);
             }
         }
-        Behaviour::Oversized { bytes } => stream_oversized(&mut stream, bytes, stop),
+        Behaviour::Oversized { bytes } => stream_oversized(&mut stream, bytes, shared),
         Behaviour::CloseMidReply => {
             let reply = valid_user_reply();
             let _ = stream.write_all(&reply[..reply.len() / 2]);
@@ -205,7 +230,7 @@ fn serve(mut stream: UnixStream, behaviour: Behaviour, stop: &AtomicBool) {
             if stream.write_all(error).is_err() || stream.write_all(&[0]).is_err() {
                 return;
             }
-            if !read_request(&mut stream, stop) {
+            if !read_request(&mut stream, shared) {
                 return;
             }
         },
@@ -213,7 +238,7 @@ fn serve(mut stream: UnixStream, behaviour: Behaviour, stop: &AtomicBool) {
 }
 
 /// Writes the head of a reply whose user name never ends, `bytes` in all.
-fn stream_oversized(stream: &mut UnixStream, bytes: usize, stop: &AtomicBool) {
+fn stream_oversized(stream: &mut UnixStream, bytes: usize, shared: &Shared) {
     let _ = stream.set_write_timeout(Some(Duration::from_millis(20)));
     let head = br#"{"parameters":{"record":{"userName":""#;
     if stream.write_all(head).is_err() {
@@ -221,14 +246,14 @@ fn stream_oversized(stream: &mut UnixStream, bytes: usize, stop: &AtomicBool) {
     }
     let chunk = vec![b'a'; 64 * 1024];
     let mut sent = head.len();
-    while sent < bytes && !stop.load(Ordering::SeqCst) {
+    while sent < bytes && !shared.stopping() {
         match stream.write(&chunk[..chunk.len().min(bytes - sent)]) {
             Ok(n) => sent += n,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(_) => return,
         }
     }
-    hold(stream, stop);
+    hold(stream, shared);
 }
 
 fn sockaddr_un(path: &Path) -> (libc::sockaddr_un, libc::socklen_t) {

@@ -264,6 +264,18 @@ impl Fixture {
         self
     }
 
+    /// `NAME.group-privileged` (mode 0600) holding `{"privileged": privileged}`.
+    pub fn dropin_group_privileged(&self, dir: DropinDir, name: &str, privileged: &Value) -> &Self {
+        let content = json!({ "privileged": privileged }).to_string();
+        self.write_dropin(
+            dir,
+            &format!("{name}.group-privileged"),
+            content.as_bytes(),
+            0o600,
+        );
+        self
+    }
+
     /// `NAME.group` holding `record`, and the `GID.group` symlink to it.
     pub fn dropin_group(&self, dir: DropinDir, record: &Value) -> &Self {
         let name = record["groupName"]
@@ -281,6 +293,12 @@ impl Fixture {
     /// empty file would mask the name rather than state the membership.
     pub fn dropin_membership(&self, dir: DropinDir, user: &str, group: &str) -> &Self {
         self.dropin_raw(dir, &format!("{user}:{group}.membership"), b"{}");
+        self
+    }
+
+    /// Masks `file_name` in `dir` with a symlink to /dev/null, as systemd allows.
+    pub fn mask_with_dev_null(&self, dir: DropinDir, file_name: &str) -> &Self {
+        self.dropin_link(dir, file_name, "/dev/null");
         self
     }
 

@@ -100,6 +100,7 @@ const MANY: User = User {
 };
 
 const ALICE_HASH: &str = "$6$alicesalt$AliceDropinHashOnlyRootMaySee";
+const DEVS_HASH: &str = "$6$devssalt$DevsGroupHashOnlyRootMaySee";
 /// 19000 days in µs, as `lastPasswordChangeUSec`.
 const DAYS_19000_USEC: u64 = 19_000 * 86_400 * 1_000_000;
 
@@ -144,6 +145,11 @@ fn populated() -> Fixture {
     f.dropin_group(
         DropinDir::Etc,
         &json!({ "groupName": "devs", "gid": DEVS_GID, "members": ["alice"] }),
+    );
+    f.dropin_group_privileged(
+        DropinDir::Etc,
+        "devs",
+        &json!({ "hashedPassword": [DEVS_HASH] }),
     );
     // alice is already in the record: must still be listed once.
     f.dropin_membership(DropinDir::Etc, "alice", "devs");
@@ -285,6 +291,33 @@ fn first_dropin_directory_wins_by_name_and_by_uid() {
     assert_ne!(expected, DUAL_SHADOWED.passwd_line());
     expect_line(&nss, &["getent", "passwd", "dual"], &expected);
     expect_line(&nss, &["getent", "passwd", "1003"], &expected);
+}
+
+#[test]
+fn empty_file_or_dev_null_link_in_an_earlier_directory_masks_a_user() {
+    let f = Fixture::new();
+    let masked = User {
+        name: "masked",
+        uid: 1006,
+        gecos: "Masked In Etc",
+        home: "/home/masked",
+        shell: "/bin/bash",
+    };
+    f.dropin_user(DropinDir::UsrLib, &masked.record());
+    f.dropin_raw(DropinDir::Etc, "masked.user", b"");
+    f.mask_with_dev_null(DropinDir::Etc, "1006.user");
+    f.dropin_user(DropinDir::UsrLib, &ALICE.record());
+    let _broker = Broker::start(&f);
+    let nss = Nss::new(&f, BROKER_ONLY);
+    assert_not_found(&nss, &["getent", "passwd", "masked"]);
+    assert_not_found(&nss, &["getent", "passwd", "1006"]);
+    let mut expected: Vec<String> = BASE_PASSWD.iter().map(|l| (*l).to_owned()).collect();
+    expected.push(ALICE.passwd_line());
+    assert_same_lines(
+        "getent passwd",
+        &run_ok(&nss, &["getent", "passwd"]),
+        &expected,
+    );
 }
 
 #[test]
@@ -505,6 +538,34 @@ fn shadow_hash_only_for_root() {
     }
 }
 
+#[test]
+fn gshadow_merges_members_and_hides_the_hash_from_others() {
+    let f = populated();
+    let _broker = Broker::start(&f);
+    for conf in [BROKER_ONLY, FILES_THEN_BROKER] {
+        let nss = Nss::new(&f, conf);
+        expect_line(
+            &nss,
+            &["getent", "gshadow", "devs"],
+            format!("devs:{DEVS_HASH}::alice,bob"),
+        );
+        let out = nss.run_as_nobody(&["getent", "gshadow", "devs"]);
+        assert!(!out.timed_out, "{}", out.describe());
+        assert!(
+            !out.stdout.contains(DEVS_HASH),
+            "[{}] getent gshadow devs as nobody revealed the hash\n{}",
+            nss.label(),
+            out.describe()
+        );
+    }
+    let nss = Nss::new(&f, BROKER_ONLY);
+    expect_line(
+        &nss,
+        &["getent", "gshadow", "wheel"],
+        "wheel:!::filesuser,alice",
+    );
+}
+
 /// Bad drop-ins: the file name and what is wrong with its content.
 fn hostile_dropins() -> Vec<(&'static str, Vec<u8>)> {
     let huge = "A".repeat(1 << 20);
@@ -560,6 +621,8 @@ fn hostile_dropins_are_skipped_with_a_log_line_and_the_rest_is_served() {
 
     expect_line(&nss, &["getent", "passwd", "alice"], ALICE.passwd_line());
     for name in [
+        "privinuser",
+        "idmismatch",
         "broken",
         "someoneelse",
         "mismatch",
@@ -571,7 +634,7 @@ fn hostile_dropins_are_skipped_with_a_log_line_and_the_rest_is_served() {
     ] {
         assert_not_found(&nss, &["getent", "passwd", name]);
     }
-    for uid in 1100..=1105 {
+    for uid in (1100..=1105).chain([1107, 1234, 1235]) {
         assert_not_found(&nss, &["getent", "passwd", &uid.to_string()]);
     }
     assert_not_found(&nss, &["getent", "group", "badmember"]);

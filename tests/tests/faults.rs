@@ -148,7 +148,7 @@ fn assert_connected(fake: &FakeBroker) {
 
 #[test]
 fn socket_absent_fails_within_5_ms() {
-    let _timing = exclusive();
+    let _serial = exclusive();
     let f = Fixture::new();
     let nss = Nss::new(&f, BROKER_ONLY).socket(&f.scratch().join("absent"));
     assert_row("socket absent (first lookup in the process)", 5.0, || {
@@ -168,7 +168,7 @@ fn socket_absent_fails_within_5_ms() {
 
 #[test]
 fn broker_that_accepts_and_never_answers_costs_one_deadline() {
-    let _timing = exclusive();
+    let _serial = exclusive();
     let f = Fixture::new();
     let fake = FakeBroker::start(&f.socket_path(), Behaviour::NeverAnswer);
     let nss = against_fake(&f);
@@ -183,7 +183,7 @@ fn broker_that_accepts_and_never_answers_costs_one_deadline() {
         Nss::new(&f, FILES_THEN_BROKER).env("USERDB_BROKER_TIMEOUT_MS", DEADLINE_MS.to_string());
     assert_row(
         "  same, whole `getent group daemon` process (files+merge)",
-        450.0,
+        500.0,
         || {
             let out = merged.run(&["getent", "group", "daemon"]);
             out.assert_code(0, "getent group daemon");
@@ -193,7 +193,7 @@ fn broker_that_accepts_and_never_answers_costs_one_deadline() {
     );
     assert_row(
         "  same, whole `id daemon` process (files+merge)",
-        450.0,
+        500.0,
         || {
             let out = merged.run(&["id", "daemon"]);
             out.assert_code(0, "id daemon");
@@ -205,7 +205,7 @@ fn broker_that_accepts_and_never_answers_costs_one_deadline() {
 
 #[test]
 fn socket_listening_but_never_accepting_costs_one_deadline() {
-    let _timing = exclusive();
+    let _serial = exclusive();
     let f = Fixture::new();
     let backlog = Backlogged::start(&f.socket_path());
     assert!(backlog.queued() > 0);
@@ -244,7 +244,7 @@ fn socket_listening_but_never_accepting_costs_one_deadline() {
 
 #[test]
 fn three_lookups_against_a_hung_broker_cost_one_deadline() {
-    let _timing = exclusive();
+    let _serial = exclusive();
     let f = Fixture::new();
     let fake = FakeBroker::start(&f.socket_path(), Behaviour::NeverAnswer);
     let nss = against_fake(&f);
@@ -265,7 +265,7 @@ fn three_lookups_against_a_hung_broker_cost_one_deadline() {
 
 #[test]
 fn trickled_or_unterminated_reply_costs_one_deadline() {
-    let _timing = exclusive();
+    let _serial = exclusive();
     for (row, behaviour) in [
         (
             "reply trickled one byte per 20 ms, deadline 300 ms",
@@ -292,7 +292,7 @@ fn trickled_or_unterminated_reply_costs_one_deadline() {
 
 #[test]
 fn garbage_or_oversized_reply_fails_cleanly_within_the_deadline() {
-    let _timing = exclusive();
+    let _serial = exclusive();
     for (row, behaviour) in [
         ("garbage reply", Behaviour::Garbage),
         (
@@ -318,7 +318,7 @@ fn garbage_or_oversized_reply_fails_cleanly_within_the_deadline() {
 
 #[test]
 fn broker_killed_then_restarted_answers_again() {
-    let _timing = exclusive();
+    let _serial = exclusive();
     let f = fixture_with_alice();
     let nss = Nss::new(&f, BROKER_ONLY);
     let mut broker = Broker::start(&f);
@@ -355,6 +355,7 @@ fn connections_made(f: &Fixture, nss: &Nss) -> usize {
 
 #[test]
 fn bypass_variables_and_pid_1_make_no_connection() {
+    let _serial = exclusive();
     let f = Fixture::new();
     let plain = Nss::new(&f, BROKER_ONLY);
     assert!(
@@ -381,6 +382,53 @@ fn bypass_variables_and_pid_1_make_no_connection() {
     );
 }
 
+/// The requests a lookup sends to a broker that knows nobody.
+fn requests_made(f: &Fixture, nss: &Nss, argv: &[&str]) -> Vec<serde_json::Value> {
+    let fake = FakeBroker::start(&f.socket_path(), Behaviour::NotFound);
+    nss.run(argv).assert_code(2, &argv.join(" "));
+    fake.accepted_after(Duration::from_millis(50));
+    fake.requests()
+}
+
+#[test]
+fn module_tells_the_broker_about_files_first_and_dynamic_bypass() {
+    let _serial = exclusive();
+    let f = Fixture::new();
+    let lookup = ["getent", "group", "nosuchgroup"];
+    let cases = [
+        ("broker alone", Nss::new(&f, BROKER_ONLY), false, false),
+        ("files first", Nss::new(&f, FILES_THEN_BROKER), true, false),
+        (
+            "SYSTEMD_NSS_DYNAMIC_BYPASS=1",
+            Nss::new(&f, BROKER_ONLY).env("SYSTEMD_NSS_DYNAMIC_BYPASS", "1"),
+            false,
+            true,
+        ),
+        (
+            "generator",
+            generator(Nss::new(&f, BROKER_ONLY)),
+            false,
+            true,
+        ),
+    ];
+    for (case, nss, reads_files, dynamic_bypass) in cases {
+        let requests = requests_made(&f, &nss, &lookup);
+        assert!(
+            !requests.is_empty(),
+            "{case}: no request reached the broker"
+        );
+        for request in &requests {
+            let method = request["method"].as_str().unwrap_or_default();
+            let params = &request["parameters"];
+            assert!(method.starts_with("io.userdb.Broker."), "{case}: {request}");
+            assert_eq!(params["service"], "io.userdb.Broker", "{case}: {request}");
+            let flag = |key: &str| params[key].as_bool().unwrap_or(false);
+            assert_eq!(flag("callerReadsFiles"), reads_files, "{case}: {request}");
+            assert_eq!(flag("dynamicBypass"), dynamic_bypass, "{case}: {request}");
+        }
+    }
+}
+
 /// What PID 1 gives generators in systemd 252.
 const GENERATOR_ENV: [(&str, &str); 4] = [
     ("SYSTEMD_SCOPE", "system"),
@@ -395,7 +443,7 @@ fn generator(nss: Nss) -> Nss {
 
 #[test]
 fn generator_context_waits_at_most_100_ms_and_still_gets_answers() {
-    let _timing = exclusive();
+    let _serial = exclusive();
     let f = fixture_with_alice();
     {
         let fake = FakeBroker::start(&f.socket_path(), Behaviour::NeverAnswer);
@@ -438,7 +486,7 @@ fn probe(nss: &Nss, mode: &[&str]) -> Outcome {
 
 #[test]
 fn sixty_four_threads_times_ten_thousand_lookups_are_all_correct() {
-    let _heavy = exclusive();
+    let _serial = exclusive();
     let f = fixture_with_alice();
     let _broker = Broker::start(&f);
     let nss = Nss::new(&f, BROKER_ONLY).limit(Duration::from_secs(240));
@@ -454,7 +502,7 @@ fn sixty_four_threads_times_ten_thousand_lookups_are_all_correct() {
 
 #[test]
 fn fork_from_a_threaded_process_keeps_lookups_working_in_parent_and_child() {
-    let _heavy = exclusive();
+    let _serial = exclusive();
     let f = fixture_with_alice();
     let _broker = Broker::start(&f);
     let nss = Nss::new(&f, BROKER_ONLY);
@@ -468,6 +516,7 @@ fn fork_from_a_threaded_process_keeps_lookups_working_in_parent_and_child() {
 
 #[test]
 fn lookup_from_an_atexit_handler_does_not_crash() {
+    let _serial = exclusive();
     let f = fixture_with_alice();
     let _broker = Broker::start(&f);
     let nss = Nss::new(&f, BROKER_ONLY);
@@ -492,6 +541,7 @@ fn lookup_from_an_atexit_handler_does_not_crash() {
 
 #[test]
 fn broker_refuses_to_run_as_pid_1() {
+    let _serial = exclusive();
     let f = Fixture::new();
     let mut command = Command::new("unshare");
     command
@@ -533,7 +583,7 @@ fn open_connections(broker: &Broker) -> u64 {
 
 #[test]
 fn broker_answers_a_new_client_within_50_ms_under_2000_idle_connections() {
-    let _timing = exclusive();
+    let _serial = exclusive();
     let f = fixture_with_alice();
     let mut broker = Broker::start(&f);
     let nss = Nss::new(&f, BROKER_ONLY);
@@ -577,6 +627,7 @@ fn broker_answers_a_new_client_within_50_ms_under_2000_idle_connections() {
 
 #[test]
 fn broker_starts_and_serves_with_broker_in_its_own_nsswitch_conf() {
+    let _serial = exclusive();
     let f = fixture_with_alice();
     let own = Nss::new(&f, BROKER_ONLY);
     let _broker = Broker::start_under(&f, &own);
@@ -587,6 +638,7 @@ fn broker_starts_and_serves_with_broker_in_its_own_nsswitch_conf() {
 
 #[test]
 fn broker_binary_imports_no_nss_lookup_functions() {
+    let _serial = exclusive();
     let mut nm = Command::new("nm");
     nm.args(["--dynamic", "--undefined-only", "--format=posix"])
         .arg(artifacts::brokerd());
@@ -641,7 +693,7 @@ fn valgrind(nss: &Nss, argv: &[&str], ok_codes: &[i32]) {
 
 #[test]
 fn lookups_under_valgrind_show_no_invalid_access_or_definite_leak() {
-    let _heavy = exclusive();
+    let _serial = exclusive();
     let f = fixture_with_alice();
     {
         let _broker = Broker::start(&f);
