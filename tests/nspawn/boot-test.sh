@@ -96,6 +96,11 @@ ensure_tree() {
     exec {lock}>&-
 }
 
+# One boot test at a time: runs share the tmpfs on /run/systemd/nspawn.
+mkdir -p "$cache"
+exec {run_lock}>"$cache/.run-lock"
+flock "$run_lock"
+
 begin "cached bookworm tree ($tree)"
 ensure_tree
 finish "cached tree ready"
@@ -271,16 +276,19 @@ for phase in running stopped frozen; do
         check "daemon-reload $phase #$i < 2 s ($(ms "$(value $r "reload.$phase.$i.us")") ms)" \
             below "$(value $r "reload.$phase.$i.us")" "$reload_bound_us"
         check "daemon-reload $phase #$i re-ran the generator" \
-            equals "$(generator_log $r | awk -F'\t' -v p="$phase-$i" '$1 == p' | wc -l)" 3
+            equals "$(generator_log $r | awk -F'\t' -v p="$phase-$i" '$1 == p && $2 != "spawn"' | wc -l)" 3
     done
 done
-check "generator ran at boot" equals "$(generator_log $r | awk -F'\t' '$1 == "boot"' | wc -l)" 3
-slow=$(generator_log $r | awk -F'\t' -v bound="$generator_bound_us" '$3 >= bound { print $1 " " $2 " " $3 " µs" }')
+check "generator ran at boot" equals "$(generator_log $r | awk -F'\t' '$1 == "boot" && $2 != "spawn"' | wc -l)" 3
+slow=$(generator_log $r | awk -F'\t' -v bound="$generator_bound_us" '
+    $2 == "spawn" { spawn[$1] = $3 }
+    $2 != "spawn" && $3 >= bound { printf "%s%s %s %d ms (spawn %d ms)", sep, $1, $2, $3 / 1000, spawn[$1] / 1000; sep = "; " }')
 check "every generator lookup < 200 ms${slow:+ (slow: $slow)}" equals "$slow" ""
 
 # --- the table ------------------------------------------------------------------
 echo
-echo "== timings (ms; generator rows: slowest of the runs in that phase)"
+echo "== timings (ms; generator rows: the slowest lookup of that phase; a value near 3000 is the"
+echo "   generator's own 3 s cap firing: without it that lookup waits for PID 1, which waits for it)"
 table() {
     local label=$1 broker_value=$2 control_value=$3 bound=$4
     printf '%-52s | %-24s | %-24s | %s\n' "$label" "$broker_value" "$control_value" "$bound"
@@ -289,10 +297,12 @@ control_or_dash() { [[ ${SKIP_CONTROL:-0} == 1 ]] && echo "-" || "$@"; }
 table "measurement" "broker" "control: group systemd" "bound"
 table "---" "---" "---" "---"
 for phase in boot running stopped frozen; do
-    for lookup in getent-group-systemd-network id-dropuser getent-passwd-dropuser; do
+    for lookup in spawn getent-group-systemd-network id-dropuser getent-passwd-dropuser; do
+        bound="< 200"
+        [[ $lookup == spawn ]] && bound="(process start, no lookup)"
         table "generator $lookup ($phase)" \
             "$(ms "$(generator_max broker $phase $lookup)")" \
-            "$(control_or_dash ms "$(generator_max control $phase $lookup)")" "< 200"
+            "$(control_or_dash ms "$(generator_max control $phase $lookup)")" "$bound"
     done
 done
 for phase in running stopped frozen; do
@@ -306,6 +316,8 @@ done
 table "getent passwd dropuser, broker frozen" "$(ms "$(value broker frozen-getent-passwd-dropuser.us)")" \
     "$(control_or_dash ms "$(value control frozen-getent-passwd-dropuser.us)")" ""
 echo
+echo "broker unit hardening (systemd-analyze security): $(value broker broker.exposure)"
+echo
 echo "== host steps (ms)"
 for step in "${steps[@]}"; do
     printf '%-40s %s\n' "${step%%$'\t'*}" "${step#*$'\t'}"
@@ -314,6 +326,7 @@ done
 if ((${#failures[@]})); then
     echo
     echo "boot test FAILED: ${#failures[@]} assertion(s)"
+    printf '  - %s\n' "${failures[@]}"
     for run in "${runs[@]}"; do
         echo "--- $run: failed units: $(value "$run" failed-units)"
         echo "--- $run: broker log (last 20 lines)"
