@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use userdb_broker_tests::fixture::{BASE_GROUP, BASE_PASSWD, BASE_SHADOW, FILESUSER_HASH};
 use userdb_broker_tests::nss::{BROKER_ONLY, FILES_THEN_BROKER};
+use userdb_broker_tests::varlink;
 use userdb_broker_tests::{
     artifacts, assert_line, assert_same_lines, exclusive, Broker, DropinDir, Fixture, Nss, Outcome,
 };
+use userdb_proto::api::userdb::{GET_GROUP_RECORD, GET_MEMBERSHIPS, GET_USER_RECORD};
 
 /// A drop-in user with every passwd field set, and the line it must produce.
 struct User {
@@ -712,6 +714,142 @@ fn dropin_added_changed_removed_while_running_is_served_within_a_second() {
     f.remove_dropin(DropinDir::Etc, "1200.user");
     let removed = time_until(&nss, "late", None, limit);
     println!("drop-in reload: added {added:?}, changed {changed:?}, removed {removed:?}");
+}
+
+const SERVICE: &str = "io.userdb.Broker";
+
+fn error_of(exchange: &varlink::Exchange) -> Option<&str> {
+    exchange.replies.first().and_then(|r| r["error"].as_str())
+}
+
+/// Every reply of a `more` call but the last carries `continues: true`.
+fn assert_streamed(what: &str, exchange: &varlink::Exchange) {
+    assert!(!exchange.timed_out, "{what}: no final reply");
+    let flags: Vec<bool> = exchange
+        .replies
+        .iter()
+        .map(|r| r["continues"].as_bool().unwrap_or(false))
+        .collect();
+    let Some((last, rest)) = flags.split_last() else {
+        panic!("{what}: no reply at all");
+    };
+    assert!(
+        !last && rest.iter().all(|c| *c),
+        "{what}: continues flags {flags:?}"
+    );
+}
+
+#[test]
+fn broker_serves_the_systemd_userdb_varlink_api() {
+    let f = populated();
+    let broker = Broker::start(&f);
+    let socket = broker.socket();
+
+    for key in [json!({ "userName": "alice" }), json!({ "uid": 1001 })] {
+        let mut params = key.clone();
+        params["service"] = json!(SERVICE);
+        let got = varlink::call(socket, GET_USER_RECORD, params, false);
+        assert_eq!(got.replies.len(), 1, "{key}: {:?}", got.replies);
+        let reply = &got.replies[0]["parameters"];
+        assert_eq!(reply["record"]["userName"], "alice", "{key}: {reply}");
+        assert_eq!(reply["record"]["uid"], 1001, "{key}: {reply}");
+        assert_eq!(reply["record"]["service"], SERVICE, "{key}: {reply}");
+        // The test runs as root: the privileged part comes along.
+        assert_eq!(
+            reply["record"]["privileged"]["hashedPassword"][0], ALICE_HASH,
+            "{reply}"
+        );
+        assert_eq!(reply["incomplete"], false, "{reply}");
+    }
+
+    let unknown = varlink::call(
+        socket,
+        GET_USER_RECORD,
+        json!({ "userName": "nosuchuser", "service": SERVICE }),
+        false,
+    );
+    assert_eq!(
+        error_of(&unknown),
+        Some("io.systemd.UserDatabase.NoRecordFound")
+    );
+    let unknown = varlink::call(
+        socket,
+        GET_GROUP_RECORD,
+        json!({ "gid": 4000, "service": SERVICE }),
+        false,
+    );
+    assert_eq!(
+        error_of(&unknown),
+        Some("io.systemd.UserDatabase.NoRecordFound")
+    );
+    let wrong = varlink::call(
+        socket,
+        GET_USER_RECORD,
+        json!({ "userName": "alice", "service": "io.systemd.Other" }),
+        false,
+    );
+    assert_eq!(error_of(&wrong), Some("io.systemd.UserDatabase.BadService"));
+
+    let group = varlink::call(
+        socket,
+        GET_GROUP_RECORD,
+        json!({ "groupName": "devs", "service": SERVICE }),
+        false,
+    );
+    assert_eq!(
+        group.replies[0]["parameters"]["record"]["gid"], DEVS_GID,
+        "{:?}",
+        group.replies
+    );
+    assert_eq!(group.replies[0]["parameters"]["record"]["service"], SERVICE);
+
+    let members = varlink::call(
+        socket,
+        GET_MEMBERSHIPS,
+        json!({ "groupName": "devs", "service": SERVICE }),
+        true,
+    );
+    assert_streamed("memberships of devs", &members);
+    let pairs: Vec<String> = members
+        .replies
+        .iter()
+        .map(|r| {
+            format!(
+                "{}:{}",
+                r["parameters"]["userName"].as_str().unwrap_or("?"),
+                r["parameters"]["groupName"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    assert_same_lines("memberships of devs", &pairs, &["alice:devs", "bob:devs"]);
+
+    let of_many = varlink::call(
+        socket,
+        GET_MEMBERSHIPS,
+        json!({ "userName": "many", "service": SERVICE }),
+        true,
+    );
+    assert_streamed("memberships of many", &of_many);
+    assert_eq!(of_many.replies.len(), MANY_GROUPS as usize);
+
+    let users = varlink::call(socket, GET_USER_RECORD, json!({ "service": SERVICE }), true);
+    assert_streamed("user enumeration", &users);
+    let names: Vec<String> = users
+        .replies
+        .iter()
+        .map(|r| {
+            r["parameters"]["record"]["userName"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned()
+        })
+        .collect();
+    let mut expected: Vec<String> = BASE_PASSWD
+        .iter()
+        .map(|l| l.split(':').next().unwrap_or_default().to_owned())
+        .collect();
+    expected.extend(DROPIN_USERS.iter().map(|u| u.name.to_owned()));
+    assert_same_lines("user enumeration", &names, &expected);
 }
 
 /// DESIGN.md: exactly these symbols are public.

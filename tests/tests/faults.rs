@@ -10,7 +10,8 @@ use serde_json::json;
 use userdb_broker_tests::fake::{open_idle_connections, Behaviour};
 use userdb_broker_tests::nss::{BROKER_ONLY, FILES_THEN_BROKER};
 use userdb_broker_tests::{
-    artifacts, exclusive, process, Backlogged, Broker, DropinDir, FakeBroker, Fixture, Nss, Outcome,
+    artifacts, exclusive, process, varlink, Backlogged, Broker, DropinDir, FakeBroker, Fixture,
+    Nss, Outcome,
 };
 
 const PROBE: &str = env!("CARGO_BIN_EXE_nss-probe");
@@ -427,6 +428,170 @@ fn module_tells_the_broker_about_files_first_and_dynamic_bypass() {
             assert_eq!(flag("dynamicBypass"), dynamic_bypass, "{case}: {request}");
         }
     }
+}
+
+#[test]
+fn broker_drops_bad_clients_and_keeps_serving_the_others() {
+    let _serial = exclusive();
+    let f = fixture_with_alice();
+    let mut broker = Broker::start(&f);
+    let socket = broker.socket().to_path_buf();
+    let limit = Duration::from_secs(5);
+
+    let garbage = varlink::exchange(&socket, b"}{ not json at all\0", limit);
+    assert!(
+        !garbage.timed_out,
+        "garbage request left hanging: {garbage:?}"
+    );
+    assert!(
+        garbage.closed || garbage.replies.iter().any(|r| r["error"].is_string()),
+        "garbage request got neither an error nor a close: {garbage:?}"
+    );
+
+    let unknown = varlink::call(
+        &socket,
+        "io.systemd.UserDatabase.NoSuchMethod",
+        json!({}),
+        false,
+    );
+    assert_eq!(
+        unknown.replies.first().and_then(|r| r["error"].as_str()),
+        Some("org.varlink.service.MethodNotFound"),
+        "{unknown:?}"
+    );
+
+    let oversized = varlink::exchange(&socket, &vec![b' '; 16 << 20], limit);
+    assert!(
+        !oversized.timed_out,
+        "a 16 MiB request without end was not refused: {oversized:?}"
+    );
+
+    // A client that sends half a message and stalls holds its connection;
+    // nobody else may notice.
+    let mut stalled =
+        std::os::unix::net::UnixStream::connect(&socket).unwrap_or_else(|e| panic!("connect: {e}"));
+    std::io::Write::write_all(
+        &mut stalled,
+        br#"{"method":"io.systemd.UserDatabase.GetUserRecord","param"#,
+    )
+    .unwrap_or_else(|e| panic!("write: {e}"));
+    let nss = Nss::new(&f, BROKER_ONLY);
+    assert_row(
+        "new client beside garbage, oversized and stalled clients",
+        50.0,
+        || {
+            let run = probe_time(&nss, &["passwd:alice"]);
+            assert_eq!(run.first().answer, format!("found {ALICE_LINE}"));
+            run.first().took
+        },
+    );
+    assert!(broker.is_running(), "broker died:\n{}", broker.log());
+}
+
+#[test]
+fn no_descriptor_leaks_across_a_thousand_lookups() {
+    let _serial = exclusive();
+    let f = fixture_with_alice();
+    let queries = [
+        "passwd:alice",
+        "uid:0",
+        "group:wheel",
+        "passwd:nosuchuser",
+        "gid:4000",
+    ];
+    let fds = |nss: &Nss| -> String {
+        let mut argv = vec![PROBE, "fds", "1000"];
+        argv.extend_from_slice(&queries);
+        let out = nss.run(&argv);
+        out.assert_code(0, "nss-probe fds");
+        out.stdout
+    };
+    let counts = |text: &str| -> (String, String) {
+        let mut words = text.split_whitespace().skip(1);
+        let before = words
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("before=")
+            .to_owned();
+        let after = words
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("after=")
+            .to_owned();
+        (before, after)
+    };
+    {
+        let _broker = Broker::start(&f);
+        let (before, after) = counts(&fds(&Nss::new(&f, BROKER_ONLY)));
+        assert_eq!(before, after, "live broker: descriptors leaked");
+    }
+    let _hung = FakeBroker::start(&f.socket_path(), Behaviour::NeverAnswer);
+    let nss = against_fake(&f);
+    let (before, after) = counts(&fds(&nss));
+    assert_eq!(before, after, "hung broker: descriptors leaked");
+}
+
+#[test]
+fn module_socket_is_close_on_exec_and_never_raises_sigpipe() {
+    let _serial = exclusive();
+    let f = fixture_with_alice();
+    let _broker = Broker::start(&f);
+    let nss = Nss::new(&f, BROKER_ONLY);
+    let out = nss.run(&[
+        "strace",
+        "-qq",
+        "-e",
+        "trace=socket,connect,write,writev,send,sendto,sendmsg,close",
+        PROBE,
+        "time",
+        "passwd:alice",
+        "group:wheel",
+    ]);
+    out.assert_code(0, "probe under strace");
+    let socket = f.socket_path().display().to_string();
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    let mut checked = 0;
+    for (at, line) in lines.iter().enumerate() {
+        if !(line.starts_with("connect(") && line.contains(&socket)) {
+            continue;
+        }
+        let fd = line["connect(".len()..]
+            .split(',')
+            .next()
+            .unwrap_or_default();
+        let created = lines[..at]
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("socket(") && l.ends_with(&format!("= {fd}")))
+            .unwrap_or_else(|| panic!("no socket() for fd {fd}\n{}", out.stderr));
+        assert!(
+            created.contains("SOCK_CLOEXEC"),
+            "not close-on-exec: {created}"
+        );
+        // Up to the close: after it the number may name another file.
+        for later in lines[at..]
+            .iter()
+            .take_while(|l| !l.starts_with(&format!("close({fd})")))
+        {
+            let on_fd = |call: &str| later.starts_with(&format!("{call}({fd},"));
+            assert!(
+                !on_fd("write") && !on_fd("writev"),
+                "write(2) on the socket can raise SIGPIPE: {later}"
+            );
+            if on_fd("sendto") || on_fd("sendmsg") || on_fd("send") {
+                assert!(
+                    later.contains("MSG_NOSIGNAL"),
+                    "send without MSG_NOSIGNAL: {later}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked > 0,
+        "saw no send on the broker socket\n{}",
+        out.stderr
+    );
 }
 
 /// What PID 1 gives generators in systemd 252.

@@ -8,6 +8,7 @@
 //!   nss-probe fork ROUNDS EXPECT...   fork ROUNDS times while 4 threads look up
 //!   nss-probe atexit EXPECT...        look up in main, then again in an atexit handler
 //!   nss-probe atexit-only EXPECT...   the first lookup of the process is in the handler
+//!   nss-probe fds N QUERY...          open descriptors after one round of QUERY and after N more
 //!
 //! QUERY is `passwd:NAME`, `uid:UID`, `group:NAME` or `gid:GID`.
 //! EXPECT is `passwd:NAME=UID`, `group:NAME=GID`, or `passwd:NAME=-` (not found).
@@ -410,8 +411,23 @@ fn cmd_atexit(expectations: Vec<Expectation>, first_in_main: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+fn cmd_fds(rounds: usize, queries: &[Query]) -> ExitCode {
+    // The first round lets glibc load the module and read its configuration.
+    queries.iter().for_each(|q| drop(lookup(q)));
+    let before = open_descriptors();
+    for _ in 0..rounds {
+        queries.iter().for_each(|q| drop(lookup(q)));
+    }
+    println!("fds before={before} after={}", open_descriptors());
+    ExitCode::SUCCESS
+}
+
 fn usage() -> ExitCode {
-    eprintln!("usage: nss-probe time QUERY... | threads T N EXPECT... | fork ROUNDS EXPECT... | atexit[-only] EXPECT...");
+    eprintln!("usage: nss-probe time QUERY... | threads T N EXPECT... | fork ROUNDS EXPECT... | atexit[-only] EXPECT... | fds N QUERY...");
     ExitCode::from(2)
 }
 
@@ -439,6 +455,13 @@ fn main() -> ExitCode {
             parse_all(rest.get(1..).unwrap_or(&[]), Expectation::parse),
         ) {
             (Some(rounds), Some(e)) => cmd_fork(rounds, e),
+            _ => usage(),
+        },
+        "fds" => match (
+            number(0),
+            parse_all(rest.get(1..).unwrap_or(&[]), parse_query),
+        ) {
+            (Some(rounds), Some(queries)) => cmd_fds(rounds, &queries),
             _ => usage(),
         },
         "atexit" | "atexit-only" => match parse_all(rest, Expectation::parse) {
