@@ -309,7 +309,7 @@ fn status_lines(status: &Value) -> Vec<String> {
             status["connections"],
         ),
         format!(
-            "{:<28} {:<8} {:<10} {:>7} {:>7} {:>11} {:>8} {:>10}",
+            "{:<28} {:<8} {:<28} {:>7} {:>7} {:>11} {:>8} {:>10}",
             "SOURCE", "KIND", "STATE", "USERS", "GROUPS", "MEMBERSHIPS", "PROBLEMS", "LATENCY"
         ),
     ];
@@ -327,7 +327,7 @@ fn status_lines(status: &Value) -> Vec<String> {
             state.push_str(", PID 1");
         }
         lines.push(format!(
-            "{:<28} {:<8} {:<10} {:>7} {:>7} {:>11} {:>8} {:>10}",
+            "{:<28} {:<8} {:<28} {:>7} {:>7} {:>11} {:>8} {:>10}",
             text("name"),
             text("kind"),
             state,
