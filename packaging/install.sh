@@ -20,22 +20,29 @@ PREFIX=${PREFIX:-/usr}
 TARGET_DIR=${TARGET_DIR:-${CARGO_TARGET_DIR:-$repo/target}/release}
 
 # The directory glibc's loader searches for NSS modules: Debian's multiarch
-# triplet, else lib64 where the system uses it (RPM distributions), else lib.
+# triplet (from dpkg-architecture or gcc when installed), else the directory
+# the running libc.so.6 itself was loaded from (lib/<triplet>, lib64 or lib).
 detect_libdir() {
-    local triplet=""
+    local triplet="" libc
     if command -v dpkg-architecture >/dev/null 2>&1; then
         triplet=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || true)
     fi
     if [[ -z $triplet ]] && command -v gcc >/dev/null 2>&1; then
         triplet=$(gcc -print-multiarch 2>/dev/null || true)
     fi
-    if [[ -n $triplet && -d /usr/lib/$triplet ]]; then
+    if [[ -n $triplet ]]; then
         echo "$PREFIX/lib/$triplet"
-    elif [[ -d /usr/lib64 && ! -L /usr/lib64 ]]; then
-        echo "$PREFIX/lib64"
-    else
-        echo "$PREFIX/lib"
+        return
     fi
+    libc=$(ldd /bin/sh | awk '$1 == "libc.so.6" { print $3 }')
+    case $libc in
+    */lib64/libc.so.6) echo "$PREFIX/lib64" ;;
+    */lib/*/libc.so.6)
+        libc=${libc%/libc.so.6}
+        echo "$PREFIX/lib/${libc##*/}"
+        ;;
+    *) echo "$PREFIX/lib" ;;
+    esac
 }
 
 LIBDIR=${LIBDIR:-$(detect_libdir)}

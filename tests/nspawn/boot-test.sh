@@ -118,20 +118,48 @@ if ! mountpoint -q /run/systemd/nspawn; then
     nspawn_tmpfs=/run/systemd/nspawn
 fi
 
+# --- assertions ------------------------------------------------------------
+failures=()
+check() { # check DESCRIPTION COMMAND...
+    local what=$1
+    shift
+    if "$@"; then
+        echo "ok   $what"
+    else
+        echo "FAIL $what"
+        failures+=("$what")
+    fi
+}
+equals() { [[ $1 == "$2" ]]; }
+matches() { [[ $1 =~ $2 ]]; }
+below() { [[ -n $1 && $1 -lt $2 ]]; }
+count_of() { grep -o -- "$2" <<<"$1" | wc -l; }
+quietly() { # quietly LOG COMMAND...: the command's output goes to LOG
+    local log=$1
+    shift
+    "$@" >>"$log" 2>&1
+}
+
 # --- one container tree per run ---------------------------------------------
-# prepare NAME GROUP_LINE: an overlay over the cached tree (a copy when the
-# kernel offers no overlayfs), with the package, the test's users, generator
-# and units installed. The cached tree itself is never written.
+# new_tree NAME: $workdir/NAME/root, an overlay over the cached tree (a copy
+# when the kernel offers no overlayfs). The cached tree itself is never written.
+new_tree() {
+    local run=$workdir/$1
+    mkdir -p "$run/upper" "$run/work" "$run/root"
+    if mount -t overlay overlay \
+        -o "lowerdir=$tree,upperdir=$run/upper,workdir=$run/work" "$run/root" 2>/dev/null; then
+        mounts+=("$run/root")
+    else
+        cp -a "$tree/." "$run/root/"
+    fi
+}
+
+# prepare NAME GROUP_LINE: a new tree with the package, the test's users,
+# generator and units installed.
 prepare() {
     local name=$1 group_line=$2 run=$workdir/$1 root
     root=$run/root
-    mkdir -p "$run/upper" "$run/work" "$root"
-    if mount -t overlay overlay \
-        -o "lowerdir=$tree,upperdir=$run/upper,workdir=$run/work" "$root" 2>/dev/null; then
-        mounts+=("$root")
-    else
-        cp -a "$tree/." "$root/"
-    fi
+    new_tree "$name"
 
     cp "$deb" "$root/tmp/userdb-broker.deb"
     chroot "$root" dpkg -i /tmp/userdb-broker.deb >"$run/dpkg.log" 2>&1 || {
@@ -192,6 +220,58 @@ boot() {
     fi
 }
 
+# --- install and remove, leaving the tree as it was ---------------------------
+# snapshot ROOT: every path with its type, mode and owner, and the loader's
+# cache as ldconfig reads it; dpkg's own database, logs and caches are left out.
+snapshot() {
+    (cd "$1" && find . -xdev \( -path ./var/lib/dpkg -o -path ./var/log -o -path ./var/cache \
+        -o -path ./tmp \) -prune -o -printf '%p %y %m %U:%G\n' | sort)
+    chroot "$1" ldconfig -p
+}
+
+# Both uninstall paths on a tree of their own: packaging/install.sh then
+# uninstall.sh (no DESTDIR: as on a real machine, ldconfig included), and
+# dpkg -i then dpkg --purge. Either must leave the tree as it found it.
+packaging_roundtrips() {
+    local run=$workdir/packaging root before
+    root=$run/root
+    new_tree packaging
+    before=$(snapshot "$root")
+
+    # install.sh takes cargo's output; the package holds the same binaries.
+    dpkg-deb -x "$deb" "$run/deb"
+    mkdir -p "$root/tmp/src/target/release"
+    cp -a "$repo/packaging" "$root/tmp/src/"
+    cp "$run/deb"/usr/lib/*/libnss_broker.so.2 "$root/tmp/src/target/release/libnss_broker.so"
+    cp "$run/deb/usr/sbin/userdb-brokerd" "$run/deb/usr/bin/userdb-brokerctl" "$root/tmp/src/target/release/"
+    check "install.sh (DESTDIR empty) in the bookworm tree" quietly "$run/install.log" \
+        chroot "$root" env TARGET_DIR=/tmp/src/target/release /tmp/src/packaging/install.sh
+    local module libc
+    module=$(chroot "$root" ldconfig -p | awk '$1 == "libnss_broker.so.2" { print $NF; exit }')
+    libc=$(chroot "$root" ldconfig -p | awk '$1 == "libc.so.6" { print $NF; exit }')
+    check "install.sh put the module beside libc, in the loader's cache ($module)" \
+        equals "$(basename "$(dirname "$module")")" "$(basename "$(dirname "$libc")")"
+    check "uninstall.sh" quietly "$run/install.log" chroot "$root" /tmp/src/packaging/uninstall.sh
+    rm -rf "$root/tmp/src"
+    check "install.sh + uninstall.sh left the tree as it was" equals "$(snapshot "$root")" "$before"
+
+    cp "$deb" "$root/tmp/userdb-broker.deb"
+    check "dpkg -i" quietly "$run/dpkg.log" chroot "$root" dpkg -i /tmp/userdb-broker.deb
+    check "the package enabled the unit" \
+        test -L "$root/etc/systemd/system/sysinit.target.wants/userdb-brokerd.service"
+    check "the package left nsswitch.conf alone" cmp -s "$root/etc/nsswitch.conf" "$tree/etc/nsswitch.conf"
+    check "dpkg --purge" quietly "$run/dpkg.log" chroot "$root" dpkg --purge userdb-broker
+    rm "$root/tmp/userdb-broker.deb"
+    check "dpkg -i + dpkg --purge left the tree as it was" equals "$(snapshot "$root")" "$before"
+    if [[ $(snapshot "$root") != "$before" ]]; then
+        diff <(echo "$before") <(snapshot "$root") | head -n 20
+    fi
+}
+
+begin "packaging round trips (install.sh/uninstall.sh, dpkg -i/--purge)"
+packaging_roundtrips
+finish "packaging round trips"
+
 runs=(broker)
 [[ ${SKIP_CONTROL:-0} == 1 ]] || runs+=(control)
 for run in "${runs[@]}"; do
@@ -232,22 +312,6 @@ reloads() {
 }
 
 # --- assertions on the broker run ---------------------------------------------
-failures=()
-check() { # check DESCRIPTION COMMAND...
-    local what=$1
-    shift
-    if "$@"; then
-        echo "ok   $what"
-    else
-        echo "FAIL $what"
-        failures+=("$what")
-    fi
-}
-equals() { [[ $1 == "$2" ]]; }
-matches() { [[ $1 =~ $2 ]]; }
-below() { [[ -n $1 && $1 -lt $2 ]]; }
-count_of() { grep -o -- "$2" <<<"$1" | wc -l; }
-
 r=broker
 echo
 echo "== assertions (broker run)"
