@@ -194,6 +194,18 @@ impl Fixture {
         writeln!(file, "{line}").unwrap_or_else(|e| panic!("append {}: {e}", path.display()));
     }
 
+    /// Replaces `etc/DB` whole by writing a new file and renaming it over
+    /// the old one, as shadow-utils does.
+    pub fn replace_etc_file(&self, db: &str, lines: &[&str]) {
+        let path = self.root.join("etc").join(db);
+        let staging = self.root.join("etc").join(format!("{db}+"));
+        let mode = if db.contains("shadow") { 0o600 } else { 0o644 };
+        let mut text = lines.join("\n");
+        text.push('\n');
+        write_file(&staging, text.as_bytes(), mode);
+        fs::rename(&staging, &path).unwrap_or_else(|e| panic!("rename to {}: {e}", path.display()));
+    }
+
     /// Appends a raw line to `etc/passwd`.
     pub fn passwd_line(&self, line: &str) -> &Self {
         self.append_line("etc/passwd", line);

@@ -852,6 +852,26 @@ fn broker_serves_the_systemd_userdb_varlink_api() {
     assert_same_lines("user enumeration", &names, &expected);
 }
 
+#[test]
+fn etc_passwd_changed_while_running_is_served_within_a_second() {
+    let _timing = exclusive();
+    let f = Fixture::new();
+    let _broker = Broker::start(&f);
+    let nss = Nss::new(&f, BROKER_ONLY);
+    let limit = Duration::from_secs(1);
+    let appended = "appended:x:1300:1300:Appended In Place:/home/appended:/bin/bash";
+    f.passwd_line(appended);
+    let in_place = time_until(&nss, "appended", Some(appended), limit);
+
+    let renamed = "renamed:x:1301:1301:Written And Renamed:/home/renamed:/bin/bash";
+    let mut lines: Vec<&str> = BASE_PASSWD.to_vec();
+    lines.push(renamed);
+    f.replace_etc_file("passwd", &lines);
+    let replaced = time_until(&nss, "renamed", Some(renamed), limit);
+    time_until(&nss, "appended", None, limit);
+    println!("/etc/passwd reload: appended {in_place:?}, replaced {replaced:?}");
+}
+
 /// DESIGN.md: exactly these symbols are public.
 const EXPORTED: [&str; 16] = [
     "_nss_broker_endgrent",

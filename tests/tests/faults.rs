@@ -355,7 +355,7 @@ fn connections_made(f: &Fixture, nss: &Nss) -> usize {
 }
 
 #[test]
-fn bypass_variables_and_pid_1_make_no_connection() {
+fn bypass_variables_broker_unit_and_pid_1_make_no_connection() {
     let _serial = exclusive();
     let f = Fixture::new();
     let plain = Nss::new(&f, BROKER_ONLY);
@@ -371,10 +371,17 @@ fn bypass_variables_and_pid_1_make_no_connection() {
             "io.systemd.DynamicUser:io.userdb.Broker",
         ),
         ("SYSTEMD_BYPASS_USERDB", "1"),
+        // PID 1 resolving User= for the broker's own unit before exec.
+        ("SYSTEMD_ACTIVATION_UNIT", "userdb-brokerd.service"),
     ] {
         let nss = Nss::new(&f, BROKER_ONLY).env(key, value);
         assert_eq!(connections_made(&f, &nss), 0, "{key}={value} connected");
     }
+    let other_unit = Nss::new(&f, BROKER_ONLY).env("SYSTEMD_ACTIVATION_UNIT", "sshd.service");
+    assert!(
+        connections_made(&f, &other_unit) > 0,
+        "another unit's lookups must still connect"
+    );
     let pid1 = Nss::new(&f, BROKER_ONLY).as_pid1();
     assert_eq!(
         connections_made(&f, &pid1),
