@@ -120,14 +120,10 @@ impl Resolver {
     /// Asks every source its requests (in order, each skipped once the
     /// source's breaker opens), the sources concurrently; answers come back
     /// in priority order.
-    fn fan_out(
-        &self,
-        sources: Vec<Arc<VarlinkSource>>,
-        requests: impl Fn(&VarlinkSource) -> Vec<Request> + Sync,
-    ) -> Answers {
+    fn fan_out(&self, sources: Vec<Arc<VarlinkSource>>, requests: &[Request]) -> Answers {
         let settings = &self.varlink.settings;
         let ask = |source: &VarlinkSource| -> Vec<Arc<Vec<Value>>> {
-            requests(source)
+            requests
                 .iter()
                 .map(|r| match source.cached(r) {
                     Some(answer) => answer,
@@ -138,7 +134,7 @@ impl Resolver {
         };
         let all_cached = sources
             .iter()
-            .all(|s| requests(s).iter().all(|r| s.cached(r).is_some()));
+            .all(|s| requests.iter().all(|r| s.cached(r).is_some()));
         let mut answers: Answers = if sources.len() <= 1 || all_cached {
             sources
                 .into_iter()
@@ -225,7 +221,7 @@ impl Resolver {
             Key::Name(n) => Request::UserByName(n.to_owned()),
             Key::Id(uid) => Request::UserById(uid),
         };
-        let answers = self.fan_out(sources, |_| vec![request.clone()]);
+        let answers = self.fan_out(sources, &[request]);
         let mut candidates = Vec::new();
         if let (Some(user), Some(rank)) = (local, local_rank) {
             candidates.push(Candidate {
@@ -264,9 +260,10 @@ impl Resolver {
         emit: &mut dyn FnMut(Picked) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
         let snapshot = self.snapshot();
-        let answers = self.fan_out(self.varlink.usable(options.dynamic_bypass), |_| {
-            vec![Request::AllUsers]
-        });
+        let answers = self.fan_out(
+            self.varlink.usable(options.dynamic_bypass),
+            &[Request::AllUsers],
+        );
         let local = snapshot.users().map(|u| Candidate {
             rank: self.local_rank(&snapshot, u.source),
             source: &snapshot.sources[u.source].name,
@@ -356,7 +353,7 @@ impl Resolver {
             .into_iter()
             .filter(|s| outranks(&self.varlink_rank(s), local_rank.as_ref()))
             .collect();
-        let answers = self.fan_out(sources, |_| vec![Request::GroupById(gid)]);
+        let answers = self.fan_out(sources, &[Request::GroupById(gid)]);
         let mut candidates = self.varlink_candidates(&answers, 0);
         if let (Some(group), Some(rank)) = (local, local_rank) {
             candidates.push(Candidate {
@@ -376,15 +373,16 @@ impl Resolver {
     fn group_by_name(&self, name: &str, options: LookupOptions) -> Option<Picked> {
         let snapshot = self.snapshot();
         let local = snapshot.group_by_name(name);
-        let answers = self.fan_out(self.varlink.usable(options.dynamic_bypass), |_| {
-            vec![
+        let answers = self.fan_out(
+            self.varlink.usable(options.dynamic_bypass),
+            &[
                 Request::GroupByName(name.to_owned()),
                 Request::Memberships {
                     user: None,
                     group: Some(name.to_owned()),
                 },
-            ]
-        });
+            ],
+        );
         let mut candidates = self.varlink_candidates(&answers, 0);
         if let Some(group) = local {
             candidates.push(Candidate {
@@ -422,15 +420,16 @@ impl Resolver {
         emit: &mut dyn FnMut(Picked) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
         let snapshot = self.snapshot();
-        let answers = self.fan_out(self.varlink.usable(options.dynamic_bypass), |_| {
-            vec![
+        let answers = self.fan_out(
+            self.varlink.usable(options.dynamic_bypass),
+            &[
                 Request::AllGroups,
                 Request::Memberships {
                     user: None,
                     group: None,
                 },
-            ]
-        });
+            ],
+        );
         let local = snapshot.groups().map(|g| Candidate {
             rank: self.local_rank(&snapshot, g.source),
             source: &snapshot.sources[g.source].name,
@@ -498,9 +497,7 @@ impl Resolver {
             user: user.map(str::to_owned),
             group: group.map(str::to_owned),
         };
-        let answers = self.fan_out(self.varlink.usable(options.dynamic_bypass), |_| {
-            vec![request.clone()]
-        });
+        let answers = self.fan_out(self.varlink.usable(options.dynamic_bypass), &[request]);
         for (_, a) in &answers {
             for m in a.first().into_iter().flat_map(|r| r.iter()) {
                 let (Some(u), Some(g)) = (m["userName"].as_str(), m["groupName"].as_str()) else {
@@ -522,9 +519,10 @@ impl Resolver {
         if let Some(g) = self.snapshot().group_by_name(group) {
             return Some(g.gid);
         }
-        let answers = self.fan_out(self.varlink.usable(options.dynamic_bypass), |_| {
-            vec![Request::GroupByName(group.to_owned())]
-        });
+        let answers = self.fan_out(
+            self.varlink.usable(options.dynamic_bypass),
+            &[Request::GroupByName(group.to_owned())],
+        );
         let candidates = self.varlink_candidates(&answers, 0);
         let winner = self.pick(Database::Groups, candidates)?;
         Database::Groups.identity(winner.record).map(|(_, gid)| gid)

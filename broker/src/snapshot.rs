@@ -177,10 +177,6 @@ impl Snapshot {
     pub fn stated_by_files(&self, membership: &Membership) -> bool {
         membership.origins.any_of(SourceKind::Files, &self.sources)
     }
-
-    pub fn source_kind(&self, id: SourceId) -> Option<SourceKind> {
-        self.sources.get(id).map(|s| s.kind)
-    }
 }
 
 /// The current snapshot, replaced whole; readers keep the `Arc` they took.
