@@ -768,6 +768,18 @@ mod tests {
 
     /// A root with the files source above and the given services running.
     fn world(tag: &str, services: &[(&str, Behaviour)]) -> (World, Vec<Arc<AtomicUsize>>) {
+        let settings = VarlinkSettings {
+            timeout: Duration::from_millis(250),
+            ..VarlinkSettings::default()
+        };
+        world_with(tag, services, settings)
+    }
+
+    fn world_with(
+        tag: &str,
+        services: &[(&str, Behaviour)],
+        settings: VarlinkSettings,
+    ) -> (World, Vec<Arc<AtomicUsize>>) {
         let root =
             std::env::temp_dir().join(format!("brokerd-resolve-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
@@ -786,10 +798,6 @@ mod tests {
             }],
             1,
         );
-        let settings = VarlinkSettings {
-            timeout: Duration::from_millis(250),
-            ..VarlinkSettings::default()
-        };
         let own_socket = root.join("own.sock");
         let varlink = Arc::new(VarlinkSources::new(dir, own_socket, settings));
         varlink.maintain();
@@ -858,6 +866,48 @@ mod tests {
             counters[2].load(Ordering::SeqCst),
             0,
             "the multiplexer was contacted"
+        );
+    }
+
+    /// Hangs until `RECOVERED` is set, then serves like the directory.
+    static RECOVERED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    fn recovering(call: &Call) -> Option<Vec<Reply>> {
+        if RECOVERED.load(Ordering::SeqCst) {
+            directory_service(call)
+        } else {
+            None
+        }
+    }
+
+    #[test]
+    fn breaker_probes_off_the_request_path_and_restores() {
+        let settings = VarlinkSettings {
+            timeout: Duration::from_millis(100),
+            min_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_millis(400),
+            ..VarlinkSettings::default()
+        };
+        let (w, _) = world_with("restore", &[(DIRECTORY, recovering)], settings);
+        assert!(w.resolver.user(Key::Name("carol"), PLAIN).is_none());
+        assert!(
+            w.varlink.usable(false).is_empty(),
+            "breaker open after the timeout"
+        );
+        RECOVERED.store(true, Ordering::SeqCst);
+        let started = Instant::now();
+        while w.varlink.usable(false).is_empty() {
+            assert!(started.elapsed() < Duration::from_secs(3), "never restored");
+            w.varlink.maintain();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(150),
+            "probed before the back-off"
+        );
+        assert_eq!(
+            uid_of(&w.resolver.user(Key::Name("carol"), PLAIN).unwrap()),
+            5000
         );
     }
 

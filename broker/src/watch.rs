@@ -15,7 +15,7 @@ use std::hash::{Hash, Hasher};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Files modified this recently are fingerprinted by their content as well.
 const RACY_WINDOW: Duration = Duration::from_secs(2);
@@ -180,16 +180,57 @@ impl Watcher {
         std::thread::Builder::new()
             .name("watch".into())
             .spawn(move || loop {
-                std::thread::sleep(interval);
-                self.refresh();
+                let spent = self.poll();
+                // Huge drop-in directories take long to fingerprint: keep
+                // the watcher under about a fifth of one core.
+                std::thread::sleep(interval.max(spent * 4));
             })
+    }
+
+    /// One round: local sources, then Varlink services. Returns its cost.
+    pub fn poll(&mut self) -> Duration {
+        let started = Instant::now();
+        self.refresh();
+        if let Some(varlink) = &self.varlink {
+            varlink.maintain();
+        }
+        started.elapsed()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::VarlinkSettings;
     use crate::snapshot::Snapshot;
+    use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn polling_follows_services_appearing_and_leaving() {
+        let root =
+            std::env::temp_dir().join(format!("brokerd-watch-varlink-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = crate::sources::varlink::directory(&root);
+        std::fs::create_dir_all(&dir).unwrap();
+        let varlink = Arc::new(VarlinkSources::new(
+            dir.clone(),
+            root.join("own.sock"),
+            VarlinkSettings::default(),
+        ));
+        let store = SnapshotStore::new(Snapshot::empty());
+        let priority = Priority::new(Vec::new());
+        let mut watcher =
+            Watcher::new(root.clone(), priority, store).with_varlink(Arc::clone(&varlink));
+        assert!(varlink.all().is_empty());
+        let listener = UnixListener::bind(dir.join("io.example.Late")).unwrap();
+        watcher.poll();
+        assert_eq!(varlink.all()[0].name, "io.example.Late");
+        drop(listener);
+        std::fs::remove_file(dir.join("io.example.Late")).unwrap();
+        watcher.poll();
+        assert!(varlink.all().is_empty());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn dropin_changes_are_picked_up() {
