@@ -462,6 +462,73 @@ fn enumerations_list_every_entry_once() {
     );
 }
 
+const PROBE: &str = env!("CARGO_BIN_EXE_nss-probe");
+
+#[test]
+fn enumeration_retried_after_erange_on_every_entry_skips_nothing() {
+    let f = populated();
+    let _broker = Broker::start(&f);
+    let nss = Nss::new(&f, BROKER_ONLY);
+    for database in ["passwd", "group"] {
+        let expected = run_ok(&nss, &["getent", database]);
+        // 8 bytes: smaller than any entry.
+        let out = nss.run(&[PROBE, "enum", database, "8"]);
+        out.assert_code(0, "nss-probe enum");
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        assert_same_lines(
+            &format!("{database} enumeration with ERANGE retries"),
+            &lines,
+            &expected,
+        );
+        let retries = out
+            .stderr
+            .trim()
+            .trim_start_matches("erange_retries=")
+            .parse::<usize>()
+            .unwrap_or(0);
+        assert!(
+            retries >= expected.len(),
+            "{database}: only {retries} ERANGE retries: {}",
+            out.stderr
+        );
+    }
+}
+
+/// systemd-userdbd 252 returned 52,924 of 100,000 users in one enumeration.
+const MASS_USERS: u32 = 100_000;
+
+#[test]
+fn enumeration_of_100000_users_is_complete() {
+    let _heavy = exclusive();
+    let f = Fixture::new();
+    let mass: Vec<String> = (0..MASS_USERS)
+        .map(|i| {
+            format!(
+                "u{i:06}:x:{}:100:Mass User {i}:/home/u{i:06}:/bin/bash",
+                100_000 + i
+            )
+        })
+        .collect();
+    let mut lines: Vec<&str> = BASE_PASSWD.to_vec();
+    lines.extend(mass.iter().map(String::as_str));
+    f.replace_etc_file("passwd", &lines);
+    let _broker = Broker::start(&f);
+    let nss = Nss::new(&f, BROKER_ONLY);
+    let started = Instant::now();
+    let listed = run_ok(&nss, &["getent", "passwd"]);
+    println!(
+        "getent passwd listed {} entries in {:?}",
+        listed.len(),
+        started.elapsed()
+    );
+    assert_same_lines("getent passwd over 100000 users", &listed, &lines);
+    expect_line(
+        &nss,
+        &["getent", "passwd", "u099999"],
+        &mass[mass.len() - 1],
+    );
+}
+
 #[test]
 fn merge_with_files_first_lists_every_member_and_entry_once() {
     let f = populated();
@@ -870,6 +937,43 @@ fn etc_passwd_changed_while_running_is_served_within_a_second() {
     let replaced = time_until(&nss, "renamed", Some(renamed), limit);
     time_until(&nss, "appended", None, limit);
     println!("/etc/passwd reload: appended {in_place:?}, replaced {replaced:?}");
+}
+
+/// `userdb-brokerctl --json user NAME`, optionally as nobody, parsed.
+fn brokerctl_user(socket: &std::path::Path, name: &str, as_nobody: bool) -> Value {
+    let mut command = if as_nobody {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(artifacts::brokerctl());
+        c
+    } else {
+        Command::new(artifacts::brokerctl())
+    };
+    command
+        .arg("--socket")
+        .arg(socket)
+        .args(["--json", "user", name]);
+    let out = userdb_broker_tests::process::run(command, Duration::from_secs(10));
+    out.assert_code(0, "userdb-brokerctl --json user");
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout))
+}
+
+#[test]
+fn unprivileged_peer_gets_the_record_without_privileged_data() {
+    let f = populated();
+    let broker = Broker::start(&f);
+    let full = brokerctl_user(broker.socket(), "alice", false);
+    assert_eq!(
+        full["privileged"]["hashedPassword"][0], ALICE_HASH,
+        "{full}"
+    );
+    assert_eq!(full["lastPasswordChangeUSec"], DAYS_19000_USEC, "{full}");
+    let mut expected = full.clone();
+    if let Some(record) = expected.as_object_mut() {
+        record.remove("privileged");
+        record.remove("lastPasswordChangeUSec");
+    }
+    assert_eq!(brokerctl_user(broker.socket(), "alice", true), expected);
 }
 
 /// DESIGN.md: exactly these symbols are public.

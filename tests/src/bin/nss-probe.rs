@@ -9,6 +9,7 @@
 //!   nss-probe atexit EXPECT...        look up in main, then again in an atexit handler
 //!   nss-probe atexit-only EXPECT...   the first lookup of the process is in the handler
 //!   nss-probe fds N QUERY...          open descriptors after one round of QUERY and after N more
+//!   nss-probe enum passwd|group SIZE  enumerate with a SIZE-byte buffer doubled on every ERANGE
 //!
 //! QUERY is `passwd:NAME`, `uid:UID`, `group:NAME` or `gid:GID`.
 //! EXPECT is `passwd:NAME=UID`, `group:NAME=GID`, or `passwd:NAME=-` (not found).
@@ -411,6 +412,100 @@ fn cmd_atexit(expectations: Vec<Expectation>, first_in_main: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// One step of an enumeration: Ok(None) at the end, Err on ERANGE or
+/// another error code.
+fn next_entry(database: Database, buf: &mut [libc::c_char]) -> Result<Option<String>, i32> {
+    match database {
+        Database::Passwd => {
+            let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+            let mut result: *mut libc::passwd = std::ptr::null_mut();
+            let rc =
+                unsafe { libc::getpwent_r(&mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+            match (rc, result.is_null()) {
+                (0, false) => Ok(Some(unsafe {
+                    format!(
+                        "{}:{}:{}:{}:{}:{}:{}",
+                        text(pwd.pw_name),
+                        text(pwd.pw_passwd),
+                        pwd.pw_uid,
+                        pwd.pw_gid,
+                        text(pwd.pw_gecos),
+                        text(pwd.pw_dir),
+                        text(pwd.pw_shell)
+                    )
+                })),
+                (0, true) | (libc::ENOENT, _) => Ok(None),
+                (rc, _) => Err(rc),
+            }
+        }
+        Database::Group => {
+            let mut grp: libc::group = unsafe { std::mem::zeroed() };
+            let mut result: *mut libc::group = std::ptr::null_mut();
+            let rc =
+                unsafe { libc::getgrent_r(&mut grp, buf.as_mut_ptr(), buf.len(), &mut result) };
+            match (rc, result.is_null()) {
+                (0, false) => {
+                    let mut members = Vec::new();
+                    let mut cursor = grp.gr_mem;
+                    while !cursor.is_null() && unsafe { !(*cursor).is_null() } {
+                        members.push(unsafe { text(*cursor) });
+                        cursor = unsafe { cursor.add(1) };
+                    }
+                    Ok(Some(unsafe {
+                        format!(
+                            "{}:{}:{}:{}",
+                            text(grp.gr_name),
+                            text(grp.gr_passwd),
+                            grp.gr_gid,
+                            members.join(",")
+                        )
+                    }))
+                }
+                (0, true) | (libc::ENOENT, _) => Ok(None),
+                (rc, _) => Err(rc),
+            }
+        }
+    }
+}
+
+/// Enumerates with a buffer that starts at `start` bytes for every entry and
+/// doubles on each ERANGE, so every entry larger than `start` first meets a
+/// buffer too small for it; a module that skips the entry on the retry
+/// loses lines here.
+fn cmd_enum(database: Database, start: usize) -> ExitCode {
+    let mut retries = 0usize;
+    let mut size = start;
+    match database {
+        Database::Passwd => unsafe { libc::setpwent() },
+        Database::Group => unsafe { libc::setgrent() },
+    }
+    loop {
+        let mut buf = vec![0 as libc::c_char; size];
+        match next_entry(database, &mut buf) {
+            Ok(Some(line)) => {
+                println!("{line}");
+                size = start;
+            }
+            Ok(None) => break,
+            Err(libc::ERANGE) if size < 64 << 20 => {
+                retries += 1;
+                size *= 2;
+                continue;
+            }
+            Err(rc) => {
+                eprintln!("enumeration failed: error {rc}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    match database {
+        Database::Passwd => unsafe { libc::endpwent() },
+        Database::Group => unsafe { libc::endgrent() },
+    }
+    eprintln!("erange_retries={retries}");
+    ExitCode::SUCCESS
+}
+
 fn open_descriptors() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
@@ -427,7 +522,7 @@ fn cmd_fds(rounds: usize, queries: &[Query]) -> ExitCode {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: nss-probe time QUERY... | threads T N EXPECT... | fork ROUNDS EXPECT... | atexit[-only] EXPECT... | fds N QUERY...");
+    eprintln!("usage: nss-probe time QUERY... | threads T N EXPECT... | fork ROUNDS EXPECT... | atexit[-only] EXPECT... | fds N QUERY... | enum passwd|group SIZE");
     ExitCode::from(2)
 }
 
@@ -455,6 +550,11 @@ fn main() -> ExitCode {
             parse_all(rest.get(1..).unwrap_or(&[]), Expectation::parse),
         ) {
             (Some(rounds), Some(e)) => cmd_fork(rounds, e),
+            _ => usage(),
+        },
+        "enum" => match (rest.first().map(String::as_str), number(1)) {
+            (Some("passwd"), Some(size)) => cmd_enum(Database::Passwd, size),
+            (Some("group"), Some(size)) => cmd_enum(Database::Group, size),
             _ => usage(),
         },
         "fds" => match (
