@@ -601,6 +601,69 @@ fn module_socket_is_close_on_exec_and_never_raises_sigpipe() {
     );
 }
 
+#[test]
+fn lookup_reentered_from_a_signal_handler_fails_at_once() {
+    let _serial = exclusive();
+    let f = Fixture::new();
+    let fake = FakeBroker::start(&f.socket_path(), Behaviour::NeverAnswer);
+    let nss = against_fake(&f);
+    let out = nss.run(&[
+        PROBE,
+        "reenter",
+        "passwd:nosuchuser",
+        "group:nosuchgroup",
+        "50",
+    ]);
+    out.assert_code(0, "nss-probe reenter");
+    let field = |name: &str| -> Timed {
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}\t")))
+            .unwrap_or_else(|| panic!("no {name} line\n{}", out.describe()));
+        let parts: Vec<&str> = line.splitn(3, '\t').collect();
+        assert_eq!(
+            parts.len(),
+            3,
+            "the {name} lookup never ran\n{}",
+            out.describe()
+        );
+        Timed {
+            query: name.to_owned(),
+            took: parse_micros(parts[1], line),
+            answer: parts[2].to_owned(),
+        }
+    };
+    let (outer, inner) = (field("outer"), field("inner"));
+    report(
+        "lookup re-entered from a signal handler (inner)",
+        &[inner.took],
+        5.0,
+    );
+    report(
+        "  the interrupted outer lookup, deadline 300 ms",
+        &[outer.took],
+        350.0,
+    );
+    assert_failed(&inner);
+    assert_failed(&outer);
+    assert!(
+        ms(inner.took) < 5.0,
+        "re-entered lookup took {:.2} ms",
+        ms(inner.took)
+    );
+    assert!(
+        ms(outer.took) <= 350.0,
+        "interrupted lookup took {:.2} ms",
+        ms(outer.took)
+    );
+    assert_eq!(
+        fake.accepted_after(Duration::from_millis(50)),
+        1,
+        "the re-entered lookup opened a connection of its own"
+    );
+}
+
 /// What PID 1 gives generators in systemd 252.
 const GENERATOR_ENV: [(&str, &str); 4] = [
     ("SYSTEMD_SCOPE", "system"),

@@ -10,6 +10,7 @@
 //!   nss-probe atexit-only EXPECT...   the first lookup of the process is in the handler
 //!   nss-probe fds N QUERY...          open descriptors after one round of QUERY and after N more
 //!   nss-probe enum passwd|group SIZE  enumerate with a SIZE-byte buffer doubled on every ERANGE
+//!   nss-probe reenter OUTER INNER MS  look up OUTER; after MS ms a SIGALRM handler looks up INNER
 //!
 //! QUERY is `passwd:NAME`, `uid:UID`, `group:NAME` or `gid:GID`.
 //! EXPECT is `passwd:NAME=UID`, `group:NAME=GID`, or `passwd:NAME=-` (not found).
@@ -506,6 +507,53 @@ fn cmd_enum(database: Database, start: usize) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+static INNER: OnceLock<Query> = OnceLock::new();
+static INNER_ANSWER: OnceLock<(Answer, Duration)> = OnceLock::new();
+
+/// Runs while the outer lookup is inside the module on the same thread:
+/// exactly the re-entry the module's guard must answer at once.
+extern "C" fn lookup_in_signal_handler(_: libc::c_int) {
+    if let Some(query) = INNER.get() {
+        let started = Instant::now();
+        let answer = lookup(query);
+        let _ = INNER_ANSWER.set((answer, started.elapsed()));
+    }
+}
+
+fn cmd_reenter(outer: &Query, inner: Query, delay_ms: u64) -> ExitCode {
+    let _ = INNER.set(inner);
+    let handler: extern "C" fn(libc::c_int) = lookup_in_signal_handler;
+    let timer = libc::itimerval {
+        it_interval: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        it_value: libc::timeval {
+            tv_sec: (delay_ms / 1000) as libc::time_t,
+            tv_usec: ((delay_ms % 1000) * 1000) as libc::suseconds_t,
+        },
+    };
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = handler as libc::sighandler_t;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(libc::SIGALRM, &action, std::ptr::null_mut()) != 0
+            || libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) != 0
+        {
+            eprintln!("cannot arm the timer: {}", std::io::Error::last_os_error());
+            return ExitCode::from(2);
+        }
+    }
+    let started = Instant::now();
+    let answer = lookup(outer);
+    println!("outer\t{}\t{}", micros(started.elapsed()), answer);
+    match INNER_ANSWER.get() {
+        Some((answer, took)) => println!("inner\t{}\t{}", micros(*took), answer),
+        None => println!("inner\tnever ran"),
+    }
+    ExitCode::SUCCESS
+}
+
 fn open_descriptors() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
@@ -522,7 +570,7 @@ fn cmd_fds(rounds: usize, queries: &[Query]) -> ExitCode {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: nss-probe time QUERY... | threads T N EXPECT... | fork ROUNDS EXPECT... | atexit[-only] EXPECT... | fds N QUERY... | enum passwd|group SIZE");
+    eprintln!("usage: nss-probe time QUERY... | threads T N EXPECT... | fork ROUNDS EXPECT... | atexit[-only] EXPECT... | fds N QUERY... | enum passwd|group SIZE | reenter OUTER INNER MS");
     ExitCode::from(2)
 }
 
@@ -555,6 +603,14 @@ fn main() -> ExitCode {
         "enum" => match (rest.first().map(String::as_str), number(1)) {
             (Some("passwd"), Some(size)) => cmd_enum(Database::Passwd, size),
             (Some("group"), Some(size)) => cmd_enum(Database::Group, size),
+            _ => usage(),
+        },
+        "reenter" => match (
+            rest.first().and_then(|q| parse_query(q)),
+            rest.get(1).and_then(|q| parse_query(q)),
+            rest.get(2).and_then(|n| n.parse::<u64>().ok()),
+        ) {
+            (Some(outer), Some(inner), Some(ms)) => cmd_reenter(&outer, inner, ms),
             _ => usage(),
         },
         "fds" => match (
