@@ -635,6 +635,29 @@ fn gshadow_merges_members_and_hides_the_hash_from_others() {
     );
 }
 
+#[test]
+fn keys_no_record_can_have_are_not_found() {
+    let f = populated();
+    let mut broker = Broker::start(&f);
+    let nss = Nss::new(&f, BROKER_ONLY);
+    let long = "a".repeat(10_000);
+    for key in [
+        "65535",
+        "4294967295",
+        "a:b",
+        "a,b",
+        "-x",
+        " alice",
+        "alice ",
+        long.as_str(),
+    ] {
+        // `--`: keys such as -x are not options.
+        assert_not_found(&nss, &["getent", "--", "passwd", key]);
+        assert_not_found(&nss, &["getent", "--", "group", key]);
+    }
+    assert!(broker.is_running(), "broker died:\n{}", broker.log());
+}
+
 /// Bad drop-ins: the file name and what is wrong with its content.
 fn hostile_dropins() -> Vec<(&'static str, Vec<u8>)> {
     let huge = "A".repeat(1 << 20);
