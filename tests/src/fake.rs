@@ -31,7 +31,7 @@ pub enum Behaviour {
 }
 
 /// A well-formed reply for user `fake` (uid 4242), as the real broker would send it.
-pub fn valid_user_reply() -> Vec<u8> {
+fn valid_user_reply() -> Vec<u8> {
     let reply = serde_json::json!({
         "parameters": {
             "record": {

@@ -63,6 +63,11 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) {
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
 
+/// `lines` as file content, each ended by a newline.
+fn lines_text(lines: &[&str]) -> String {
+    lines.iter().map(|l| format!("{l}\n")).collect()
+}
+
 /// The userdb drop-in directories, in systemd's priority order (earlier wins).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropinDir {
@@ -180,9 +185,11 @@ impl Fixture {
     }
 
     fn write_lines(&self, relative: &str, lines: &[&str], mode: u32) {
-        let mut text = lines.join("\n");
-        text.push('\n');
-        write_file(&self.root.join(relative), text.as_bytes(), mode);
+        write_file(
+            &self.root.join(relative),
+            lines_text(lines).as_bytes(),
+            mode,
+        );
     }
 
     fn append_line(&self, relative: &str, line: &str) {
@@ -200,30 +207,13 @@ impl Fixture {
         let path = self.root.join("etc").join(db);
         let staging = self.root.join("etc").join(format!("{db}+"));
         let mode = if db.contains("shadow") { 0o600 } else { 0o644 };
-        let mut text = lines.join("\n");
-        text.push('\n');
-        write_file(&staging, text.as_bytes(), mode);
+        write_file(&staging, lines_text(lines).as_bytes(), mode);
         fs::rename(&staging, &path).unwrap_or_else(|e| panic!("rename to {}: {e}", path.display()));
     }
 
     /// Appends a raw line to `etc/passwd`.
     pub fn passwd_line(&self, line: &str) -> &Self {
         self.append_line("etc/passwd", line);
-        self
-    }
-
-    pub fn group_line(&self, line: &str) -> &Self {
-        self.append_line("etc/group", line);
-        self
-    }
-
-    pub fn shadow_line(&self, line: &str) -> &Self {
-        self.append_line("etc/shadow", line);
-        self
-    }
-
-    pub fn gshadow_line(&self, line: &str) -> &Self {
-        self.append_line("etc/gshadow", line);
         self
     }
 

@@ -23,10 +23,6 @@ impl Outcome {
         self.status.code()
     }
 
-    pub fn stdout_lines(&self) -> Vec<&str> {
-        self.stdout.lines().collect()
-    }
-
     pub fn ms(&self) -> f64 {
         self.elapsed.as_secs_f64() * 1000.0
     }

@@ -34,7 +34,7 @@ pub fn exchange(socket: &Path, bytes: &[u8], limit: Duration) -> Exchange {
 }
 
 /// Reads replies from `stream` as [`exchange`] does.
-pub fn read_replies(stream: &mut UnixStream, limit: Duration) -> Exchange {
+fn read_replies(stream: &mut UnixStream, limit: Duration) -> Exchange {
     let started = Instant::now();
     let mut result = Exchange::default();
     let mut pending: Vec<u8> = Vec::new();

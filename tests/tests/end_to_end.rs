@@ -702,7 +702,7 @@ fn hostile_dropins() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 #[test]
-fn hostile_dropins_are_skipped_with_a_log_line_and_the_rest_is_served() {
+fn hostile_dropins_are_skipped_with_one_log_line_each_and_the_rest_is_served() {
     let f = Fixture::new();
     f.dropin_user(DropinDir::Etc, &ALICE.record());
     for (file_name, bytes) in hostile_dropins() {
@@ -748,12 +748,34 @@ fn hostile_dropins_are_skipped_with_a_log_line_and_the_rest_is_served() {
         &BASE_GROUP,
     );
 
+    // A rebuild caused by another file must not log the broken ones again.
+    let late = User {
+        name: "late",
+        uid: 1200,
+        gecos: "Added Late",
+        home: "/home/late",
+        shell: "/bin/bash",
+    };
+    f.dropin_user(DropinDir::Etc, &late.record());
+    time_until(
+        &nss,
+        "late",
+        Some(&late.passwd_line()),
+        Duration::from_secs(2),
+    );
+
     assert!(broker.is_running(), "broker died:\n{}", broker.log());
     let log = broker.log();
     for (file_name, _) in hostile_dropins() {
+        let path = f
+            .dropin_path(DropinDir::Etc, file_name)
+            .display()
+            .to_string();
+        let naming: Vec<&str> = log.lines().filter(|l| l.contains(&path)).collect();
         assert!(
-            log.lines().any(|l| l.contains(file_name)),
-            "no log line names {file_name}:\n{log}"
+            naming.len() == 1,
+            "expected one log line naming {path}, got {}:\n{log}",
+            naming.len()
         );
     }
 }
