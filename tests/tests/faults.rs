@@ -345,6 +345,62 @@ fn broker_killed_then_restarted_answers_again() {
     assert_eq!(after.stdout.trim_end(), ALICE_LINE);
 }
 
+#[test]
+fn real_broker_killed_during_a_long_enumeration_leaves_only_whole_lines() {
+    let _serial = exclusive();
+    let f = Fixture::new();
+    let users: Vec<String> = (0..100_000u32)
+        .map(|i| {
+            format!(
+                "u{i:06}:x:{}:100:Mass User {i}:/home/u{i:06}:/bin/bash",
+                100_000 + i
+            )
+        })
+        .collect();
+    let mut lines: Vec<&str> = userdb_broker_tests::fixture::BASE_PASSWD.to_vec();
+    lines.extend(users.iter().map(String::as_str));
+    f.replace_etc_file("passwd", &lines);
+    let mut broker = Broker::start(&f);
+    let nss = Nss::new(&f, BROKER_ONLY);
+    let enumeration = {
+        let nss = nss.clone();
+        std::thread::spawn(move || nss.run(&["getent", "passwd"]))
+    };
+    std::thread::sleep(Duration::from_millis(150));
+    let killed_at = Instant::now();
+    broker.kill();
+    let out = enumeration
+        .join()
+        .unwrap_or_else(|_| panic!("enumeration thread panicked"));
+    let after_kill = out.elapsed.saturating_sub(Duration::from_millis(150));
+    println!(
+        "broker killed after 150 ms of a 100000-user enumeration: getent printed {} lines, ended {:?} after the kill",
+        out.stdout.lines().count(),
+        after_kill
+    );
+    assert!(
+        !out.timed_out,
+        "getent hung after the broker died\n{}",
+        out.describe()
+    );
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(2),
+        "getent outlived the kill by seconds"
+    );
+    let known: std::collections::HashSet<&str> = lines.iter().copied().collect();
+    for line in out.stdout.lines() {
+        assert!(
+            known.contains(line),
+            "not a whole, known passwd line: {line:?}"
+        );
+    }
+
+    let _restarted = Broker::start(&f);
+    let again = nss.run(&["getent", "passwd", "u099999"]);
+    again.assert_code(0, "restarted broker");
+    assert_eq!(again.stdout.trim_end(), users[users.len() - 1]);
+}
+
 /// Runs `getent passwd nosuchuser` with `nss` against a counting fake and
 /// returns how many connections it made.
 fn connections_made(f: &Fixture, nss: &Nss) -> usize {
