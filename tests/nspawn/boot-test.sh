@@ -294,7 +294,13 @@ value() {
         "$workdir/$1/root/var/lib/boot-test/results" 2>/dev/null || true
 }
 generator_log() { cat "$workdir/$1/root/var/lib/boot-test/generator.log" 2>/dev/null || true; }
-ms() { [[ -n $1 ]] && awk -v us="$1" 'BEGIN { printf "%.1f", us / 1000 }' || echo "-"; }
+ms() {
+    if [[ -n $1 ]]; then
+        awk -v us="$1" 'BEGIN { printf "%.1f", us / 1000 }'
+    else
+        echo "-"
+    fi
+}
 
 # generator_max RUN PHASE LOOKUP: the slowest such generator lookup, in µs.
 generator_max() {
@@ -316,7 +322,7 @@ r=broker
 echo
 echo "== assertions (broker run)"
 check "boot ended by the test's own poweroff" equals "$(cat "$workdir/$r/nspawn.status")" 0
-check "check script completed" equals "$(value $r done)" yes
+check "check script completed" equals "$(value $r completed)" yes
 check "multi-user.target reached" equals "$(value $r multi-user)" active
 check "broker running as its own process (pid $(value $r broker.pid))" \
     matches "$(value $r broker.pid)/$(value $r broker.comm)" '^([2-9]|[1-9][0-9]+)/userdb-brokerd$'
@@ -357,7 +363,13 @@ table() {
     local label=$1 broker_value=$2 control_value=$3 bound=$4
     printf '%-52s | %-24s | %-24s | %s\n' "$label" "$broker_value" "$control_value" "$bound"
 }
-control_or_dash() { [[ ${SKIP_CONTROL:-0} == 1 ]] && echo "-" || "$@"; }
+control_or_dash() {
+    if [[ ${SKIP_CONTROL:-0} == 1 ]]; then
+        echo "-"
+    else
+        "$@"
+    fi
+}
 table "measurement" "broker" "control: group systemd" "bound"
 table "---" "---" "---" "---"
 for phase in boot running stopped frozen; do
