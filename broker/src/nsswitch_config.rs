@@ -1,13 +1,19 @@
 //! Reviews and edits `/etc/nsswitch.conf` for the broker, for
 //! `userdb-brokerctl check`, `enable` and `disable`.
 //!
-//! The functions over the file's text are pure (the command line reads and
-//! writes the file); they use the shared parser in `userdb_proto::nsswitch`.
-//! Edits touch only the lines they change: comments, blank lines, other
-//! databases and the layout of untouched lines stay byte for byte.
+//! The functions over the file's text ([`check`], [`enable`], [`disable`])
+//! are pure; they use the shared parser in `userdb_proto::nsswitch`. Edits
+//! touch only the lines they change: comments, blank lines, other databases
+//! and the layout of untouched lines stay byte for byte. [`main`] is the
+//! command line around them: it reads the file, keeps a backup and replaces
+//! the file atomically.
 
 use std::fmt;
-use std::path::Path;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use userdb_proto::nsswitch::{parse_line, Action, Entry, Line, FILES_SERVICES};
 
@@ -400,6 +406,174 @@ fn format_entry(entry: &Entry) -> String {
     format!("{} [{}]", entry.service, actions.join(" "))
 }
 
+/// The subcommands this module serves, for `userdb-brokerctl`'s dispatch.
+pub const COMMANDS: [&str; 3] = ["check", "enable", "disable"];
+
+/// Usage lines for those subcommands.
+pub const USAGE: &str = "\
+nsswitch.conf commands (FILE defaults to /etc/nsswitch.conf):
+  check [--file FILE]     warn about lines that can deadlock or hide users; exit 1 on a warning
+  enable [--file FILE]    add broker to passwd, group, shadow and gshadow (backup: FILE.userdb-broker.bak)
+  disable [--file FILE]   take broker back out (same backup)";
+
+const DEFAULT_FILE: &str = "/etc/nsswitch.conf";
+const BACKUP_SUFFIX: &str = ".userdb-broker.bak";
+const EXIT_WARNING: u8 = 1;
+const EXIT_FAILURE: u8 = 1;
+
+/// What a subcommand printed and the exit status it chose.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub lines: Vec<String>,
+    pub status: u8,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum CommandError {
+    Usage(String),
+    Io(String),
+}
+
+/// Runs `check`, `enable` or `disable` from `args` (without the program
+/// name); `None` when `args` name another command. Drop-ins are looked for
+/// on this machine.
+pub fn main(args: &[String]) -> Option<ExitCode> {
+    let command = args.first().filter(|c| COMMANDS.contains(&c.as_str()))?;
+    Some(match run(command, &args[1..], Path::new("/")) {
+        Ok(outcome) => {
+            for line in outcome.lines {
+                println!("{line}");
+            }
+            ExitCode::from(outcome.status)
+        }
+        Err(CommandError::Usage(message)) => {
+            eprintln!("userdb-brokerctl {command}: {message}\n{USAGE}");
+            ExitCode::from(crate::ctl::EXIT_USAGE)
+        }
+        Err(CommandError::Io(message)) => {
+            eprintln!("userdb-brokerctl {command}: {message}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    })
+}
+
+/// One subcommand with its arguments; `root` is where drop-ins are looked for.
+pub fn run(command: &str, args: &[String], root: &Path) -> Result<Outcome, CommandError> {
+    let file = file_argument(args)?;
+    let text = fs::read_to_string(&file)
+        .map_err(|e| CommandError::Io(format!("cannot read {}: {e}", file.display())))?;
+    let dropins = dropins_present(root);
+    let edited = match command {
+        "check" => {
+            let findings = check(&text, dropins);
+            let warned = findings.iter().any(|f| f.severity() == Severity::Warning);
+            let mut lines: Vec<String> = findings
+                .iter()
+                .map(|f| format!("{}: {f}", file.display()))
+                .collect();
+            if lines.is_empty() {
+                lines.push(format!("{}: no findings", file.display()));
+            }
+            let status = if warned { EXIT_WARNING } else { 0 };
+            return Ok(Outcome { lines, status });
+        }
+        "enable" => enable(&text),
+        "disable" => disable(&text),
+        other => return Err(CommandError::Usage(format!("unknown command {other}"))),
+    };
+    if edited.changes.is_empty() {
+        return Ok(Outcome {
+            lines: vec![format!(
+                "{}: already {command}d, nothing changed",
+                file.display()
+            )],
+            status: 0,
+        });
+    }
+    let backup = replace_keeping_backup(&file, &text, &edited.text)?;
+    let mut lines: Vec<String> = edited
+        .changes
+        .iter()
+        .map(|c| format!("{}: {c}", file.display()))
+        .collect();
+    lines.push(format!(
+        "{}: the previous version is in {}",
+        file.display(),
+        backup.display()
+    ));
+    lines.extend(
+        check(&edited.text, dropins)
+            .iter()
+            .map(|f| format!("{}: {f}", file.display())),
+    );
+    Ok(Outcome { lines, status: 0 })
+}
+
+fn file_argument(args: &[String]) -> Result<PathBuf, CommandError> {
+    match args {
+        [] => Ok(PathBuf::from(DEFAULT_FILE)),
+        [flag, file] if flag == "--file" => Ok(PathBuf::from(file)),
+        [flag] if flag.starts_with("--file=") => Ok(PathBuf::from(&flag["--file=".len()..])),
+        [flag] if flag == "--file" => Err(CommandError::Usage("--file needs a value".into())),
+        _ => Err(CommandError::Usage(format!(
+            "unexpected arguments {args:?}"
+        ))),
+    }
+}
+
+/// Writes `old` to `FILE.userdb-broker.bak`, then `new` to a temporary file
+/// beside FILE with FILE's mode and owner, and renames it over FILE, so a
+/// reader sees the old or the new file, never a part. A symlink is followed:
+/// its target is replaced, the link stays.
+fn replace_keeping_backup(file: &Path, old: &str, new: &str) -> Result<PathBuf, CommandError> {
+    let io = |what: &str, path: &Path, e: std::io::Error| {
+        CommandError::Io(format!("cannot {what} {}: {e}", path.display()))
+    };
+    let target = fs::canonicalize(file).map_err(|e| io("resolve", file, e))?;
+    let metadata = fs::metadata(&target).map_err(|e| io("stat", &target, e))?;
+    let with_suffix = |suffix: &str| {
+        let mut name = target.clone().into_os_string();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    let backup = with_suffix(BACKUP_SUFFIX);
+    write_new(&backup, old, &metadata).map_err(|e| io("write", &backup, e))?;
+
+    let temporary = with_suffix(&format!(".userdb-broker.{}.tmp", std::process::id()));
+    let written =
+        write_new(&temporary, new, &metadata).and_then(|()| fs::rename(&temporary, &target));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&temporary);
+        return Err(io("replace", &target, e));
+    }
+    if let Some(directory) = target.parent() {
+        File::open(directory)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("sync", directory, e))?;
+    }
+    Ok(backup)
+}
+
+/// Writes `text` to `path` (replacing a regular file there) with the mode
+/// and owner of `like`, and flushes it to disk.
+fn write_new(path: &Path, text: &str, like: &fs::Metadata) -> std::io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(like.mode() & 0o7777)
+        .open(path)?;
+    file.write_all(text.as_bytes())?;
+    std::os::unix::fs::fchown(&file, Some(like.uid()), Some(like.gid()))?;
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
+        like.mode() & 0o7777,
+    ))?;
+    file.sync_all()
+}
+
 /// Whether any userdb drop-in (user, group or membership) exists in the
 /// drop-in directories below `root`; for [`check`].
 pub fn dropins_present(root: &Path) -> bool {
@@ -629,17 +803,171 @@ gshadow:        files broker
         assert!(twice.changes.is_empty());
     }
 
+    /// A fresh directory for one test, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("nsswitch-config-{tag}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+
+        fn write(&self, name: &str, text: &str) -> PathBuf {
+            let path = self.0.join(name);
+            fs::write(&path, text).unwrap();
+            path
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|a| (*a).to_owned()).collect()
+    }
+
+    fn file_args(path: &Path) -> Vec<String> {
+        args(&["--file", path.to_str().unwrap()])
+    }
+
     #[test]
     fn dropins_present_sees_records_and_memberships_only() {
-        let root =
-            std::env::temp_dir().join(format!("nsswitch-config-test-{}", std::process::id()));
-        let dir = root.join("etc/userdb");
-        std::fs::create_dir_all(&dir).unwrap();
-        assert!(!dropins_present(&root));
-        std::fs::write(dir.join("README"), "not a drop-in").unwrap();
-        assert!(!dropins_present(&root));
-        std::fs::write(dir.join("alice:wheel.membership"), "{}").unwrap();
-        assert!(dropins_present(&root));
-        std::fs::remove_dir_all(&root).unwrap();
+        let root = Scratch::new("dropins");
+        let dir = root.0.join("etc/userdb");
+        fs::create_dir_all(&dir).unwrap();
+        assert!(!dropins_present(&root.0));
+        fs::write(dir.join("README"), "not a drop-in").unwrap();
+        assert!(!dropins_present(&root.0));
+        fs::write(dir.join("alice:wheel.membership"), "{}").unwrap();
+        assert!(dropins_present(&root.0));
+    }
+
+    #[test]
+    fn check_command_exits_1_on_a_warning_only() {
+        let scratch = Scratch::new("check");
+        let deadlock = scratch.write("deadlock.conf", "group: files [SUCCESS=merge] systemd\n");
+        let outcome = run("check", &file_args(&deadlock), &scratch.0).unwrap();
+        assert_eq!(outcome.status, 1);
+        assert_eq!(outcome.lines.len(), 1);
+        assert!(
+            outcome.lines[0].contains("line 1 (group): warning:"),
+            "{outcome:?}"
+        );
+
+        let advice_only = scratch.write("advice.conf", "passwd: files broker systemd\n");
+        let outcome = run("check", &file_args(&advice_only), &scratch.0).unwrap();
+        assert_eq!(outcome.status, 0, "{outcome:?}");
+
+        let good = scratch.write("good.conf", RECOMMENDED);
+        let outcome = run("check", &file_args(&good), &scratch.0).unwrap();
+        assert_eq!((outcome.status, outcome.lines.len()), (0, 1));
+        assert!(outcome.lines[0].ends_with("no findings"));
+    }
+
+    #[test]
+    fn check_command_reports_missing_broker_when_dropins_exist() {
+        let scratch = Scratch::new("check-dropins");
+        let conf = scratch.write("nsswitch.conf", DEBIAN_DEFAULT);
+        assert_eq!(
+            run("check", &file_args(&conf), &scratch.0).unwrap().status,
+            0
+        );
+        fs::create_dir_all(scratch.0.join("run/userdb")).unwrap();
+        scratch.write("run/userdb/alice.user", "{}");
+        let outcome = run("check", &file_args(&conf), &scratch.0).unwrap();
+        assert_eq!(outcome.status, 1);
+        let missing = outcome
+            .lines
+            .iter()
+            .filter(|l| l.contains("never asks 'broker'"));
+        assert_eq!(missing.count(), 4, "{outcome:?}");
+    }
+
+    #[test]
+    fn enable_command_replaces_the_file_and_keeps_a_backup_and_the_mode() {
+        let scratch = Scratch::new("enable");
+        let conf = scratch.write("nsswitch.conf", DEBIAN_DEFAULT);
+        fs::set_permissions(&conf, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+
+        let outcome = run("enable", &file_args(&conf), &scratch.0).unwrap();
+        assert_eq!(outcome.status, 0);
+        assert_eq!(
+            fs::read_to_string(&conf).unwrap(),
+            enable(DEBIAN_DEFAULT).text
+        );
+        let backup = scratch.0.join("nsswitch.conf.userdb-broker.bak");
+        assert_eq!(fs::read_to_string(&backup).unwrap(), DEBIAN_DEFAULT);
+        assert_eq!(fs::metadata(&conf).unwrap().mode() & 0o7777, 0o640);
+        assert!(outcome
+            .lines
+            .iter()
+            .any(|l| l.ends_with("group: added broker after files")));
+        let leftovers: Vec<_> = fs::read_dir(&scratch.0)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+
+        // A second enable changes nothing, the backup included.
+        let again = run("enable", &file_args(&conf), &scratch.0).unwrap();
+        assert_eq!(again.lines.len(), 1);
+        assert!(again.lines[0].ends_with("already enabled, nothing changed"));
+        assert_eq!(fs::read_to_string(&backup).unwrap(), DEBIAN_DEFAULT);
+    }
+
+    #[test]
+    fn disable_command_takes_broker_out_again() {
+        let scratch = Scratch::new("disable");
+        let conf = scratch.write("nsswitch.conf", RECOMMENDED);
+        run("disable", &file_args(&conf), &scratch.0).unwrap();
+        let text = fs::read_to_string(&conf).unwrap();
+        assert!(
+            !text.contains("broker") && !text.contains("merge"),
+            "{text}"
+        );
+        let backup = scratch.0.join("nsswitch.conf.userdb-broker.bak");
+        assert_eq!(fs::read_to_string(backup).unwrap(), RECOMMENDED);
+    }
+
+    #[test]
+    fn a_symlinked_file_keeps_its_link() {
+        let scratch = Scratch::new("symlink");
+        let real = scratch.write("real.conf", RECOMMENDED);
+        let link = scratch.0.join("nsswitch.conf");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        run("disable", &file_args(&link), &scratch.0).unwrap();
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(!fs::read_to_string(&real).unwrap().contains("broker"));
+        assert!(scratch.0.join("real.conf.userdb-broker.bak").exists());
+    }
+
+    #[test]
+    fn bad_arguments_and_missing_files_are_errors() {
+        let scratch = Scratch::new("errors");
+        let missing = scratch.0.join("absent.conf");
+        assert!(matches!(
+            run("check", &file_args(&missing), &scratch.0),
+            Err(CommandError::Io(m)) if m.contains("absent.conf")
+        ));
+        let usage = |list: &[&str]| {
+            matches!(
+                run("enable", &args(list), &scratch.0),
+                Err(CommandError::Usage(_))
+            )
+        };
+        assert!(usage(&["--file"]));
+        assert!(usage(&["--frobnicate"]));
+        assert!(!missing.exists());
+        assert_eq!(main(&args(&["status"])), None);
     }
 }
