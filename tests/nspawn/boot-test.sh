@@ -341,6 +341,14 @@ check "DynamicUser= unit's user resolves through the broker by name (uid $dynami
 check "DynamicUser= unit's user resolves through the broker by uid" \
     matches "$(value $r dynamic-by-uid.out)" '^boot-test-dynamic:'
 check "broker was stopped, then frozen (state T)" equals "$(value $r broker.stopped)/$(value $r broker.frozen)" "inactive/T"
+# restarted "OLD->NEW STATE": a different, running main process.
+restarted() {
+    local old=${1%%->*} rest=${1#*->}
+    [[ $1 == *"->"* && ${rest%% *} =~ ^[0-9]+$ && ${rest%% *} -gt 1 && ${rest%% *} != "$old" && $rest == *" active" ]]
+}
+check "a killed broker is restarted by a new process ($(value $r broker.restarted))" \
+    restarted "$(value $r broker.restarted)"
+check "... within 2 s ($(ms "$(value $r broker.restart.us)") ms)" below "$(value $r broker.restart.us)" 2000000
 for phase in running stopped frozen; do
     for i in 1 2 3 4 5; do
         check "daemon-reload $phase #$i < 2 s ($(ms "$(value $r "reload.$phase.$i.us")") ms)" \
