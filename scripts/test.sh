@@ -12,7 +12,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Debian packages the tests use; installed only when missing.
-packages=(systemd systemd-container debootstrap libnss-systemd valgrind util-linux procps dpkg-dev)
+packages=(systemd systemd-container debootstrap libnss-systemd valgrind strace binutils util-linux procps dpkg-dev)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

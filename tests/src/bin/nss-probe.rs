@@ -4,6 +4,7 @@
 //!
 //! Usage:
 //!   nss-probe time QUERY...           one line per lookup: QUERY, result, µs; then `total µs`
+//!   nss-probe repeat SECONDS QUERY... each QUERY in a loop for SECONDS: QUERY, calls, ns per call, result
 //!   nss-probe threads T N EXPECT...   T threads × N lookups cycling through EXPECT
 //!   nss-probe fork ROUNDS EXPECT...   fork ROUNDS times while 4 threads look up
 //!   nss-probe atexit EXPECT...        look up in main, then again in an atexit handler
@@ -252,6 +253,28 @@ fn cmd_time(queries: &[Query]) -> ExitCode {
         println!("{}\t{}\t{}", query.text, micros(took), answer);
     }
     println!("total\t{}", micros(started.elapsed()));
+    ExitCode::SUCCESS
+}
+
+/// The benchmark's loop: one warm-up call, then calls until the time is up.
+fn cmd_repeat(seconds: f64, queries: &[Query]) -> ExitCode {
+    let budget = Duration::from_secs_f64(seconds);
+    for query in queries {
+        let answer = lookup(query);
+        let started = Instant::now();
+        let mut calls: u32 = 0;
+        while started.elapsed() < budget {
+            lookup(query);
+            calls += 1;
+        }
+        let ns_per_call = started.elapsed().as_nanos() / u128::from(calls.max(1));
+        let result = match answer {
+            Answer::Found { .. } => "found".to_owned(),
+            Answer::NotFound => "notfound".to_owned(),
+            Answer::Error(rc) => format!("error{rc}"),
+        };
+        println!("{}\t{calls}\t{ns_per_call}\t{result}", query.text);
+    }
     ExitCode::SUCCESS
 }
 
@@ -584,6 +607,13 @@ fn main() -> ExitCode {
         "time" => match parse_all(rest, parse_query) {
             Some(queries) => cmd_time(&queries),
             None => usage(),
+        },
+        "repeat" => match (
+            rest.first().and_then(|s| s.parse::<f64>().ok()),
+            parse_all(rest.get(1..).unwrap_or(&[]), parse_query),
+        ) {
+            (Some(seconds), Some(queries)) if seconds > 0.0 => cmd_repeat(seconds, &queries),
+            _ => usage(),
         },
         "threads" => match (
             number(0),
