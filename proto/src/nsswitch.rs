@@ -89,7 +89,8 @@ pub fn parse_line(raw: &str) -> Option<Line> {
         if let Some(after) = rest.strip_prefix('[') {
             let (inside, tail) = after.split_once(']').unwrap_or((after, ""));
             if let Some(last) = entries.last_mut() {
-                last.actions.extend(inside.split_whitespace().filter_map(parse_action));
+                last.actions
+                    .extend(inside.split_whitespace().filter_map(parse_action));
             }
             rest = tail.trim_start();
         } else {

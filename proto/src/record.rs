@@ -318,7 +318,10 @@ mod tests {
         let svc = UserRecord::from_json(&json!({"userName": "svc", "uid": 900})).unwrap();
         assert_eq!(svc.shell, "/usr/sbin/nologin");
         let root = UserRecord::from_json(&json!({"userName": "root", "uid": 0})).unwrap();
-        assert_eq!((root.home.as_str(), root.shell.as_str()), ("/root", "/bin/sh"));
+        assert_eq!(
+            (root.home.as_str(), root.shell.as_str()),
+            ("/root", "/bin/sh")
+        );
     }
 
     #[test]
@@ -393,7 +396,10 @@ mod tests {
         assert_eq!(shadow.hashed_password.as_deref(), Some("!"));
         assert_eq!(shadow.administrators, ["alice"]);
         assert_eq!(GroupRecord::from_json(&g.to_json()).unwrap(), g);
-        assert!(GroupRecord::from_json(&json!({"groupName": "g", "gid": 1, "members": ["a,b"]})).is_err());
+        assert!(
+            GroupRecord::from_json(&json!({"groupName": "g", "gid": 1, "members": ["a,b"]}))
+                .is_err()
+        );
         assert!(GroupRecord::from_json(&json!({"groupName": "g"})).is_err());
     }
 }
