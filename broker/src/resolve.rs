@@ -395,7 +395,9 @@ impl Resolver {
         let winner = self.pick(Database::Groups, candidates)?;
         let mut members = Members::default();
         for m in snapshot.memberships_of_group(name) {
-            if !(options.caller_reads_files && snapshot.stated_by_files(m)) {
+            if options.caller_reads_files && snapshot.stated_by_files(m) {
+                members.skip(&m.user);
+            } else {
                 members.add(&m.user);
             }
         }
@@ -456,7 +458,9 @@ impl Resolver {
             };
             let mut members = Members::default();
             for m in snapshot.memberships_of_group(name) {
-                if !(options.caller_reads_files && snapshot.stated_by_files(m)) {
+                if options.caller_reads_files && snapshot.stated_by_files(m) {
+                    members.skip(&m.user);
+                } else {
                     members.add(&m.user);
                 }
             }
@@ -582,6 +586,12 @@ impl Members {
         }
     }
 
+    /// Counts `name` as listed without listing it: the caller has it from
+    /// /etc/group already, and glibc's merge would repeat it.
+    fn skip(&mut self, name: &str) {
+        self.seen.insert(name.to_owned());
+    }
+
     fn add_value(&mut self, name: Option<&Value>) {
         if let Some(n) = name.and_then(Value::as_str) {
             self.add(n);
@@ -669,7 +679,7 @@ mod tests {
     }
 
     /// carol (5000) and a conflicting alice (6000); groups devs (700) and
-    /// wheel (10, member dave); membership carol:wheel.
+    /// wheel (10, member dave); memberships carol:wheel and alice:wheel.
     fn directory_service(call: &Call) -> Option<Vec<Reply>> {
         let p = &call.parameters;
         let users = [
@@ -680,7 +690,11 @@ mod tests {
             json!({"groupName": "devs", "gid": 700, "members": ["carol"], "service": DIRECTORY}),
             json!({"groupName": "wheel", "gid": 10, "members": ["dave"], "service": DIRECTORY}),
         ];
-        let memberships = [json!({"userName": "carol", "groupName": "wheel"})];
+        // alice:wheel repeats what files state.
+        let memberships = [
+            json!({"userName": "carol", "groupName": "wheel"}),
+            json!({"userName": "alice", "groupName": "wheel"}),
+        ];
         let (records, name_key, id_key): (Vec<Value>, &str, &str) = match call.method.as_str() {
             "io.systemd.UserDatabase.GetUserRecord" => (users.to_vec(), "userName", "uid"),
             "io.systemd.UserDatabase.GetGroupRecord" => (groups.to_vec(), "groupName", "gid"),
