@@ -13,6 +13,7 @@ pub mod fixture;
 pub mod lines;
 pub mod nss;
 pub mod process;
+pub mod userdb_service;
 pub mod varlink;
 
 use std::sync::{Mutex, MutexGuard};
