@@ -587,6 +587,35 @@ fn memberships_are_the_union_of_files_dropins_and_services_each_listed_once() {
     }
 }
 
+#[test]
+fn a_burst_of_lookups_asks_a_service_once() {
+    let _serial = exclusive();
+    let f = fixture();
+    let directory = UserdbService::start(&f, DIRECTORY, directory(), Flaw::None);
+    let _broker = broker_with(&f, &[DIRECTORY]);
+    let nss = Nss::new(&f, BROKER_ONLY);
+    let burst: Vec<&str> = ["passwd:carol", "passwd:nosuchuser"].repeat(25);
+    let timed = probe_time(&nss, &burst);
+    for t in &timed {
+        let expected = if t.query == "passwd:carol" {
+            format!("found {CAROL_LINE}")
+        } else {
+            "notfound".to_owned()
+        };
+        assert_eq!(t.answer, expected, "{}", t.query);
+    }
+    let asked = |name: &str| {
+        directory
+            .calls()
+            .iter()
+            .filter(|c| c["parameters"]["userName"] == name)
+            .count()
+    };
+    // Found and not found are both cached (TTLs 2 s and 1 s by default).
+    assert_eq!(asked("carol"), 1, "{:?}", directory.calls());
+    assert_eq!(asked("nosuchuser"), 1, "{:?}", directory.calls());
+}
+
 /// Lines of the broker's log that name `service` and contain `reason`.
 fn log_lines(broker: &Broker, service: &str, reason: &str) -> Vec<String> {
     broker
@@ -797,7 +826,6 @@ fn nss_systemd_resolves_files_dropins_and_services_through_the_broker() {
     let broker = Broker::start_at(&f, &userdb_dir.join("io.userdb.Broker"));
     wait_for_sources(&broker, &[DIRECTORY]);
     let systemd = Nss::new(&f, "passwd: systemd\ngroup: systemd\n");
-    let module = Nss::new(&f, BROKER_ONLY).socket(broker.socket());
 
     let systemd_line = |argv: &[&str]| -> String {
         let out = with_private_userdb(&systemd, &userdb_dir, argv);
@@ -830,23 +858,36 @@ fn nss_systemd_resolves_files_dropins_and_services_through_the_broker() {
         &systemd_line(&["getent", "group", "svcgroup"]),
         &format!("svcgroup:x:{SVCGROUP_GID}:carol,dave"),
     );
-    for name in ["carol", "dina"] {
-        let argv = ["getent", "initgroups", name];
-        assert_line(
-            &format!("nss-systemd getent initgroups {name}"),
-            &systemd_line(&argv),
-            &one_line(&module, &argv),
-        );
+    for (name, groups, gids) in [
+        (
+            "carol",
+            &["5001(carol)", "10(wheel)", "5100(svcgroup)"][..],
+            &[10, SVCGROUP_GID][..],
+        ),
+        ("dina", &["5300(dina)", "10(wheel)"], &[10]),
+        (
+            "filesuser",
+            &["1000(filesuser)", "4(adm)", "10(wheel)"],
+            &[4, 10],
+        ),
+    ] {
         let id = systemd_line(&["id", name]);
+        assert_eq!(id_groups(&id), set_of(groups), "nss-systemd: {id}");
+        let initgroups = systemd_line(&["getent", "initgroups", name]);
+        let listed: Vec<&str> = initgroups.split_whitespace().skip(1).collect();
+        let expected: Vec<String> = gids.iter().map(u32::to_string).collect();
         assert_eq!(
-            id_groups(&id),
-            id_groups(&one_line(&module, &["id", name])),
-            "{id}"
+            listed.iter().copied().collect::<BTreeSet<_>>(),
+            expected.iter().map(String::as_str).collect::<BTreeSet<_>>(),
+            "nss-systemd: {initgroups}"
         );
+        assert_eq!(listed.len(), gids.len(), "a gid listed twice: {initgroups}");
     }
     // Without the private /run, nss-systemd knows none of them: the answers
     // above came through the broker. (userdbctl, from systemd-userdbd, is
     // not installed here, so only nss-systemd is checked as a client.)
-    let out = systemd.run(&["getent", "passwd", "carol"]);
-    assert_eq!(out.code(), Some(2), "{}", out.describe());
+    for name in ["carol", "dina", "filesuser"] {
+        let out = systemd.run(&["getent", "passwd", name]);
+        assert_eq!(out.code(), Some(2), "{name}: {}", out.describe());
+    }
 }
