@@ -20,6 +20,7 @@ use userdb_broker_tests::fake::Behaviour;
 use userdb_broker_tests::nss::{BROKER_ONLY, FILES_THEN_BROKER};
 use userdb_broker_tests::userdb_service::{
     service_path, Directory, Flaw, UserdbService, IMPOSTOR_SERVICE, MISMATCH_ID_OFFSET,
+    MISMATCH_SUFFIX,
 };
 use userdb_broker_tests::{
     artifacts, assert_line, exclusive, process, Broker, DropinDir, FakeBroker, Fixture, Nss,
@@ -657,7 +658,10 @@ fn bad_replies_are_ignored_with_a_log_line_while_other_sources_answer() {
     assert_not_found(&nss, &["getent", "passwd", "frank"]);
     assert_not_found(&nss, &["getent", "passwd", "gina"]);
     assert_not_found(&nss, &["getent", "passwd", "5402"]);
-    assert_not_found(&nss, &["getent", "passwd", "gina-impostor"]);
+    assert_not_found(
+        &nss,
+        &["getent", "passwd", &format!("gina{MISMATCH_SUFFIX}")],
+    );
     assert_not_found(
         &nss,
         &["getent", "passwd", &(5402 + MISMATCH_ID_OFFSET).to_string()],
