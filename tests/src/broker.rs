@@ -35,16 +35,28 @@ impl Broker {
 
     /// Same, on another socket path.
     pub fn start_at(fixture: &Fixture, socket: &Path) -> Broker {
-        Self::launch(fixture, socket, None)
+        Self::launch(fixture, socket, None, None)
+    }
+
+    /// Same, with `config` written to a file and passed as `--config`.
+    pub fn start_with_config(fixture: &Fixture, config: &str) -> Broker {
+        let path = fixture.scratch().join("broker.toml");
+        fs::write(&path, config).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        Self::launch(fixture, &fixture.socket_path(), None, Some(&path))
     }
 
     /// Starts the broker inside `nss`'s namespace, so that its own lookups
     /// (if it made any) would go through that nsswitch.conf and the module.
     pub fn start_under(fixture: &Fixture, nss: &Nss) -> Broker {
-        Self::launch(fixture, &fixture.socket_path(), Some(nss))
+        Self::launch(fixture, &fixture.socket_path(), Some(nss), None)
     }
 
-    fn launch(fixture: &Fixture, socket: &Path, nss: Option<&Nss>) -> Broker {
+    fn launch(
+        fixture: &Fixture,
+        socket: &Path,
+        nss: Option<&Nss>,
+        config: Option<&Path>,
+    ) -> Broker {
         let scratch = fixture.scratch();
         let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
         let notify_path = scratch.join(format!("notify.{generation}"));
@@ -53,13 +65,16 @@ impl Broker {
         let log = scratch.join(format!("broker.{generation}.log"));
         let log_file =
             File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
-        let argv = [
+        let mut argv = vec![
             artifacts::brokerd().into_os_string(),
             "--root".into(),
             fixture.root().into(),
             "--socket".into(),
             socket.into(),
         ];
+        if let Some(config) = config {
+            argv.extend(["--config".into(), config.into()]);
+        }
         let mut command = match nss {
             Some(nss) => nss.command(&argv),
             None => {

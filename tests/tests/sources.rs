@@ -10,9 +10,7 @@
 //! share two cores with another test's processes.
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -424,54 +422,12 @@ fn files_record_wins_over_a_service_record_every_time() {
     );
 }
 
-/// A broker started with `--config FILE` (the harness's [`Broker`] passes
-/// only `--root` and `--socket`); killed and reaped on drop.
-struct ConfiguredBroker {
-    child: Child,
-    log: PathBuf,
-}
-
-impl ConfiguredBroker {
-    fn start(f: &Fixture, config: &str) -> ConfiguredBroker {
-        let config_path = f.scratch().join("broker.toml");
-        std::fs::write(&config_path, config).unwrap_or_else(|e| panic!("write config: {e}"));
-        let log = f.scratch().join("configured-broker.log");
-        let log_file = File::create(&log).unwrap_or_else(|e| panic!("create log: {e}"));
-        let child = Command::new(artifacts::brokerd())
-            .arg("--root")
-            .arg(f.root())
-            .arg("--socket")
-            .arg(f.socket_path())
-            .arg("--config")
-            .arg(&config_path)
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start userdb-brokerd: {e}"));
-        ConfiguredBroker { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for ConfiguredBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn configured_order_puts_a_service_before_files() {
     let _serial = exclusive();
     let f = fixture();
     let _directory = UserdbService::start(&f, DIRECTORY, directory(), Flaw::None);
-    let broker = ConfiguredBroker::start(
+    let broker = Broker::start_with_config(
         &f,
         &format!("order = [\"{DIRECTORY}\", \"files\", \"dropins\"]\n"),
     );
