@@ -120,7 +120,7 @@ pub fn parse_options(args: &[String]) -> Result<(Options, &[String]), Failure> {
 /// stdout and failures on stderr.
 pub fn main(args: &[String]) -> ExitCode {
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{USAGE}");
+        println!("{USAGE}\n{}", crate::nsswitch_config::USAGE);
         return ExitCode::SUCCESS;
     }
     let result = parse_options(args).and_then(|(options, command)| {
@@ -137,7 +137,7 @@ pub fn main(args: &[String]) -> ExitCode {
         Err(failure) => {
             eprintln!("userdb-brokerctl: {}", failure.message());
             if let Failure::Usage(_) = failure {
-                eprintln!("{USAGE}");
+                eprintln!("{USAGE}\n{}", crate::nsswitch_config::USAGE);
             }
             failure.exit_code()
         }
