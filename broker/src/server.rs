@@ -1,5 +1,9 @@
-//! The Unix socket listener: one worker thread per connection from an
-//! elastic pool (idle workers are reused, and exit after a while unused).
+//! The Unix socket listener: worker threads that take turns in `accept()`
+//! and then serve the connection they got. Whoever takes the last waiting
+//! place starts a new worker first, so one is always in `accept()`: a new
+//! client wakes exactly one thread (the kernel wakes one `accept()` waiter),
+//! with no hand-off between threads. Workers left waiting after a burst exit
+//! after a while.
 //!
 //! Bounded everywhere: a request frame is at most [`MAX_FRAME`] bytes; at most
 //! `max_connections` are held, and at the cap the longest-idle connection is
@@ -8,15 +12,16 @@
 //! read its replies for `write_timeout` is dropped. Garbage gets an
 //! `InvalidParameter` error and the connection is closed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, BufWriter, ErrorKind, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -29,7 +34,7 @@ use crate::service::Service;
 /// Largest request accepted; real calls are a few hundred bytes.
 pub const MAX_FRAME: usize = 64 * 1024;
 
-/// Workers idle this long exit; the pool grows again on demand.
+/// A worker waiting in `accept()` this long exits, unless it is the last one.
 const WORKER_IDLE_EXIT: Duration = Duration::from_secs(60);
 
 /// Enough for serde_json's bounded recursion and the tracing formatter.
@@ -92,7 +97,8 @@ pub struct Server {
     service: Arc<Service>,
     limits: Limits,
     registry: Arc<Registry>,
-    pool: Arc<Pool>,
+    /// Workers waiting in `accept()`.
+    waiting: AtomicUsize,
 }
 
 impl Server {
@@ -103,15 +109,61 @@ impl Server {
             service,
             limits,
             registry,
-            pool: Arc::new(Pool::default()),
+            waiting: AtomicUsize::new(0),
         }
     }
 
-    /// Accepts connections until the process ends.
+    /// Serves until the process ends; the calling thread is the first worker.
     pub fn serve(self) -> ! {
+        // accept() honours SO_RCVTIMEO: that is how a waiting worker notices
+        // it has been idle long enough to exit.
+        if let Err(e) = set_accept_timeout(&self.listener, WORKER_IDLE_EXIT) {
+            tracing::warn!("cannot set the accept timeout, idle workers stay: {e}");
+        }
+        let server = Arc::new(self);
+        loop {
+            server.work(true);
+        }
+    }
+
+    fn start_worker(self: &Arc<Self>) {
+        let server = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("conn".into())
+            .stack_size(WORKER_STACK_SIZE)
+            .spawn(move || server.work(false));
+        if let Err(e) = spawned {
+            // The other workers take the next connections when they finish.
+            tracing::warn!("cannot start a worker thread: {e}");
+        }
+    }
+
+    /// Accepts and serves connections; returns when a worker that is not
+    /// `permanent` has waited long enough and another worker is waiting too.
+    fn work(self: &Arc<Self>, permanent: bool) {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
         loop {
             match self.listener.accept() {
-                Ok((stream, _)) => self.start(stream),
+                Ok((stream, _)) => {
+                    if self.waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
+                        self.start_worker();
+                    }
+                    self.serve_client(stream);
+                    self.waiting.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    let leave = !permanent
+                        && self
+                            .waiting
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                                (n > 1).then(|| n - 1)
+                            })
+                            .is_ok();
+                    if leave {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
                     // Out of descriptors or memory: back off briefly rather
                     // than spin; existing connections keep being served.
@@ -122,22 +174,45 @@ impl Server {
         }
     }
 
-    fn start(&self, stream: UnixStream) {
+    fn serve_client(&self, stream: UnixStream) {
         if self.registry.len() >= self.limits.max_connections {
             self.registry.close_longest_idle();
         }
         let Some(connection) = self.registry.add(&stream) else {
             return;
         };
-        let service = Arc::clone(&self.service);
-        let registry = Arc::clone(&self.registry);
-        let limits = self.limits;
-        self.pool.execute(Box::new(move || {
-            if let Err(e) = serve_connection(&stream, &connection, &registry, &service, limits) {
-                tracing::debug!("connection closed: {e}");
-            }
-            registry.remove(connection.id);
-        }));
+        if let Err(e) = serve_connection(
+            &stream,
+            &connection,
+            &self.registry,
+            &self.service,
+            self.limits,
+        ) {
+            tracing::debug!("connection closed: {e}");
+        }
+        self.registry.remove(connection.id);
+    }
+}
+
+fn set_accept_timeout(listener: &UnixListener, timeout: Duration) -> io::Result<()> {
+    let value = libc::timeval {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_usec: 0,
+    };
+    // SAFETY: `value` is a valid timeval and the length passed is its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&value as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -321,73 +396,6 @@ fn send_invalid(writer: &mut impl Write, why: &str) -> io::Result<()> {
         error: Some(errors::INVALID_PARAMETER.to_owned()),
     };
     writer.write_all(&encode(&reply))
-}
-
-type Job = Box<dyn FnOnce() + Send>;
-
-/// Runs each job on an idle worker, or on a new one if none is idle.
-#[derive(Default)]
-struct Pool {
-    state: Mutex<PoolState>,
-    wake: Condvar,
-}
-
-#[derive(Default)]
-struct PoolState {
-    queue: VecDeque<Job>,
-    /// Workers waiting for a job.
-    idle: usize,
-}
-
-impl Pool {
-    fn lock(&self) -> MutexGuard<'_, PoolState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn execute(self: &Arc<Self>, job: Job) {
-        let mut state = self.lock();
-        state.queue.push_back(job);
-        if state.queue.len() <= state.idle {
-            self.wake.notify_one();
-            return;
-        }
-        drop(state);
-        let pool = Arc::clone(self);
-        let spawned = std::thread::Builder::new()
-            .name("conn".into())
-            .stack_size(WORKER_STACK_SIZE)
-            .spawn(move || pool.work());
-        if let Err(e) = spawned {
-            // The job stays queued for the next worker that frees up.
-            tracing::warn!("cannot start a worker thread: {e}");
-        }
-    }
-
-    fn work(&self) {
-        loop {
-            let job = {
-                let mut state = self.lock();
-                loop {
-                    if let Some(job) = state.queue.pop_front() {
-                        break job;
-                    }
-                    state.idle += 1;
-                    let (guard, wait) = self
-                        .wake
-                        .wait_timeout(state, WORKER_IDLE_EXIT)
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
-                    state = guard;
-                    state.idle -= 1;
-                    if wait.timed_out() && state.queue.is_empty() {
-                        return;
-                    }
-                }
-            };
-            job();
-        }
-    }
 }
 
 #[cfg(test)]
