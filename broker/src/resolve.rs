@@ -102,6 +102,21 @@ impl Resolver {
         }
     }
 
+    /// A resolver over local sources only, for tests of the layers above.
+    #[cfg(test)]
+    pub fn local_only(snapshot: Snapshot, priority: Priority) -> Self {
+        let no_services = VarlinkSources::new(
+            "/nonexistent".into(),
+            "/nonexistent".into(),
+            Default::default(),
+        );
+        Resolver::new(
+            SnapshotStore::new(snapshot),
+            Arc::new(no_services),
+            priority,
+        )
+    }
+
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.store.current()
     }

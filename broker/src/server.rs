@@ -1,9 +1,9 @@
-//! The Unix socket listener: worker threads that take turns in `accept()`
-//! and then serve the connection they got. Whoever takes the last waiting
-//! place starts a new worker first, so one is always in `accept()`: a new
-//! client wakes exactly one thread (the kernel wakes one `accept()` waiter),
-//! with no hand-off between threads. Workers left waiting after a burst exit
-//! after a while.
+//! The Unix socket listener: worker threads wait in `accept()` (the kernel
+//! wakes exactly one per connection) and serve the connection they got, so a
+//! request costs one thread wake-up, with no hand-off. The last waiting
+//! worker never leaves `accept()`: it gives its connection to a new worker
+//! and accepts on, so a burst of connections is taken as fast as threads can
+//! be started. Workers left waiting after a burst exit after a while.
 //!
 //! Bounded everywhere: a request frame is at most [`MAX_FRAME`] bytes; at most
 //! `max_connections` are held, and at the cap the longest-idle connection is
@@ -126,16 +126,29 @@ impl Server {
         }
     }
 
-    fn start_worker(self: &Arc<Self>) {
+    /// Starts a worker that serves `stream`, then waits for more.
+    fn start_worker(self: &Arc<Self>, stream: UnixStream) {
         let server = Arc::clone(self);
         let spawned = std::thread::Builder::new()
             .name("conn".into())
             .stack_size(WORKER_STACK_SIZE)
-            .spawn(move || server.work(false));
+            .spawn(move || {
+                server.serve_client(stream);
+                server.work(false);
+            });
         if let Err(e) = spawned {
-            // The other workers take the next connections when they finish.
+            // The connection is dropped; the client sees it closed at once.
             tracing::warn!("cannot start a worker thread: {e}");
         }
+    }
+
+    /// Takes one waiting place away, unless it is the last one.
+    fn leave_waiting(&self) -> bool {
+        self.waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n > 1).then(|| n - 1)
+            })
+            .is_ok()
     }
 
     /// Accepts and serves connections; returns when a worker that is not
@@ -145,21 +158,15 @@ impl Server {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    if self.waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
-                        self.start_worker();
+                    if self.leave_waiting() {
+                        self.serve_client(stream);
+                        self.waiting.fetch_add(1, Ordering::SeqCst);
+                    } else {
+                        self.start_worker(stream);
                     }
-                    self.serve_client(stream);
-                    self.waiting.fetch_add(1, Ordering::SeqCst);
                 }
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    let leave = !permanent
-                        && self
-                            .waiting
-                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                                (n > 1).then(|| n - 1)
-                            })
-                            .is_ok();
-                    if leave {
+                    if !permanent && self.leave_waiting() {
                         return;
                     }
                 }
@@ -403,8 +410,6 @@ mod tests {
     use super::*;
     use crate::merge::{merge, LoadedSource, Priority};
     use crate::resolve::Resolver;
-    use crate::snapshot::SnapshotStore;
-    use crate::sources::varlink::VarlinkSources;
     use crate::sources::{SourceData, SourceKind, SourceUser};
     use serde_json::Value;
     use std::path::PathBuf;
@@ -433,16 +438,7 @@ mod tests {
             }],
             1,
         );
-        let no_services = VarlinkSources::new(
-            "/nonexistent".into(),
-            "/nonexistent".into(),
-            Default::default(),
-        );
-        let resolver = Resolver::new(
-            SnapshotStore::new(merged.snapshot),
-            Arc::new(no_services),
-            Priority::new(Vec::new()),
-        );
+        let resolver = Resolver::local_only(merged.snapshot, Priority::new(Vec::new()));
         let service = Arc::new(Service::new(resolver));
         let server = Server::new(bind(&path).unwrap(), service, limits);
         std::thread::spawn(move || server.serve());

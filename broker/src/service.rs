@@ -322,8 +322,6 @@ impl Context<'_> {
 mod tests {
     use super::*;
     use crate::merge::{merge, LoadedSource, Priority};
-    use crate::snapshot::SnapshotStore;
-    use crate::sources::varlink::VarlinkSources;
     use crate::sources::{SourceData, SourceGroup, SourceKind, SourceUser};
     use std::time::Duration;
     use userdb_proto::record::{GroupRecord, UserRecord, UserShadow};
@@ -417,14 +415,8 @@ mod tests {
             ],
             3,
         );
-        let no_services = VarlinkSources::new(
-            "/nonexistent".into(),
-            "/nonexistent".into(),
-            Default::default(),
-        );
-        let resolver = Resolver::new(
-            SnapshotStore::new(merged.snapshot),
-            Arc::new(no_services),
+        let resolver = Resolver::local_only(
+            merged.snapshot,
             Priority::new(vec!["files".into(), "dropins".into()]),
         );
         Service::new(resolver)
