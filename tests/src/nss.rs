@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::artifacts;
 use crate::fixture::Fixture;
+use crate::lines::assert_line;
 use crate::process::{self, Outcome};
 
 /// `files` first, merge on group: the configuration the project recommends.
@@ -142,6 +143,47 @@ impl Nss {
     /// Runs `argv` in the namespace and returns what it did.
     pub fn run(&self, argv: &[&str]) -> Outcome {
         process::run(self.command(argv), self.limit)
+    }
+
+    /// Runs `argv`, asserting it succeeds; the lines it printed.
+    pub fn run_ok(&self, argv: &[&str]) -> Vec<String> {
+        let out = self.run(argv);
+        out.assert_code(0, &self.describe(argv));
+        out.stdout.lines().map(str::to_owned).collect()
+    }
+
+    /// The single line `argv` prints, asserting success and exactly one line.
+    pub fn one_line(&self, argv: &[&str]) -> String {
+        let lines = self.run_ok(argv);
+        assert_eq!(
+            lines.len(),
+            1,
+            "{}: expected one line, got {lines:?}",
+            self.describe(argv)
+        );
+        lines.into_iter().next().unwrap_or_default()
+    }
+
+    /// Asserts `argv` prints exactly the line `expected`.
+    pub fn expect_line(&self, argv: &[&str], expected: impl AsRef<str>) {
+        assert_line(
+            &self.describe(argv),
+            &self.one_line(argv),
+            expected.as_ref(),
+        );
+    }
+
+    /// Asserts `argv` finds nothing: getent's exit code 2 and no output.
+    pub fn expect_not_found(&self, argv: &[&str]) {
+        let out = self.run(argv);
+        let what = format!("{} (not found)", self.describe(argv));
+        out.assert_code(2, &what);
+        assert_eq!(out.stdout, "", "{what}: printed something");
+    }
+
+    /// `[nsswitch lines] command`, for failure messages.
+    fn describe(&self, argv: &[&str]) -> String {
+        format!("[{}] {}", self.label, argv.join(" "))
     }
 
     /// Runs `argv` as nobody with no supplementary groups.

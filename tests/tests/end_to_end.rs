@@ -187,36 +187,6 @@ fn dropin_group_lines() -> Vec<String> {
     lines
 }
 
-fn run_ok(nss: &Nss, argv: &[&str]) -> Vec<String> {
-    let out = nss.run(argv);
-    out.assert_code(0, &argv.join(" "));
-    out.stdout.lines().map(str::to_owned).collect()
-}
-
-/// The single line `argv` prints, asserting success and exactly one line.
-fn one_line(nss: &Nss, argv: &[&str]) -> String {
-    let lines = run_ok(nss, argv);
-    assert_eq!(
-        lines.len(),
-        1,
-        "{}: expected one line, got {lines:?}",
-        argv.join(" ")
-    );
-    lines.into_iter().next().unwrap_or_default()
-}
-
-/// Asserts `argv` prints exactly the line `expected`.
-fn expect_line(nss: &Nss, argv: &[&str], expected: impl AsRef<str>) {
-    let what = format!("[{}] {}", nss.label(), argv.join(" "));
-    assert_line(&what, &one_line(nss, argv), expected.as_ref());
-}
-
-fn assert_not_found(nss: &Nss, argv: &[&str]) {
-    let out = nss.run(argv);
-    out.assert_code(2, &argv.join(" "));
-    assert_eq!(out.stdout, "", "{}: printed something", argv.join(" "));
-}
-
 /// `id` output split into (uid part, gid part, supplementary groups as a
 /// set), asserting no group appears twice and the primary group comes first.
 fn parse_id(line: &str) -> (String, String, BTreeSet<String>) {
@@ -268,20 +238,16 @@ fn passwd_by_name_and_uid_from_files_and_every_dropin_dir() {
     for line in BASE_PASSWD {
         let name = line.split(':').next().unwrap_or_default();
         let uid = line.split(':').nth(2).unwrap_or_default();
-        expect_line(&nss, &["getent", "passwd", name], line);
-        expect_line(&nss, &["getent", "passwd", uid], line);
+        nss.expect_line(&["getent", "passwd", name], line);
+        nss.expect_line(&["getent", "passwd", uid], line);
     }
     for user in DROPIN_USERS {
         let expected = user.passwd_line();
-        expect_line(&nss, &["getent", "passwd", user.name], &expected);
-        expect_line(
-            &nss,
-            &["getent", "passwd", &user.uid.to_string()],
-            &expected,
-        );
+        nss.expect_line(&["getent", "passwd", user.name], &expected);
+        nss.expect_line(&["getent", "passwd", &user.uid.to_string()], &expected);
     }
-    assert_not_found(&nss, &["getent", "passwd", "nosuchuser"]);
-    assert_not_found(&nss, &["getent", "passwd", "4000"]);
+    nss.expect_not_found(&["getent", "passwd", "nosuchuser"]);
+    nss.expect_not_found(&["getent", "passwd", "4000"]);
 }
 
 #[test]
@@ -291,8 +257,8 @@ fn first_dropin_directory_wins_by_name_and_by_uid() {
     let nss = Nss::new(&f, BROKER_ONLY);
     let expected = DUAL.passwd_line();
     assert_ne!(expected, DUAL_SHADOWED.passwd_line());
-    expect_line(&nss, &["getent", "passwd", "dual"], &expected);
-    expect_line(&nss, &["getent", "passwd", "1003"], &expected);
+    nss.expect_line(&["getent", "passwd", "dual"], &expected);
+    nss.expect_line(&["getent", "passwd", "1003"], &expected);
 }
 
 #[test]
@@ -311,13 +277,13 @@ fn empty_file_or_dev_null_link_in_an_earlier_directory_masks_a_user() {
     f.dropin_user(DropinDir::UsrLib, &ALICE.record());
     let _broker = Broker::start(&f);
     let nss = Nss::new(&f, BROKER_ONLY);
-    assert_not_found(&nss, &["getent", "passwd", "masked"]);
-    assert_not_found(&nss, &["getent", "passwd", "1006"]);
+    nss.expect_not_found(&["getent", "passwd", "masked"]);
+    nss.expect_not_found(&["getent", "passwd", "1006"]);
     let mut expected: Vec<String> = BASE_PASSWD.iter().map(|l| (*l).to_owned()).collect();
     expected.push(ALICE.passwd_line());
     assert_same_lines(
         "getent passwd",
-        &run_ok(&nss, &["getent", "passwd"]),
+        &nss.run_ok(&["getent", "passwd"]),
         &expected,
     );
 }
@@ -345,11 +311,11 @@ fn group_by_name_and_gid_from_files_and_dropins() {
     for line in &expected {
         let name = line.split(':').next().unwrap_or_default();
         let gid = line.split(':').nth(2).unwrap_or_default();
-        expect_line(&nss, &["getent", "group", name], line);
-        expect_line(&nss, &["getent", "group", gid], line);
+        nss.expect_line(&["getent", "group", name], line);
+        nss.expect_line(&["getent", "group", gid], line);
     }
-    assert_not_found(&nss, &["getent", "group", "nosuchgroup"]);
-    assert_not_found(&nss, &["getent", "group", "4000"]);
+    nss.expect_not_found(&["getent", "group", "nosuchgroup"]);
+    nss.expect_not_found(&["getent", "group", "4000"]);
 }
 
 #[test]
@@ -359,8 +325,8 @@ fn group_of_3000_members_survives_the_erange_retry() {
     let expected = format!("big:x:{BIG_GID}:{}", big_members().join(","));
     for conf in [BROKER_ONLY, FILES_THEN_BROKER] {
         let nss = Nss::new(&f, conf);
-        expect_line(&nss, &["getent", "group", "big"], &expected);
-        expect_line(&nss, &["getent", "group", &BIG_GID.to_string()], &expected);
+        nss.expect_line(&["getent", "group", "big"], &expected);
+        nss.expect_line(&["getent", "group", &BIG_GID.to_string()], &expected);
     }
 }
 
@@ -370,7 +336,7 @@ fn id_and_initgroups_list_each_group_once() {
     let _broker = Broker::start(&f);
     for conf in [BROKER_ONLY, FILES_THEN_BROKER] {
         let nss = Nss::new(&f, conf);
-        let (uid, gid, groups) = parse_id(&one_line(&nss, &["id", "alice"]));
+        let (uid, gid, groups) = parse_id(&nss.one_line(&["id", "alice"]));
         assert_eq!(
             (uid.as_str(), gid.as_str()),
             ("uid=1001(alice)", "gid=1001(alice)"),
@@ -382,7 +348,7 @@ fn id_and_initgroups_list_each_group_once() {
             "{conf}"
         );
 
-        let (uid, gid, groups) = parse_id(&one_line(&nss, &["id", "filesuser"]));
+        let (uid, gid, groups) = parse_id(&nss.one_line(&["id", "filesuser"]));
         assert_eq!(
             (uid.as_str(), gid.as_str()),
             ("uid=1000(filesuser)", "gid=1000(filesuser)"),
@@ -394,13 +360,13 @@ fn id_and_initgroups_list_each_group_once() {
             "{conf}"
         );
 
-        let line = one_line(&nss, &["getent", "initgroups", "alice"]);
+        let line = nss.one_line(&["getent", "initgroups", "alice"]);
         assert_eq!(
             parse_initgroups(&line, "alice"),
             BTreeSet::from([10, DEVS_GID]),
             "{conf}"
         );
-        let line = one_line(&nss, &["getent", "initgroups", "bob"]);
+        let line = nss.one_line(&["getent", "initgroups", "bob"]);
         assert_eq!(
             parse_initgroups(&line, "bob"),
             BTreeSet::from([DEVS_GID]),
@@ -418,14 +384,14 @@ fn user_in_200_groups() {
         .map(|i| format!("{}({})", MANY_FIRST_GID + i, many_group_name(i)))
         .collect();
     expected.insert("1500(many)".to_owned());
-    let (uid, gid, groups) = parse_id(&one_line(&nss, &["id", "many"]));
+    let (uid, gid, groups) = parse_id(&nss.one_line(&["id", "many"]));
     assert_eq!(
         (uid.as_str(), gid.as_str()),
         ("uid=1500(many)", "gid=1500(many)")
     );
     assert_eq!(groups, expected);
 
-    let line = one_line(&nss, &["getent", "initgroups", "many"]);
+    let line = nss.one_line(&["getent", "initgroups", "many"]);
     let expected: BTreeSet<u32> = (0..MANY_GROUPS).map(|i| MANY_FIRST_GID + i).collect();
     assert_eq!(parse_initgroups(&line, "many"), expected);
 }
@@ -440,7 +406,7 @@ fn enumerations_list_every_entry_once() {
     expected.extend(DROPIN_USERS.iter().map(|u| u.passwd_line()));
     assert_same_lines(
         "getent passwd",
-        &run_ok(&nss, &["getent", "passwd"]),
+        &nss.run_ok(&["getent", "passwd"]),
         &expected,
     );
 
@@ -455,11 +421,7 @@ fn enumerations_list_every_entry_once() {
         })
         .collect();
     expected.extend(dropin_group_lines());
-    assert_same_lines(
-        "getent group",
-        &run_ok(&nss, &["getent", "group"]),
-        &expected,
-    );
+    assert_same_lines("getent group", &nss.run_ok(&["getent", "group"]), &expected);
 }
 
 const PROBE: &str = env!("CARGO_BIN_EXE_nss-probe");
@@ -470,7 +432,7 @@ fn enumeration_retried_after_erange_on_every_entry_skips_nothing() {
     let _broker = Broker::start(&f);
     let nss = Nss::new(&f, BROKER_ONLY);
     for database in ["passwd", "group"] {
-        let expected = run_ok(&nss, &["getent", database]);
+        let expected = nss.run_ok(&["getent", database]);
         // 8 bytes: smaller than any entry.
         let out = nss.run(&[PROBE, "enum", database, "8"]);
         out.assert_code(0, "nss-probe enum");
@@ -515,18 +477,14 @@ fn enumeration_of_100000_users_is_complete() {
     let _broker = Broker::start(&f);
     let nss = Nss::new(&f, BROKER_ONLY);
     let started = Instant::now();
-    let listed = run_ok(&nss, &["getent", "passwd"]);
+    let listed = nss.run_ok(&["getent", "passwd"]);
     println!(
         "getent passwd listed {} entries in {:?}",
         listed.len(),
         started.elapsed()
     );
     assert_same_lines("getent passwd over 100000 users", &listed, &lines);
-    expect_line(
-        &nss,
-        &["getent", "passwd", "u099999"],
-        &mass[mass.len() - 1],
-    );
+    nss.expect_line(&["getent", "passwd", "u099999"], &mass[mass.len() - 1]);
 }
 
 #[test]
@@ -536,25 +494,17 @@ fn merge_with_files_first_lists_every_member_and_entry_once() {
     let nss = Nss::new(&f, FILES_THEN_BROKER);
 
     // nss-systemd 252 prints wheel:x:10:filesuser,filesuser,alice here.
-    expect_line(
-        &nss,
-        &["getent", "group", "wheel"],
-        "wheel:x:10:filesuser,alice",
-    );
-    expect_line(
-        &nss,
-        &["getent", "group", "10"],
-        "wheel:x:10:filesuser,alice",
-    );
-    expect_line(&nss, &["getent", "group", "adm"], "adm:x:4:filesuser");
-    expect_line(&nss, &["getent", "group", "devs"], "devs:x:2000:alice,bob");
+    nss.expect_line(&["getent", "group", "wheel"], "wheel:x:10:filesuser,alice");
+    nss.expect_line(&["getent", "group", "10"], "wheel:x:10:filesuser,alice");
+    nss.expect_line(&["getent", "group", "adm"], "adm:x:4:filesuser");
+    nss.expect_line(&["getent", "group", "devs"], "devs:x:2000:alice,bob");
 
     // Enumeration: glibc prints the files itself, then the broker adds only
     // what the files do not have.
-    let passwd = run_ok(&nss, &["getent", "passwd"]);
+    let passwd = nss.run_ok(&["getent", "passwd"]);
     let dropin_passwd: Vec<String> = DROPIN_USERS.iter().map(|u| u.passwd_line()).collect();
     assert_files_then_broker("getent passwd", &passwd, &BASE_PASSWD, &dropin_passwd);
-    let group = run_ok(&nss, &["getent", "group"]);
+    let group = nss.run_ok(&["getent", "group"]);
     assert_files_then_broker("getent group", &group, &BASE_GROUP, &dropin_group_lines());
     let names: Vec<&str> = group
         .iter()
@@ -586,8 +536,8 @@ fn shadow_hash_only_for_root() {
     let filesuser_shadow = BASE_SHADOW[5];
     for conf in [BROKER_ONLY, FILES_THEN_BROKER] {
         let nss = Nss::new(&f, conf);
-        expect_line(&nss, &["getent", "shadow", "alice"], &alice_shadow);
-        expect_line(&nss, &["getent", "shadow", "filesuser"], filesuser_shadow);
+        nss.expect_line(&["getent", "shadow", "alice"], &alice_shadow);
+        nss.expect_line(&["getent", "shadow", "filesuser"], filesuser_shadow);
 
         for argv in [
             &["getent", "shadow", "alice"][..],
@@ -613,8 +563,7 @@ fn gshadow_merges_members_and_hides_the_hash_from_others() {
     let _broker = Broker::start(&f);
     for conf in [BROKER_ONLY, FILES_THEN_BROKER] {
         let nss = Nss::new(&f, conf);
-        expect_line(
-            &nss,
+        nss.expect_line(
             &["getent", "gshadow", "devs"],
             format!("devs:{DEVS_HASH}::alice,bob"),
         );
@@ -628,11 +577,7 @@ fn gshadow_merges_members_and_hides_the_hash_from_others() {
         );
     }
     let nss = Nss::new(&f, BROKER_ONLY);
-    expect_line(
-        &nss,
-        &["getent", "gshadow", "wheel"],
-        "wheel:!::filesuser,alice",
-    );
+    nss.expect_line(&["getent", "gshadow", "wheel"], "wheel:!::filesuser,alice");
 }
 
 #[test]
@@ -652,8 +597,8 @@ fn keys_no_record_can_have_are_not_found() {
         long.as_str(),
     ] {
         // `--`: keys such as -x are not options.
-        assert_not_found(&nss, &["getent", "--", "passwd", key]);
-        assert_not_found(&nss, &["getent", "--", "group", key]);
+        nss.expect_not_found(&["getent", "--", "passwd", key]);
+        nss.expect_not_found(&["getent", "--", "group", key]);
     }
     assert!(broker.is_running(), "broker died:\n{}", broker.log());
 }
@@ -711,7 +656,7 @@ fn hostile_dropins_are_skipped_with_one_log_line_each_and_the_rest_is_served() {
     let mut broker = Broker::start(&f);
     let nss = Nss::new(&f, BROKER_ONLY);
 
-    expect_line(&nss, &["getent", "passwd", "alice"], ALICE.passwd_line());
+    nss.expect_line(&["getent", "passwd", "alice"], ALICE.passwd_line());
     for name in [
         "privinuser",
         "idmismatch",
@@ -724,14 +669,14 @@ fn hostile_dropins_are_skipped_with_one_log_line_each_and_the_rest_is_served() {
         "colon",
         "negative",
     ] {
-        assert_not_found(&nss, &["getent", "passwd", name]);
+        nss.expect_not_found(&["getent", "passwd", name]);
     }
     for uid in (1100..=1105).chain([1107, 1234, 1235]) {
-        assert_not_found(&nss, &["getent", "passwd", &uid.to_string()]);
+        nss.expect_not_found(&["getent", "passwd", &uid.to_string()]);
     }
-    assert_not_found(&nss, &["getent", "group", "badmember"]);
+    nss.expect_not_found(&["getent", "group", "badmember"]);
 
-    let passwd = run_ok(&nss, &["getent", "passwd"]);
+    let passwd = nss.run_ok(&["getent", "passwd"]);
     for line in &passwd {
         assert_eq!(
             line.split(':').count(),
@@ -744,7 +689,7 @@ fn hostile_dropins_are_skipped_with_one_log_line_each_and_the_rest_is_served() {
     assert_same_lines("getent passwd", &passwd, &expected);
     assert_same_lines(
         "getent group",
-        &run_ok(&nss, &["getent", "group"]),
+        &nss.run_ok(&["getent", "group"]),
         &BASE_GROUP,
     );
 
@@ -807,7 +752,7 @@ fn dropin_added_changed_removed_while_running_is_served_within_a_second() {
     let f = Fixture::new();
     let _broker = Broker::start(&f);
     let nss = Nss::new(&f, BROKER_ONLY);
-    assert_not_found(&nss, &["getent", "passwd", "late"]);
+    nss.expect_not_found(&["getent", "passwd", "late"]);
     let mut late = User {
         name: "late",
         uid: 1200,

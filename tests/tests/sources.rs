@@ -139,36 +139,6 @@ fn wait_for_sources(broker: &Broker, names: &[&str]) {
     }
 }
 
-fn run_ok(nss: &Nss, argv: &[&str]) -> Vec<String> {
-    let out = nss.run(argv);
-    out.assert_code(0, &format!("[{}] {}", nss.label(), argv.join(" ")));
-    out.stdout.lines().map(str::to_owned).collect()
-}
-
-fn one_line(nss: &Nss, argv: &[&str]) -> String {
-    let lines = run_ok(nss, argv);
-    assert_eq!(
-        lines.len(),
-        1,
-        "{}: expected one line, got {lines:?}",
-        argv.join(" ")
-    );
-    lines.into_iter().next().unwrap_or_default()
-}
-
-fn expect_line(nss: &Nss, argv: &[&str], expected: &str) {
-    let what = format!("[{}] {}", nss.label(), argv.join(" "));
-    assert_line(&what, &one_line(nss, argv), expected);
-}
-
-fn assert_not_found(nss: &Nss, argv: &[&str]) {
-    let out = nss.run(argv);
-    out.assert_code(
-        2,
-        &format!("[{}] {} (not found)", nss.label(), argv.join(" ")),
-    );
-}
-
 /// One look-up as `nss-probe time` reports it.
 #[derive(Debug)]
 struct Timed {
@@ -343,18 +313,18 @@ fn multiplexer_sockets_and_the_brokers_own_socket_are_never_contacted() {
 
     for conf in [BROKER_ONLY, FILES_THEN_BROKER] {
         let nss = Nss::new(&f, conf);
-        expect_line(&nss, &["getent", "passwd", "carol"], CAROL_LINE);
-        assert_not_found(&nss, &["getent", "passwd", "muxuser"]);
-        assert_not_found(&nss, &["getent", "passwd", "6100"]);
-        assert_not_found(&nss, &["getent", "group", "muxgroup"]);
-        let id = one_line(&nss, &["id", "carol"]);
+        nss.expect_line(&["getent", "passwd", "carol"], CAROL_LINE);
+        nss.expect_not_found(&["getent", "passwd", "muxuser"]);
+        nss.expect_not_found(&["getent", "passwd", "6100"]);
+        nss.expect_not_found(&["getent", "group", "muxgroup"]);
+        let id = nss.one_line(&["id", "carol"]);
         assert!(!id.contains("muxgroup"), "{id}");
-        let users = run_ok(&nss, &["getent", "passwd"]).join("\n");
+        let users = nss.run_ok(&["getent", "passwd"]).join("\n");
         assert!(
             users.contains("carol:") && !users.contains("muxuser"),
             "{users}"
         );
-        let groups = run_ok(&nss, &["getent", "group"]).join("\n");
+        let groups = nss.run_ok(&["getent", "group"]).join("\n");
         assert!(
             groups.contains("svcgroup:") && !groups.contains("muxgroup"),
             "{groups}"
@@ -381,11 +351,11 @@ fn multiplexer_sockets_and_the_brokers_own_socket_are_never_contacted() {
 /// 20 look-ups of filesuser, then two enumerations: every answer is `expected`.
 fn assert_filesuser_always(nss: &Nss, expected: &str) {
     for i in 0..20 {
-        let answer = one_line(nss, &["getent", "passwd", "filesuser"]);
+        let answer = nss.one_line(&["getent", "passwd", "filesuser"]);
         assert_line(&format!("lookup {i} of filesuser"), &answer, expected);
     }
     for round in 0..2 {
-        let users = run_ok(nss, &["getent", "passwd"]);
+        let users = nss.run_ok(&["getent", "passwd"]);
         let listed: Vec<&String> = users
             .iter()
             .filter(|l| l.starts_with("filesuser:"))
@@ -408,7 +378,7 @@ fn files_record_wins_over_a_service_record_every_time() {
     let broker = broker_with(&f, &[DIRECTORY]);
     let nss = Nss::new(&f, BROKER_ONLY);
     assert_filesuser_always(&nss, FILESUSER_LINE);
-    expect_line(&nss, &["getent", "passwd", "1000"], FILESUSER_LINE);
+    nss.expect_line(&["getent", "passwd", "1000"], FILESUSER_LINE);
     wheel_line(&nss);
     let log = broker.log();
     assert_eq!(
@@ -439,7 +409,7 @@ fn configured_order_puts_a_service_before_files() {
         "filesuser:x:{SERVICE_FILESUSER_UID}:{SERVICE_FILESUSER_UID}:Varlink Filesuser:/home/filesuser:/bin/sh"
     );
     assert_filesuser_always(&nss, &service_line);
-    let wheel = one_line(&nss, &["getent", "group", "wheel"]);
+    let wheel = nss.one_line(&["getent", "group", "wheel"]);
     assert!(wheel.starts_with("wheel:x:4010:"), "{wheel}");
     let log = broker.log();
     assert_eq!(
@@ -455,7 +425,7 @@ fn configured_order_puts_a_service_before_files() {
 
 /// `getent group wheel`, asserting gid 10 from files and no member twice.
 fn wheel_line(nss: &Nss) -> String {
-    let line = one_line(nss, &["getent", "group", "wheel"]);
+    let line = nss.one_line(&["getent", "group", "wheel"]);
     assert!(line.starts_with("wheel:x:10:"), "{line}");
     line
 }
@@ -509,11 +479,12 @@ fn memberships_are_the_union_of_files_dropins_and_services_each_listed_once() {
             "{what} getent group wheel"
         );
         assert_eq!(
-            members(&one_line(&nss, &["getent", "group", "10"])),
+            members(&nss.one_line(&["getent", "group", "10"])),
             wheel,
             "{what} getent group 10"
         );
-        let listed: Vec<String> = run_ok(&nss, &["getent", "group"])
+        let listed: Vec<String> = nss
+            .run_ok(&["getent", "group"])
             .into_iter()
             .filter(|l| l.starts_with("wheel:"))
             .collect();
@@ -538,7 +509,7 @@ fn memberships_are_the_union_of_files_dropins_and_services_each_listed_once() {
             ("dave", &["5002(dave)", "5100(svcgroup)"]),
         ];
         for (name, groups) in expected_ids {
-            let line = one_line(&nss, &["id", name]);
+            let line = nss.one_line(&["id", name]);
             assert_eq!(id_groups(&line), set_of(groups), "{what} id {name}: {line}");
         }
     }
@@ -610,20 +581,14 @@ fn bad_replies_are_ignored_with_a_log_line_while_other_sources_answer() {
     );
     let nss = Nss::new(&f, BROKER_ONLY);
 
-    expect_line(&nss, &["getent", "passwd", "carol"], CAROL_LINE);
-    assert_not_found(&nss, &["getent", "passwd", "frank"]);
-    assert_not_found(&nss, &["getent", "passwd", "gina"]);
-    assert_not_found(&nss, &["getent", "passwd", "5402"]);
-    assert_not_found(
-        &nss,
-        &["getent", "passwd", &format!("gina{MISMATCH_SUFFIX}")],
-    );
-    assert_not_found(
-        &nss,
-        &["getent", "passwd", &(5402 + MISMATCH_ID_OFFSET).to_string()],
-    );
-    expect_line(&nss, &["getent", "passwd", "5002"], DAVE_LINE);
-    let users = run_ok(&nss, &["getent", "passwd"]).join("\n");
+    nss.expect_line(&["getent", "passwd", "carol"], CAROL_LINE);
+    nss.expect_not_found(&["getent", "passwd", "frank"]);
+    nss.expect_not_found(&["getent", "passwd", "gina"]);
+    nss.expect_not_found(&["getent", "passwd", "5402"]);
+    nss.expect_not_found(&["getent", "passwd", &format!("gina{MISMATCH_SUFFIX}")]);
+    nss.expect_not_found(&["getent", "passwd", &(5402 + MISMATCH_ID_OFFSET).to_string()]);
+    nss.expect_line(&["getent", "passwd", "5002"], DAVE_LINE);
+    let users = nss.run_ok(&["getent", "passwd"]).join("\n");
     assert!(
         users.contains(CAROL_LINE) && !users.contains("frank"),
         "{users}"
@@ -669,11 +634,11 @@ fn service_appearing_is_used_within_a_second_and_one_leaving_is_dropped() {
     let f = fixture();
     let broker = Broker::start(&f);
     let nss = Nss::new(&f, BROKER_ONLY);
-    assert_not_found(&nss, &["getent", "passwd", "carol"]);
+    nss.expect_not_found(&["getent", "passwd", "carol"]);
 
     let service = UserdbService::start(&f, DIRECTORY, directory(), Flaw::None);
     let appeared = time_until(&nss, "carol", true);
-    expect_line(&nss, &["getent", "passwd", "carol"], CAROL_LINE);
+    nss.expect_line(&["getent", "passwd", "carol"], CAROL_LINE);
     drop(service);
     let left = time_until(&nss, "carol", false);
     println!(
@@ -702,7 +667,7 @@ fn brokerctl_status_shows_each_source_and_its_state() {
     let _hung = FakeBroker::start(&service_path(&f, DYNAMIC_USER), Behaviour::NeverAnswer);
     let broker = broker_with(&f, &[DIRECTORY, DYNAMIC_USER]);
     let nss = Nss::new(&f, BROKER_ONLY);
-    expect_line(&nss, &["getent", "passwd", "carol"], CAROL_LINE);
+    nss.expect_line(&["getent", "passwd", "carol"], CAROL_LINE);
 
     let status = broker.status();
     let sources = status["sources"].as_array().cloned().unwrap_or_default();
