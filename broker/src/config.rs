@@ -14,16 +14,24 @@
 //! # Log filter in tracing's env-filter syntax, used when RUST_LOG is unset
 //! # (--log-level overrides it).
 //! log_level = "info"
-//! # Most client connections held at once; at the cap the longest-idle
-//! # connection is closed to make room for the new one.
+//! # Most client connections held at once (never more than the descriptor
+//! # limit allows, less 256 kept for the sources); at the cap the
+//! # longest-idle connection of the uid holding the most is closed.
 //! max_connections = 4096
+//! # Most connections one uid may hold (root is exempt); past it that uid's
+//! # longest-idle connection is closed.
+//! max_connections_per_uid = 1024
+//! # Threads answering calls that ask Varlink services.
+//! workers = 4
 //! # A connection that sends nothing for this long is closed.
 //! idle_timeout_ms = 30000
 //! # A client that does not read its replies for this long is dropped.
 //! write_timeout_ms = 10000
-//! # How often sources are checked for changes (files, drop-ins, and the
-//! # services appearing in or leaving run/systemd/userdb/).
-//! poll_interval_ms = 250
+//! # Changes are seen through inotify; everything is also re-checked this
+//! # often (what inotify cannot see: a link's target elsewhere)...
+//! rescan_interval_ms = 300000
+//! # ...and this often when inotify is not available.
+//! poll_interval_ms = 1000
 //!
 //! # Priority of the sources: a user or group comes from the first source in
 //! # this list that has it. "files" and "dropins" are the local sources;
@@ -57,8 +65,11 @@ pub struct Config {
     pub root: PathBuf,
     pub log_level: String,
     pub max_connections: usize,
+    pub max_connections_per_uid: usize,
+    pub workers: usize,
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
+    pub rescan_interval: Duration,
     pub poll_interval: Duration,
     pub order: Vec<String>,
     pub varlink: VarlinkSettings,
@@ -95,9 +106,12 @@ impl Default for Config {
             root: PathBuf::from("/"),
             log_level: "info".to_owned(),
             max_connections: 4096,
+            max_connections_per_uid: 1024,
+            workers: 4,
             idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
-            poll_interval: Duration::from_millis(250),
+            rescan_interval: Duration::from_secs(300),
+            poll_interval: Duration::from_secs(1),
             order: vec!["files".to_owned(), "dropins".to_owned()],
             varlink: VarlinkSettings::default(),
         }
@@ -112,8 +126,11 @@ struct ConfigFile {
     root: Option<PathBuf>,
     log_level: Option<String>,
     max_connections: Option<usize>,
+    max_connections_per_uid: Option<usize>,
+    workers: Option<usize>,
     idle_timeout_ms: Option<u64>,
     write_timeout_ms: Option<u64>,
+    rescan_interval_ms: Option<u64>,
     poll_interval_ms: Option<u64>,
     order: Option<Vec<String>>,
     source_timeout_ms: Option<u64>,
@@ -221,6 +238,15 @@ impl Config {
         }
         if let Some(v) = file.max_connections {
             self.max_connections = nonzero("max_connections", v as u64)? as usize;
+        }
+        if let Some(v) = file.max_connections_per_uid {
+            self.max_connections_per_uid = nonzero("max_connections_per_uid", v as u64)? as usize;
+        }
+        if let Some(v) = file.workers {
+            self.workers = nonzero("workers", v as u64)?.min(64) as usize;
+        }
+        if let Some(v) = file.rescan_interval_ms {
+            self.rescan_interval = Duration::from_millis(nonzero("rescan_interval_ms", v)?);
         }
         if let Some(v) = file.idle_timeout_ms {
             self.idle_timeout = Duration::from_millis(nonzero("idle_timeout_ms", v)?);

@@ -5,9 +5,10 @@
 pub mod config;
 pub mod ctl;
 pub mod daemon;
+pub mod log_once;
 pub mod merge;
+pub mod model;
 pub mod nsswitch_config;
-pub mod peer;
 pub mod resolve;
 pub mod server;
 pub mod service;

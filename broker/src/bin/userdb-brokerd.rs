@@ -23,7 +23,12 @@ fn main() -> ExitCode {
         }
     };
     daemon::init_logging(&config.log_level);
-    match daemon::run(config) {
+    let reload = Box::new(|| match Config::from_args(std::env::args().skip(1)) {
+        Ok(Command::Run(config)) => Ok(*config),
+        Ok(Command::Help) => Err("no configuration to reload".to_owned()),
+        Err(e) => Err(e.to_string()),
+    });
+    match daemon::run(config, reload) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
