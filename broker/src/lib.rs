@@ -2,6 +2,7 @@
 //! and groups from `/etc` files and systemd's JSON drop-ins over Varlink,
 //! without ever resolving users through NSS itself.
 
+pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
