@@ -32,5 +32,7 @@ echo "== cargo build --release"
 cargo build --release --workspace
 echo "== cargo test (unit, end-to-end, faults)"
 cargo test --release --workspace
-echo "== systemd-nspawn boot test"
+# Boots bookworm and trixie, plain and through an initrd, with the broker and
+# the control; the first run debootstraps both trees into the cache.
+echo "== systemd-nspawn boot test (bookworm, trixie; plain, initrd; broker, control)"
 bash tests/nspawn/boot-test.sh
