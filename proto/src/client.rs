@@ -81,13 +81,62 @@ impl Default for Limits {
     }
 }
 
+/// The I/O-free half of a connection: the bytes received go in, whole
+/// replies come out, each frame checked against the caps before it is
+/// decoded and an error reply turned into `ClientError::Remote`.
+#[derive(Debug)]
+pub struct ReplyReader {
+    frames: FrameBuffer,
+    limits: Limits,
+    /// Bytes of every frame of the current call, NULs included.
+    total: usize,
+}
+
+impl ReplyReader {
+    pub fn new(limits: Limits) -> ReplyReader {
+        ReplyReader {
+            frames: FrameBuffer::new(limits.max_frame),
+            limits,
+            total: 0,
+        }
+    }
+
+    /// Starts a new call: `max_total` counts from zero again.
+    pub fn begin_call(&mut self) {
+        self.total = 0;
+    }
+
+    /// Bytes as they came from the socket.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.frames.push(bytes);
+    }
+
+    /// The next reply, `Ok(None)` if more bytes are needed.
+    pub fn next_reply(&mut self) -> Result<Option<Reply>, ClientError> {
+        let frame = match self.frames.next_frame() {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(None),
+            Err(_) => return Err(ClientError::Oversized),
+        };
+        self.total = self.total.saturating_add(frame.len() + 1);
+        if self.total > self.limits.max_total {
+            return Err(ClientError::Oversized);
+        }
+        let reply: Reply = serde_json::from_slice(&frame)
+            .map_err(|e| ClientError::Protocol(format!("reply is not a Varlink message: {e}")))?;
+        match reply.error {
+            Some(name) => Err(ClientError::Remote(name)),
+            None => Ok(Some(reply)),
+        }
+    }
+}
+
 /// One connection to a Varlink service, bounded by one deadline.
 #[derive(Debug)]
 pub struct Connection {
     fd: OwnedFd,
     deadline: Instant,
-    frames: FrameBuffer,
-    limits: Limits,
+    replies: ReplyReader,
     /// Scratch space for `recv`, kept so that a long stream of replies
     /// does not allocate one per reply.
     chunk: Vec<u8>,
@@ -221,8 +270,7 @@ impl Connection {
         Ok(Connection {
             fd,
             deadline,
-            frames: FrameBuffer::new(Limits::default().max_frame),
-            limits: Limits::default(),
+            replies: ReplyReader::new(Limits::default()),
             chunk: vec![0u8; READ_CHUNK],
         })
     }
@@ -238,8 +286,7 @@ impl Connection {
 
     /// Replaces the default caps on replies.
     pub fn with_limits(mut self, limits: Limits) -> Connection {
-        self.frames = FrameBuffer::new(limits.max_frame);
-        self.limits = limits;
+        self.replies = ReplyReader::new(limits);
         self
     }
 
@@ -250,8 +297,7 @@ impl Connection {
         parameters: &P,
     ) -> Result<Value, ClientError> {
         self.send_call(method, parameters, false)?;
-        let mut total = 0;
-        let reply = self.read_reply(&mut total)?;
+        let reply = self.read_reply()?;
         if reply.continues {
             return Err(ClientError::Protocol("unexpected 'continues' reply".into()));
         }
@@ -268,9 +314,8 @@ impl Connection {
         mut each: impl FnMut(Value) -> Result<(), ClientError>,
     ) -> Result<(), ClientError> {
         self.send_call(method, parameters, true)?;
-        let mut total = 0;
         loop {
-            let reply = self.read_reply(&mut total)?;
+            let reply = self.read_reply()?;
             each(reply.parameters.unwrap_or(Value::Null))?;
             if !reply.continues {
                 return Ok(());
@@ -292,6 +337,7 @@ impl Connection {
             more,
             oneway: false,
         };
+        self.replies.begin_call();
         self.send_all(&encode(&call))
     }
 
@@ -323,27 +369,10 @@ impl Connection {
     }
 
     /// Reads the next reply; an error reply becomes `ClientError::Remote`.
-    /// `total` counts the bytes of every frame of the current call.
-    fn read_reply(&mut self, total: &mut usize) -> Result<Reply, ClientError> {
-        let frame = self.read_frame()?;
-        *total = total.saturating_add(frame.len() + 1);
-        if *total > self.limits.max_total {
-            return Err(ClientError::Oversized);
-        }
-        let reply: Reply = serde_json::from_slice(&frame)
-            .map_err(|e| ClientError::Protocol(format!("reply is not a Varlink message: {e}")))?;
-        match reply.error {
-            Some(name) => Err(ClientError::Remote(name)),
-            None => Ok(reply),
-        }
-    }
-
-    fn read_frame(&mut self) -> Result<Vec<u8>, ClientError> {
+    fn read_reply(&mut self) -> Result<Reply, ClientError> {
         loop {
-            match self.frames.next_frame() {
-                Ok(Some(frame)) => return Ok(frame),
-                Ok(None) => {}
-                Err(_) => return Err(ClientError::Oversized),
+            if let Some(reply) = self.replies.next_reply()? {
+                return Ok(reply);
             }
             // SAFETY: `self.chunk` is a valid writable buffer of its length.
             let n = unsafe {
@@ -356,7 +385,7 @@ impl Connection {
             };
             match n {
                 0 => return Err(ClientError::Protocol("peer closed the connection".into())),
-                n if n > 0 => self.frames.push(&self.chunk[..n as usize]),
+                n if n > 0 => self.replies.push(&self.chunk[..n as usize]),
                 _ => match last_errno() {
                     libc::EINTR => continue,
                     libc::EAGAIN => wait_for(&self.fd, libc::POLLIN, self.deadline)?,
@@ -695,13 +724,29 @@ mod tests {
     }
 
     #[test]
+    fn reply_reader_counts_the_total_cap_per_call() {
+        let frame = b"{\"parameters\":{}}\0";
+        let mut reader = ReplyReader::new(Limits {
+            max_frame: 64,
+            max_total: frame.len(),
+        });
+        reader.push(frame);
+        assert!(reader.next_reply().unwrap().is_some());
+        reader.push(frame);
+        assert_eq!(reader.next_reply(), Err(ClientError::Oversized));
+        reader.begin_call();
+        reader.push(frame);
+        assert!(reader.next_reply().unwrap().is_some());
+        assert_eq!(reader.next_reply(), Ok(None));
+    }
+
+    #[test]
     fn the_call_is_one_nul_terminated_varlink_message() {
         let (client, mut server) = UnixStream::pair().unwrap();
         let mut conn = Connection {
             fd: OwnedFd::from(client),
             deadline: Instant::now() + Duration::from_secs(5),
-            frames: FrameBuffer::new(DEFAULT_MAX_FRAME),
-            limits: Limits::default(),
+            replies: ReplyReader::new(Limits::default()),
             chunk: vec![0u8; READ_CHUNK],
         };
         server.write_all(b"{\"parameters\":{}}\0").unwrap();
