@@ -179,6 +179,19 @@ mod tests {
     }
 
     #[test]
+    fn floats_survive_decoding_and_encoding_again() {
+        for text in [
+            "{\"parameters\":7773E276}",
+            "{\"parameters\":333333333333333333333333333333333333333333.3}",
+        ] {
+            let reply: Reply = serde_json::from_str(text).unwrap();
+            let bytes = encode(&reply);
+            let back: Reply = serde_json::from_slice(&bytes[..bytes.len() - 1]).unwrap();
+            assert_eq!(back, reply, "{text}");
+        }
+    }
+
+    #[test]
     fn call_round_trip() {
         let call = Call {
             method: "io.systemd.UserDatabase.GetUserRecord".into(),
