@@ -20,6 +20,7 @@ pub mod api_types;
 pub mod client_replies;
 pub mod nsswitch;
 pub mod records;
+pub mod snapfile;
 pub mod varlink_frames;
 pub mod varlink_messages;
 
@@ -47,6 +48,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "records",
         check: records::check,
+    },
+    Target {
+        name: "snapfile",
+        check: snapfile::check,
     },
     Target {
         name: "varlink_frames",
