@@ -40,9 +40,24 @@ impl Broker {
 
     /// Same, with `config` written to a file and passed as `--config`.
     pub fn start_with_config(fixture: &Fixture, config: &str) -> Broker {
-        let path = fixture.scratch().join("broker.toml");
+        Self::start_at_with_config(fixture, &fixture.socket_path(), config)
+    }
+
+    /// Same, on another socket path.
+    pub fn start_at_with_config(fixture: &Fixture, socket: &Path, config: &str) -> Broker {
+        static NEXT_CONFIG: AtomicUsize = AtomicUsize::new(0);
+        let path = fixture.scratch().join(format!(
+            "broker.{}.toml",
+            NEXT_CONFIG.fetch_add(1, Ordering::Relaxed)
+        ));
         fs::write(&path, config).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-        Self::launch(fixture, &fixture.socket_path(), None, Some(&path))
+        Self::launch(fixture, socket, None, Some(&path))
+    }
+
+    /// A broker on `socket` that publishes no snapshot file: every answer
+    /// it gives goes over the socket.
+    pub fn start_without_file(fixture: &Fixture, socket: &Path) -> Broker {
+        Self::start_at_with_config(fixture, socket, "snapshot_file = false\n")
     }
 
     /// Starts the broker inside `nss`'s namespace, so that its own lookups
@@ -168,6 +183,29 @@ impl Broker {
     /// Whether the process is still alive (not exited, not crashed).
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGSTOP: the broker keeps its socket and its file but answers nothing.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Broker::freeze`].
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap_or(0);
+        // SAFETY: kill has no memory effects; the child is not reaped yet
+        // (that only happens in `kill`), so the pid is still the broker's.
+        let sent = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            sent,
+            0,
+            "kill({pid}, {signal}): {}",
+            std::io::Error::last_os_error()
+        );
     }
 
     /// SIGKILL and reap now, as a crash would end it.

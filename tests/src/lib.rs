@@ -12,6 +12,7 @@ pub mod fake;
 pub mod fixture;
 pub mod lines;
 pub mod nss;
+pub mod populated;
 pub mod process;
 pub mod userdb_service;
 pub mod varlink;
