@@ -56,3 +56,6 @@ done
 # the control; the first run debootstraps both trees into the cache.
 echo "== systemd-nspawn boot test (bookworm, trixie; plain, initrd; broker, control)"
 bash tests/nspawn/boot-test.sh
+# Needs the trixie tree the boot test caches, for systemd 257's varlinkctl.
+echo "== generic Varlink clients (Python varlink, systemd 257's varlinkctl)"
+bash tests/varlink-clients/run.sh

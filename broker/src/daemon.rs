@@ -198,11 +198,10 @@ pub fn run(config: Config, reload: Reload) -> Result<(), String> {
     watcher
         .spawn(watch_commands)
         .map_err(|e| format!("cannot start the change watcher: {e}"))?;
-    let service = Arc::new(Service::new(Resolver::new(
-        store,
-        Arc::clone(&varlink),
-        priority,
-    )));
+    let service = Arc::new(Service::new(
+        Resolver::new(store, Arc::clone(&varlink), priority),
+        config.file.clone(),
+    ));
     let (server, handle) = Server::new(
         listener,
         config.socket.clone(),
