@@ -181,6 +181,13 @@ deb=${USERDB_BROKER_DEB:-$("$repo/packaging/debian/build-deb.sh" | tail -n1)}
 echo "$deb"
 finish "build .deb"
 
+# nss-probe times each look-up around the libc call inside the process, so
+# the generator can show what a look-up costs apart from starting a process.
+begin "nss-probe"
+(cd "$repo" && cargo build --release -q -p userdb-broker-tests --bin nss-probe)
+probe=${CARGO_TARGET_DIR:-$repo/target}/release/nss-probe
+finish "build nss-probe"
+
 workdir=$(mktemp -d /var/tmp/userdb-broker-boot.XXXXXX)
 
 mkdir -p /run/systemd/nspawn
@@ -300,6 +307,7 @@ JSON
     sed -i -E '/^adm:/{s/:$/:dropuser/;t;s/$/,dropuser/}' "$root/etc/group"
 
     install -D -m 0755 "$here/guest/boot-test-generator" "$root/etc/systemd/system-generators/boot-test-generator"
+    install -D -m 0755 "$probe" "$root/usr/local/bin/nss-probe"
     install -D -m 0755 "$here/guest/boot-test-check" "$root/usr/local/sbin/boot-test-check"
     local unit
     for unit in boot-test-user boot-test-dynamic boot-test-check; do
@@ -463,6 +471,25 @@ reload_max() {
 }
 # loop_stat RUN WHAT STAT: over the restart loop's look-ups of WHAT: count,
 # max (µs) or misses (look-ups that did not answer).
+# probe_lookups RUN PHASE: the µs of every dropuser look-up nss-probe timed
+# in the generator during PHASE (all of its rounds), space-separated.
+probe_lookups() {
+    generator_log "$1" | awk -F'\t' -v phase="$2" '
+        { p = $1; sub(/-[0-9]+$/, "", p) }
+        p == phase && $2 == "probe-dropuser" {
+            n = split($5, f, " ")
+            for (i = 1; i < n; i++) if (f[i] ~ /^(passwd|group):dropuser$/) printf "%s%s", sep, f[i + 1]; sep = " "
+            if ($5 !~ /found dropuser:x:4711:4711:/) printf "%s(wrong: %s)", sep, $5
+        }'
+}
+all_below() { # all_below "N N ..." BOUND: non-empty, every N a number below BOUND
+    local n
+    [[ -n $1 ]] || return 1
+    for n in $1; do
+        [[ $n =~ ^[0-9]+(\.[0-9]+)?$ ]] || return 1
+        awk -v n="$n" -v b="$2" 'BEGIN { exit !(n < b) }' || return 1
+    done
+}
 loop_stat() {
     [[ -f $workdir/$1/results/restart-lookups.log ]] || return 0
     awk -F'\t' -v what="$2" -v stat="$3" '
@@ -518,6 +545,10 @@ assert_broker() {
         matches "$(value "$r" dynamic-by-name.out)" "^boot-test-dynamic:[^:]*:$dynamic_uid:"
     check "$r: DynamicUser= unit's user resolves through the broker by uid" \
         matches "$(value "$r" dynamic-by-uid.out)" '^boot-test-dynamic:'
+    check "$r: ... exactly as PID 1's own io.systemd.DynamicUser answers it" \
+        equals "$(value "$r" dynamic-by-name.out)" "$(value "$r" dynamic-from-pid1.out)"
+    check "$r: ... and the broker never uses PID 1's socket (its sources: $(value "$r" broker.sources))" \
+        equals "$(grep -c io.systemd.DynamicUser <<<"$(value "$r" broker.sources)")" 0
     check "$r: broker was stopped, then frozen (state T)" \
         equals "$(value "$r" broker.stopped)/$(value "$r" broker.frozen)" "inactive/T"
     check "$r: a killed broker is restarted by a new process ($(value "$r" broker.restarted))" \
@@ -532,6 +563,10 @@ assert_broker() {
         done
     done
     check "$r: generator ran at boot" equals "$(generator_ran "$r" boot)" 3
+    # With the broker frozen the snapshot file answers, inside the process.
+    frozen=$(probe_lookups "$r" frozen)
+    check "$r: generator, broker frozen: dropuser from the snapshot file ($frozen µs)" \
+        all_below "$frozen" 5000
 
     check "$r: the unit has no alias ($(value "$r" broker.names))" equals "$(value "$r" broker.names)" userdb-brokerd.service
     for phase in stopping restarting; do
@@ -550,6 +585,8 @@ assert_broker() {
     check "$r: ... no unit failed ($(value "$r" restart-loop.failed-units))" equals "$(value "$r" restart-loop.failed-units)" ""
     for what in passwd-dropuser group-users; do
         check "$r: ... look-up loop ran ($(loop_stat "$r" "$what" count) getent $what)" below 0 "$(loop_stat "$r" "$what" count)"
+        check "$r: ... every getent $what answered, from the snapshot file while the broker restarted" \
+            equals "$(loop_stat "$r" "$what" misses)" 0
         check "$r: ... no getent $what waited past the deadline (slowest $(ms "$(loop_stat "$r" "$what" max)") ms)" \
             below "$(loop_stat "$r" "$what" max)" "$lookup_deadline_us"
     done
