@@ -93,6 +93,8 @@ while read -r needed; do
 done < <(for elf in "${elfs[@]}"; do
     objdump -p "$elf" | awk '$1 == "NEEDED" { print $2 }'
 done | sort -u)
+# The unit's ExecReload= runs /bin/kill.
+depends+=", procps"
 
 # Policy 12.3 and 12.7: man pages and changelogs gzipped (-n: reproducible),
 # the Debian changelog beside the upstream one, the copyright file as is.
