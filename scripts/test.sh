@@ -12,7 +12,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Debian packages the tests use; installed only when missing.
-packages=(systemd systemd-container debootstrap libnss-systemd valgrind strace binutils util-linux procps dpkg-dev)
+packages=(systemd systemd-container debootstrap libnss-systemd valgrind strace binutils util-linux procps dpkg-dev lintian)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -31,5 +31,14 @@ echo "== cargo build --release"
 cargo build --release --workspace
 echo "== cargo test (unit, end-to-end, faults)"
 cargo test --release --workspace
+echo "== Debian package, checked by lintian"
+# Every tag of every level fails the build unless the package overrides it
+# with a reason (packaging/debian/userdb-broker.lintian-overrides).
+debs=$(packaging/debian/build-deb.sh)
+# shellcheck disable=SC2086 # one path per line, none with spaces
+lintian --pedantic --display-info --display-experimental \
+    --fail-on error,warning,info,pedantic $debs
+# The boot test installs the package just built.
+export USERDB_BROKER_DEB=${debs##*$'\n'}
 echo "== systemd-nspawn boot test"
 bash tests/nspawn/boot-test.sh

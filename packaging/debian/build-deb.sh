@@ -38,7 +38,7 @@ fi
 if [[ -z ${ASSETS_DIR:-} ]]; then
     ASSETS_DIR=$target/dist-assets
     rm -rf "$ASSETS_DIR"
-    (cd "$repo" && cargo run --release --quiet -p xtask -- dist-assets "$ASSETS_DIR") ||
+    (cd "$repo" && cargo run --release --quiet -p xtask -- dist-assets "$ASSETS_DIR" >&2) ||
         fail "cargo run -p xtask -- dist-assets failed: no man pages or completions"
 fi
 for asset in man/userdb-brokerd.8 man/userdb-brokerctl.1 man/nss-broker.8 \
