@@ -91,10 +91,15 @@ fi
 installed_files=()
 installed_conf=()
 
+# A staging root may not exist yet (rpmbuild does not always create it).
+if [[ -n $DESTDIR ]]; then
+    mkdir -p "$DESTDIR"
+fi
+
 make_dir() {
     local dir=$1 missing=() d
     d=$dir
-    while [[ ! -d $DESTDIR$d ]]; do
+    while [[ $d != / && ! -d $DESTDIR$d ]]; do
         missing=("$d" "${missing[@]}")
         d=$(dirname "$d")
     done
