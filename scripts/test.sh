@@ -11,8 +11,10 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-# Debian packages the tests use; installed only when missing.
-packages=(systemd systemd-container debootstrap libnss-systemd valgrind strace binutils util-linux procps dpkg-dev lintian)
+# Debian packages the tests use; installed only when missing. man-db, zsh
+# and fish check the generated man pages and shell completions, lintian the
+# Debian package.
+packages=(systemd systemd-container debootstrap libnss-systemd valgrind strace binutils util-linux procps dpkg-dev man-db zsh fish lintian)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

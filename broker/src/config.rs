@@ -1,54 +1,21 @@
-//! The daemon's settings: built-in defaults, then the `--config` file, then
+//! The daemon's settings: built-in defaults, then the configuration file
+//! (`--config`, else [`DEFAULT_CONFIG_FILE`] when it exists), then
 //! command-line flags, each overriding the one before.
 //!
 //! # Configuration file (TOML)
 //!
 //! Every key is optional; a missing key keeps its default. Unknown keys are
-//! refused so that a typo does not silently keep a default.
-//!
-//! ```toml
-//! # Where the broker listens (the --socket flag overrides it).
-//! socket = "/run/userdb-broker/io.userdb.Broker"
-//! # Every data path is read below this directory (--root overrides it).
-//! root = "/"
-//! # Log filter in tracing's env-filter syntax, used when RUST_LOG is unset
-//! # (--log-level overrides it).
-//! log_level = "info"
-//! # Most client connections held at once; at the cap the longest-idle
-//! # connection is closed to make room for the new one.
-//! max_connections = 4096
-//! # A connection that sends nothing for this long is closed.
-//! idle_timeout_ms = 30000
-//! # A client that does not read its replies for this long is dropped.
-//! write_timeout_ms = 10000
-//! # How often sources are checked for changes (files, drop-ins, and the
-//! # services appearing in or leaving run/systemd/userdb/).
-//! poll_interval_ms = 250
-//!
-//! # Priority of the sources: a user or group comes from the first source in
-//! # this list that has it. "files" and "dropins" are the local sources;
-//! # other entries are Varlink service names in run/systemd/userdb/.
-//! # Sources not named here follow, local ones first, services by name.
-//! order = ["files", "dropins"]
-//! # Each Varlink service must answer a look-up within this time...
-//! source_timeout_ms = 250
-//! # ...and a full listing within this time.
-//! enumeration_timeout_ms = 1000
-//! # After a timeout a service is left out for a back-off that starts here
-//! # and doubles up to the maximum; it is probed off the request path and
-//! # restored as soon as it answers.
-//! breaker_min_backoff_ms = 5000
-//! breaker_max_backoff_ms = 60000
-//! # How long answers from Varlink services are reused: found, not found.
-//! cache_ttl_ms = 2000
-//! negative_cache_ttl_ms = 1000
-//! ```
+//! refused so that a typo does not silently keep a default. Every key, its
+//! meaning and its default are in the shipped file,
+//! `packaging/userdb-brokerd.toml` (a test keeps it true).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::cli::Brokerd;
 
 /// Settings the daemon runs with.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,8 +24,11 @@ pub struct Config {
     pub root: PathBuf,
     pub log_level: String,
     pub max_connections: usize,
+    pub max_connections_per_uid: usize,
+    pub workers: usize,
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
+    pub rescan_interval: Duration,
     pub poll_interval: Duration,
     pub order: Vec<String>,
     pub varlink: VarlinkSettings,
@@ -95,9 +65,12 @@ impl Default for Config {
             root: PathBuf::from("/"),
             log_level: "info".to_owned(),
             max_connections: 4096,
+            max_connections_per_uid: 1024,
+            workers: 4,
             idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
-            poll_interval: Duration::from_millis(250),
+            rescan_interval: Duration::from_secs(300),
+            poll_interval: Duration::from_secs(1),
             order: vec!["files".to_owned(), "dropins".to_owned()],
             varlink: VarlinkSettings::default(),
         }
@@ -112,8 +85,11 @@ struct ConfigFile {
     root: Option<PathBuf>,
     log_level: Option<String>,
     max_connections: Option<usize>,
+    max_connections_per_uid: Option<usize>,
+    workers: Option<usize>,
     idle_timeout_ms: Option<u64>,
     write_timeout_ms: Option<u64>,
+    rescan_interval_ms: Option<u64>,
     poll_interval_ms: Option<u64>,
     order: Option<Vec<String>>,
     source_timeout_ms: Option<u64>,
@@ -136,68 +112,45 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-pub const USAGE: &str = "\
-usage: userdb-brokerd [--socket PATH] [--root DIR] [--config FILE]
-                      [--log-level FILTER] [--max-connections N]
-                      [--idle-timeout-ms N] [--source-timeout-ms N]";
-
-/// What the command line asks for.
-#[derive(Debug, PartialEq)]
-pub enum Command {
-    Run(Box<Config>),
-    Help,
-}
+/// The host's configuration file, read when it exists and no `--config`
+/// is given. Not below `--root`: that directory is where the data are,
+/// while the configuration belongs to the host running the daemon.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/userdb-broker/userdb-brokerd.toml";
 
 impl Config {
-    /// Builds the configuration from the command line (without the program
-    /// name), reading the `--config` file first wherever it appears.
-    pub fn from_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, ConfigError> {
-        let mut flags = Vec::new();
-        let mut config_file = None;
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            if arg == "-h" || arg == "--help" {
-                return Ok(Command::Help);
-            }
-            let (flag, inline_value) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
-                _ => (arg, None),
-            };
-            let value = match inline_value.or_else(|| args.next()) {
-                Some(v) => v,
-                None => return Err(ConfigError(format!("{flag} needs a value\n{USAGE}"))),
-            };
-            if flag == "--config" {
-                config_file = Some(PathBuf::from(value));
-            } else {
-                flags.push((flag, value));
-            }
-        }
-        let mut config = Config::default();
-        if let Some(path) = config_file {
-            config.apply_file(&path)?;
-        }
-        for (flag, value) in flags {
-            config.apply_flag(&flag, &value)?;
-        }
-        Ok(Command::Run(Box::new(config)))
+    /// Builds the configuration from the parsed command line: defaults,
+    /// then the configuration file (`--config`, else [`DEFAULT_CONFIG_FILE`]
+    /// if it exists), then the flags.
+    pub fn from_cli(cli: &Brokerd) -> Result<Config, ConfigError> {
+        Config::from_cli_with_default(cli, Path::new(DEFAULT_CONFIG_FILE))
     }
 
-    fn apply_flag(&mut self, flag: &str, value: &str) -> Result<(), ConfigError> {
-        match flag {
-            "--socket" => self.socket = PathBuf::from(value),
-            "--root" => self.root = PathBuf::from(value),
-            "--log-level" => self.log_level = value.to_owned(),
-            "--max-connections" => self.max_connections = positive(flag, value)? as usize,
-            "--idle-timeout-ms" => {
-                self.idle_timeout = Duration::from_millis(positive(flag, value)?)
-            }
-            "--source-timeout-ms" => {
-                self.varlink.timeout = Duration::from_millis(positive(flag, value)?)
-            }
-            _ => return Err(ConfigError(format!("unknown option {flag}\n{USAGE}"))),
+    fn from_cli_with_default(cli: &Brokerd, default_file: &Path) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        match &cli.config {
+            Some(path) => config.apply_file(path)?,
+            None if default_file.exists() => config.apply_file(default_file)?,
+            None => {}
         }
-        Ok(())
+        if let Some(v) = &cli.socket {
+            config.socket = v.clone();
+        }
+        if let Some(v) = &cli.root {
+            config.root = v.clone();
+        }
+        if let Some(v) = &cli.log_level {
+            config.log_level = v.clone();
+        }
+        if let Some(v) = cli.max_connections {
+            config.max_connections = usize::try_from(v).unwrap_or(usize::MAX);
+        }
+        if let Some(v) = cli.idle_timeout_ms {
+            config.idle_timeout = Duration::from_millis(v);
+        }
+        if let Some(v) = cli.source_timeout_ms {
+            config.varlink.timeout = Duration::from_millis(v);
+        }
+        Ok(config)
     }
 
     /// Reads a TOML configuration file over the current values.
@@ -221,6 +174,15 @@ impl Config {
         }
         if let Some(v) = file.max_connections {
             self.max_connections = nonzero("max_connections", v as u64)? as usize;
+        }
+        if let Some(v) = file.max_connections_per_uid {
+            self.max_connections_per_uid = nonzero("max_connections_per_uid", v as u64)? as usize;
+        }
+        if let Some(v) = file.workers {
+            self.workers = nonzero("workers", v as u64)?.min(64) as usize;
+        }
+        if let Some(v) = file.rescan_interval_ms {
+            self.rescan_interval = Duration::from_millis(nonzero("rescan_interval_ms", v)?);
         }
         if let Some(v) = file.idle_timeout_ms {
             self.idle_timeout = Duration::from_millis(nonzero("idle_timeout_ms", v)?);
@@ -273,14 +235,6 @@ impl Config {
     }
 }
 
-fn positive(flag: &str, value: &str) -> Result<u64, ConfigError> {
-    value
-        .parse::<u64>()
-        .ok()
-        .filter(|&n| n > 0)
-        .ok_or_else(|| ConfigError(format!("{flag} needs a positive number, not {value:?}")))
-}
-
 fn nonzero(key: &str, value: u64) -> Result<u64, ConfigError> {
     if value == 0 {
         Err(ConfigError(format!("{key} must be greater than 0")))
@@ -293,10 +247,43 @@ fn nonzero(key: &str, value: u64) -> Result<u64, ConfigError> {
 mod tests {
     use super::*;
 
+    use clap::Parser;
+
+    /// The configuration from `args`, with `default_file` standing for
+    /// the host's file (the tests never read the machine's /etc).
+    fn from(args: &[&str], default_file: &Path) -> Result<Config, ConfigError> {
+        let cli =
+            Brokerd::try_parse_from(std::iter::once("userdb-brokerd").chain(args.iter().copied()))
+                .map_err(|e| ConfigError(e.to_string()))?;
+        Config::from_cli_with_default(&cli, default_file)
+    }
+
     fn run(args: &[&str]) -> Result<Config, ConfigError> {
-        match Config::from_args(args.iter().map(|s| s.to_string()))? {
-            Command::Run(c) => Ok(*c),
-            Command::Help => Err(ConfigError("help".into())),
+        from(args, Path::new("/nonexistent/userdb-brokerd.toml"))
+    }
+
+    /// A fresh directory for one test, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("brokerd-config-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+
+        fn write(&self, name: &str, text: &str) -> PathBuf {
+            let path = self.0.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 
@@ -317,11 +304,67 @@ mod tests {
             "--root=/srv/r",
             "--idle-timeout-ms",
             "500",
+            "--max-connections",
+            "7",
+            "--source-timeout-ms=75",
+            "--log-level",
+            "debug",
         ])
         .unwrap();
         assert_eq!(c.socket, Path::new("/tmp/s"));
         assert_eq!(c.root, Path::new("/srv/r"));
         assert_eq!(c.idle_timeout, Duration::from_millis(500));
+        assert_eq!(c.max_connections, 7);
+        assert_eq!(c.varlink.timeout, Duration::from_millis(75));
+        assert_eq!(c.log_level, "debug");
+    }
+
+    #[test]
+    fn the_default_file_is_read_when_present_and_config_replaces_it() {
+        let scratch = Scratch::new("default");
+        let default_file = scratch.write("userdb-brokerd.toml", "max_connections = 10\n");
+        let other = scratch.write("other.toml", "idle_timeout_ms = 20\n");
+        assert_eq!(from(&[], &default_file).unwrap().max_connections, 10);
+        let c = from(&["--config", other.to_str().unwrap()], &default_file).unwrap();
+        assert_eq!(c.max_connections, Config::default().max_connections);
+        assert_eq!(c.idle_timeout, Duration::from_millis(20));
+
+        std::fs::write(&default_file, "max_connection = 10\n").unwrap();
+        let e = from(&[], &default_file).unwrap_err();
+        assert!(
+            e.0.contains("userdb-brokerd.toml") && e.0.contains("max_connection"),
+            "{e}"
+        );
+        let missing = scratch.0.join("missing.toml");
+        let e = from(&["--config", missing.to_str().unwrap()], &default_file).unwrap_err();
+        assert!(e.0.contains("missing.toml"), "{e}");
+    }
+
+    /// packaging/userdb-brokerd.toml: every key commented out with its
+    /// default. As shipped it changes nothing, and with every key
+    /// uncommented it still gives the defaults, so the file tells the truth.
+    #[test]
+    fn the_shipped_file_documents_the_defaults() {
+        let shipped = include_str!("../../packaging/userdb-brokerd.toml");
+        let mut c = Config::default();
+        c.apply_toml(shipped).unwrap();
+        assert_eq!(c, Config::default());
+        let uncommented: String = shipped
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(key) if key.starts_with(|c: char| c.is_ascii_lowercase()) => key,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let keys = uncommented
+            .lines()
+            .filter(|l| l.contains(" = ") && !l.starts_with('#'))
+            .count();
+        assert!(keys >= 14, "only {keys} keys in:\n{uncommented}");
+        let mut c = Config::default();
+        c.apply_toml(&uncommented).unwrap();
+        assert_eq!(c, Config::default());
     }
 
     #[test]
@@ -330,10 +373,6 @@ mod tests {
         assert!(run(&["--socket"]).is_err());
         assert!(run(&["--max-connections", "0"]).is_err());
         assert!(run(&["--idle-timeout-ms", "soon"]).is_err());
-        assert_eq!(
-            Config::from_args(["--help".to_string()]).unwrap(),
-            Command::Help
-        );
     }
 
     #[test]

@@ -1,151 +1,144 @@
-//! userdb-brokerctl: look-ups and status against a running broker.
-//!
-//! Exit codes: 0 ok, 2 name not known, 3 broker absent or unreachable,
-//! 64 usage, 1 anything else.
+//! userdb-brokerctl: look-ups and status against a running broker, and the
+//! nsswitch.conf commands, printed as text or as one JSON document. The
+//! command line is defined in [`crate::cli`]; the exit statuses are there.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::Parser;
 use serde_json::{json, Value};
 use userdb_proto::api;
 use userdb_proto::client::{ClientError, Connection, Limits};
 use userdb_proto::record::{GroupRecord, UserRecord};
 use userdb_proto::BROKER_SERVICE;
 
-pub const USAGE: &str = "\
-usage: userdb-brokerctl [--socket PATH] [--json] [--timeout-ms N] COMMAND
-commands:
-  user NAME|UID     one user, as a passwd line
-  group NAME|GID    one group, as a group line (members merged from every source)
-  users             every user
-  groups            every group
-  members GROUP     the group's members, one per line
-  status            sources, their state and latency, snapshot and connections";
+use crate::cli::{
+    self, Brokerctl, CtlCommand, CtlOptions, EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_OK,
+    EXIT_UNREACHABLE,
+};
+use crate::config::{Config, DEFAULT_CONFIG_FILE};
+use crate::nsswitch_config::{self as nsswitch, Edit, EditReport, Finding, Severity};
 
-pub const EXIT_NOT_FOUND: u8 = 2;
-pub const EXIT_UNREACHABLE: u8 = 3;
-pub const EXIT_USAGE: u8 = 64;
-
-/// Global options, valid before any command.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Options {
-    pub socket: PathBuf,
-    pub json: bool,
-    pub timeout: Duration,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            socket: PathBuf::from(userdb_proto::DEFAULT_SOCKET_PATH),
-            json: false,
-            timeout: Duration::from_secs(5),
-        }
-    }
-}
-
-/// Why a command failed, and the exit code that says so.
+/// Why a command failed, and the exit status that says so.
 #[derive(Debug, PartialEq)]
 pub enum Failure {
-    Usage(String),
     NotFound(String),
     Unreachable(String),
     Other(String),
 }
 
 impl Failure {
-    fn exit_code(&self) -> ExitCode {
-        ExitCode::from(match self {
-            Failure::Usage(_) => EXIT_USAGE,
+    fn exit_code(&self) -> u8 {
+        match self {
             Failure::NotFound(_) => EXIT_NOT_FOUND,
             Failure::Unreachable(_) => EXIT_UNREACHABLE,
-            Failure::Other(_) => 1,
-        })
+            Failure::Other(_) => EXIT_FAILURE,
+        }
     }
 
     fn message(&self) -> &str {
         match self {
-            Failure::Usage(m)
-            | Failure::NotFound(m)
-            | Failure::Unreachable(m)
-            | Failure::Other(m) => m,
+            Failure::NotFound(m) | Failure::Unreachable(m) | Failure::Other(m) => m,
         }
     }
 }
 
-/// Splits the global options from the command and its arguments.
-pub fn parse_options(args: &[String]) -> Result<(Options, &[String]), Failure> {
-    let mut options = Options::default();
-    let mut rest = args;
-    while let Some(arg) = rest.first() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
-            _ => (arg.as_str(), None),
-        };
-        let takes_value = matches!(flag, "--socket" | "--timeout-ms");
-        let value = if takes_value {
-            match inline.or_else(|| rest.get(1).cloned()) {
-                Some(v) => Some(v),
-                None => return Err(Failure::Usage(format!("{flag} needs a value"))),
-            }
-        } else {
-            None
-        };
-        match (flag, value) {
-            ("--socket", Some(v)) => options.socket = PathBuf::from(v),
-            ("--timeout-ms", Some(v)) => {
-                let ms = v.parse::<u64>().ok().filter(|&ms| ms > 0).ok_or_else(|| {
-                    Failure::Usage(format!("--timeout-ms needs a positive number, not {v:?}"))
-                })?;
-                options.timeout = Duration::from_millis(ms);
-            }
-            ("--json", None) => options.json = true,
-            _ if flag.starts_with('-') => {
-                return Err(Failure::Usage(format!("unknown option {flag}")))
-            }
-            _ => break,
-        }
-        let consumed = if takes_value && !arg.contains('=') {
-            2
-        } else {
-            1
-        };
-        rest = &rest[consumed..];
-    }
-    Ok((options, rest))
+/// What a command prints on stdout, and its exit status.
+#[derive(Debug, PartialEq)]
+pub struct Answer {
+    pub stdout: String,
+    pub status: u8,
 }
 
-/// Runs the command line (without the program name); prints results on
-/// stdout and failures on stderr.
-pub fn main(args: &[String]) -> ExitCode {
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{USAGE}\n{}", crate::nsswitch_config::USAGE);
-        return ExitCode::SUCCESS;
+/// Parses the process's arguments and runs the command; results go to
+/// stdout, failures to stderr.
+pub fn main() -> ExitCode {
+    match Brokerctl::try_parse() {
+        Ok(command_line) => print(run(&command_line, Path::new("/"))),
+        Err(e) => cli::parse_failure(&e),
     }
-    let result = parse_options(args).and_then(|(options, command)| {
-        let ctl = Ctl { options };
-        ctl.run(command)
-    });
+}
+
+fn print(result: Result<Answer, Failure>) -> ExitCode {
     match result {
-        Ok(lines) => {
-            for line in lines {
-                println!("{line}");
-            }
-            ExitCode::SUCCESS
+        Ok(answer) => {
+            print!("{}", answer.stdout);
+            ExitCode::from(answer.status)
         }
         Err(failure) => {
             eprintln!("userdb-brokerctl: {}", failure.message());
-            if let Failure::Usage(_) = failure {
-                eprintln!("{USAGE}\n{}", crate::nsswitch_config::USAGE);
-            }
-            failure.exit_code()
+            ExitCode::from(failure.exit_code())
         }
+    }
+}
+
+/// Runs one command; `root` is where `check` looks for userdb drop-ins.
+pub fn run(command_line: &Brokerctl, root: &Path) -> Result<Answer, Failure> {
+    let ctl = Ctl {
+        options: command_line.options.clone(),
+    };
+    match &command_line.command {
+        CtlCommand::User { key: who } => {
+            let reply = ctl.call(
+                api::userdb::GET_USER_RECORD,
+                key(who, "userName", "uid"),
+                who,
+            )?;
+            let record = &reply["record"];
+            ctl.answer(|| record.clone(), || Ok(vec![format_user(record)?]))
+        }
+        CtlCommand::Group { key: which } => {
+            let reply = ctl.call(
+                api::userdb::GET_GROUP_RECORD,
+                key(which, "groupName", "gid"),
+                which,
+            )?;
+            let record = &reply["record"];
+            ctl.answer(|| record.clone(), || Ok(vec![format_group(record)?]))
+        }
+        CtlCommand::Users => {
+            let records = ctl.records(api::userdb::GET_USER_RECORD)?;
+            ctl.answer(
+                || Value::Array(records.clone()),
+                || records.iter().map(format_user).collect(),
+            )
+        }
+        CtlCommand::Groups => {
+            let records = ctl.records(api::userdb::GET_GROUP_RECORD)?;
+            ctl.answer(
+                || Value::Array(records.clone()),
+                || records.iter().map(format_group).collect(),
+            )
+        }
+        CtlCommand::Members { group } => {
+            let reply = ctl.call(
+                api::userdb::GET_GROUP_RECORD,
+                key(group, "groupName", "gid"),
+                group,
+            )?;
+            let members = GroupRecord::from_json(&reply["record"])
+                .map_err(|e| invalid("group", e))?
+                .members;
+            ctl.answer(|| json!(members), || Ok(members.clone()))
+        }
+        CtlCommand::Memberships { user } => {
+            let groups = ctl.memberships(user)?;
+            ctl.answer(|| json!(groups), || Ok(groups.clone()))
+        }
+        CtlCommand::Status => {
+            let status = ctl.call(api::broker::GET_STATUS, json!({}), "status")?;
+            ctl.answer(|| status.clone(), || Ok(status_lines(&status)))
+        }
+        CtlCommand::Check { file, config } => ctl.check(&file.file, config.as_deref(), root),
+        CtlCommand::Enable { file } => ctl.edit(&file.file, Edit::Enable, root),
+        CtlCommand::Disable { file } => ctl.edit(&file.file, Edit::Disable, root),
+        CtlCommand::IsEnabled { file } => ctl.is_enabled(&file.file),
     }
 }
 
 struct Ctl {
-    options: Options,
+    options: CtlOptions,
 }
 
 /// A key given on the command line: digits are an id.
@@ -156,64 +149,55 @@ fn key(arg: &str, name_field: &str, id_field: &str) -> Value {
     }
 }
 
+fn invalid(what: &str, e: impl std::fmt::Display) -> Failure {
+    Failure::Other(format!("the broker sent an invalid {what} record: {e}"))
+}
+
+fn format_user(record: &Value) -> Result<String, Failure> {
+    UserRecord::from_json(record)
+        .map(|u| passwd_line(&u))
+        .map_err(|e| invalid("user", e))
+}
+
+fn format_group(record: &Value) -> Result<String, Failure> {
+    GroupRecord::from_json(record)
+        .map(|g| group_line(&g))
+        .map_err(|e| invalid("group", e))
+}
+
+/// Lines as text: each followed by a newline.
+fn text(lines: &[String]) -> String {
+    lines.iter().map(|l| format!("{l}\n")).collect()
+}
+
 impl Ctl {
-    /// Runs one command and returns the lines to print.
-    fn run(&self, command: &[String]) -> Result<Vec<String>, Failure> {
-        let args: Vec<&str> = command.iter().map(String::as_str).collect();
-        match args.as_slice() {
-            ["user", who] => {
-                let reply = self.call(
-                    api::userdb::GET_USER_RECORD,
-                    key(who, "userName", "uid"),
-                    who,
-                )?;
-                Ok(vec![self.user_line(&reply["record"])?])
-            }
-            ["group", which] => {
-                let reply = self.call(
-                    api::userdb::GET_GROUP_RECORD,
-                    key(which, "groupName", "gid"),
-                    which,
-                )?;
-                Ok(vec![self.group_line(&reply["record"])?])
-            }
-            ["users"] => self
-                .enumerate(api::userdb::GET_USER_RECORD)?
-                .iter()
-                .map(|reply| self.user_line(&reply["record"]))
-                .collect(),
-            ["groups"] => self
-                .enumerate(api::userdb::GET_GROUP_RECORD)?
-                .iter()
-                .map(|reply| self.group_line(&reply["record"]))
-                .collect(),
-            ["members", group] => {
-                let reply = self.call(
-                    api::userdb::GET_GROUP_RECORD,
-                    key(group, "groupName", "gid"),
-                    group,
-                )?;
-                let record = GroupRecord::from_json(&reply["record"])
-                    .map_err(|e| Failure::Other(e.to_string()))?;
-                Ok(record.members)
-            }
-            ["status"] => {
-                let status = self.call(api::broker::GET_STATUS, json!({}), "status")?;
-                Ok(if self.options.json {
-                    vec![status.to_string()]
-                } else {
-                    status_lines(&status)
-                })
-            }
-            [] => Err(Failure::Usage("no command given".into())),
-            [other, ..] => Err(Failure::Usage(format!(
-                "unknown command or wrong arguments: {other}"
-            ))),
-        }
+    /// The answer in the form asked for: one JSON document, or lines. Only
+    /// the form printed is built.
+    fn answer(
+        &self,
+        as_json: impl FnOnce() -> Value,
+        as_text: impl FnOnce() -> Result<Vec<String>, Failure>,
+    ) -> Result<Answer, Failure> {
+        self.answer_with_status(EXIT_OK, as_json, as_text)
+    }
+
+    fn answer_with_status(
+        &self,
+        status: u8,
+        as_json: impl FnOnce() -> Value,
+        as_text: impl FnOnce() -> Result<Vec<String>, Failure>,
+    ) -> Result<Answer, Failure> {
+        let stdout = if self.options.json {
+            format!("{}\n", as_json())
+        } else {
+            text(&as_text()?)
+        };
+        Ok(Answer { stdout, status })
     }
 
     fn connect(&self) -> Result<Connection, Failure> {
-        Connection::connect_timeout(&self.options.socket, self.options.timeout)
+        let timeout = Duration::from_millis(self.options.timeout_ms);
+        Connection::connect_timeout(&self.options.socket, timeout)
             .map(|c| {
                 c.with_limits(Limits {
                     max_total: usize::MAX,
@@ -252,15 +236,13 @@ impl Ctl {
             .map_err(|e| self.failure(e, what))
     }
 
-    /// Every reply of an enumeration; none at all is an empty list.
-    fn enumerate(&self, method: &str) -> Result<Vec<Value>, Failure> {
+    /// Every reply of a call with `more`; none at all is an empty list.
+    fn call_more(&self, method: &str, parameters: Value) -> Result<Vec<Value>, Failure> {
         let mut replies = Vec::new();
-        let result =
-            self.connect()?
-                .call_more(method, &json!({ "service": BROKER_SERVICE }), |reply| {
-                    replies.push(reply);
-                    Ok(())
-                });
+        let result = self.connect()?.call_more(method, &parameters, |reply| {
+            replies.push(reply);
+            Ok(())
+        });
         match result {
             Ok(()) => Ok(replies),
             Err(ClientError::Remote(name)) if name == api::userdb::NO_RECORD_FOUND => {
@@ -270,23 +252,181 @@ impl Ctl {
         }
     }
 
-    fn user_line(&self, record: &Value) -> Result<String, Failure> {
-        if self.options.json {
-            return Ok(record.to_string());
-        }
-        UserRecord::from_json(record)
-            .map(|u| passwd_line(&u))
-            .map_err(|e| Failure::Other(format!("the broker sent an invalid user record: {e}")))
+    /// Every user or group record.
+    fn records(&self, method: &str) -> Result<Vec<Value>, Failure> {
+        let replies = self.call_more(method, json!({ "service": BROKER_SERVICE }))?;
+        Ok(replies
+            .into_iter()
+            .map(|mut reply| reply["record"].take())
+            .collect())
     }
 
-    fn group_line(&self, record: &Value) -> Result<String, Failure> {
-        if self.options.json {
-            return Ok(record.to_string());
-        }
-        GroupRecord::from_json(record)
-            .map(|g| group_line(&g))
-            .map_err(|e| Failure::Other(format!("the broker sent an invalid group record: {e}")))
+    /// The groups `user` (a name or a UID) is a member of. The user is
+    /// looked up first, so an unknown user is "not known" rather than a
+    /// user without memberships.
+    fn memberships(&self, user: &str) -> Result<Vec<String>, Failure> {
+        let reply = self.call(
+            api::userdb::GET_USER_RECORD,
+            key(user, "userName", "uid"),
+            user,
+        )?;
+        let name = UserRecord::from_json(&reply["record"])
+            .map_err(|e| invalid("user", e))?
+            .name;
+        let replies = self.call_more(
+            api::userdb::GET_MEMBERSHIPS,
+            json!({ "userName": name, "service": BROKER_SERVICE }),
+        )?;
+        replies
+            .iter()
+            .map(|reply| {
+                reply["groupName"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| {
+                        Failure::Other(format!(
+                            "the broker sent a membership without a group: {reply}"
+                        ))
+                    })
+            })
+            .collect()
     }
+
+    /// `check`: the findings in nsswitch.conf, and whether the daemon's
+    /// configuration file (`--config`, else the default one if present)
+    /// is valid; status 1 on a warning or an invalid file.
+    fn check(&self, file: &Path, config: Option<&Path>, root: &Path) -> Result<Answer, Failure> {
+        let text = nsswitch::read(file).map_err(Failure::Other)?;
+        let findings = nsswitch::check(&text, nsswitch::dropins_present(root));
+        let config_file = config.unwrap_or(Path::new(DEFAULT_CONFIG_FILE));
+        let present = config.is_some() || config_file.exists();
+        let config_error = present
+            .then(|| Config::default().apply_file(config_file).err())
+            .flatten()
+            .map(|e| e.0);
+        let warned = findings.iter().any(|f| f.severity() == Severity::Warning);
+        let status = if warned || config_error.is_some() {
+            EXIT_FAILURE
+        } else {
+            EXIT_OK
+        };
+        self.answer_with_status(
+            status,
+            || {
+                json!({
+                    "file": file,
+                    "findings": findings.iter().map(Finding::to_json).collect::<Vec<_>>(),
+                    "config": {
+                        "file": config_file,
+                        "present": present,
+                        "error": config_error,
+                    },
+                })
+            },
+            || {
+                let mut lines = finding_lines(file, &findings);
+                if findings.is_empty() {
+                    lines.push(format!("{}: no findings", file.display()));
+                }
+                let config_file = config_file.display();
+                lines.push(match (&config_error, present) {
+                    (Some(error), _) => format!("error: {error}"),
+                    (None, true) => format!("{config_file}: valid"),
+                    (None, false) => {
+                        format!("{config_file}: not present; the daemon uses its defaults")
+                    }
+                });
+                Ok(lines)
+            },
+        )
+    }
+
+    fn edit(&self, file: &Path, edit: Edit, root: &Path) -> Result<Answer, Failure> {
+        let report = nsswitch::edit_file(file, edit, root).map_err(Failure::Other)?;
+        let EditReport {
+            changes,
+            backup,
+            findings,
+        } = &report;
+        self.answer(
+            || {
+                json!({
+                    "file": file,
+                    "changed": !changes.is_empty(),
+                    "changes": changes,
+                    "backup": backup.as_ref().map(|b| &b.path),
+                    "findings": findings.iter().map(Finding::to_json).collect::<Vec<_>>(),
+                })
+            },
+            || {
+                let name = file.display();
+                let mut lines: Vec<String> =
+                    changes.iter().map(|c| format!("{name}: {c}")).collect();
+                match backup {
+                    None => lines.push(format!(
+                        "{name}: already {}, nothing changed",
+                        match edit {
+                            Edit::Enable => "enabled",
+                            Edit::Disable => "disabled",
+                        }
+                    )),
+                    Some(backup) if backup.written_now => lines.push(format!(
+                        "{name}: the version before this edit is in {}",
+                        backup.path.display()
+                    )),
+                    Some(backup) => lines.push(format!(
+                        "{name}: the version before the first edit stays in {}",
+                        backup.path.display()
+                    )),
+                }
+                lines.extend(finding_lines(file, findings));
+                Ok(lines)
+            },
+        )
+    }
+
+    /// `is-enabled`: status 0 when a line names broker, 1 when none does
+    /// or the file does not exist.
+    fn is_enabled(&self, file: &Path) -> Result<Answer, Failure> {
+        let lines = match std::fs::read_to_string(file) {
+            Ok(text) => Some(nsswitch::lines_naming_broker(&text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(Failure::Other(format!(
+                    "cannot read {}: {e}",
+                    file.display()
+                )))
+            }
+        };
+        let named = lines.as_deref().unwrap_or_default();
+        let status = if named.is_empty() {
+            EXIT_FAILURE
+        } else {
+            EXIT_OK
+        };
+        self.answer_with_status(
+            status,
+            || json!({ "file": file, "enabled": !named.is_empty(), "lines": named }),
+            || {
+                let name = file.display();
+                Ok(vec![match &lines {
+                    None => format!("{name}: does not exist"),
+                    Some(n) if n.is_empty() => format!("{name}: no line names broker"),
+                    Some(n) => {
+                        let numbers: Vec<String> = n.iter().map(usize::to_string).collect();
+                        format!("{name}: broker on line {}", numbers.join(", "))
+                    }
+                }])
+            },
+        )
+    }
+}
+
+fn finding_lines(file: &Path, findings: &[Finding]) -> Vec<String> {
+    findings
+        .iter()
+        .map(|f| format!("{}: {f}", file.display()))
+        .collect()
 }
 
 pub fn passwd_line(u: &UserRecord) -> String {
@@ -320,9 +460,6 @@ fn status_lines(status: &Value) -> Vec<String> {
             .as_u64()
             .map_or("-".to_owned(), |us| format!("{:.2} ms", us as f64 / 1e3));
         let mut state = text("state");
-        if let Some(us) = s["retryInUSec"].as_u64() {
-            state = format!("{state}, retry in {:.1} s", us as f64 / 1e6);
-        }
         if s["servedByPid1"] == true {
             state.push_str(", PID 1");
         }
@@ -344,39 +481,6 @@ fn status_lines(status: &Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn options_before_the_command() {
-        let a = args(&[
-            "--socket",
-            "/tmp/s",
-            "--json",
-            "--timeout-ms=250",
-            "user",
-            "alice",
-        ]);
-        let (options, rest) = parse_options(&a).unwrap();
-        assert_eq!(options.socket, PathBuf::from("/tmp/s"));
-        assert!(options.json);
-        assert_eq!(options.timeout, Duration::from_millis(250));
-        assert_eq!(rest, ["user", "alice"]);
-        assert!(matches!(
-            parse_options(&args(&["--bogus"])),
-            Err(Failure::Usage(_))
-        ));
-        assert!(matches!(
-            parse_options(&args(&["--timeout-ms", "0"])),
-            Err(Failure::Usage(_))
-        ));
-        assert!(matches!(
-            parse_options(&args(&["--socket"])),
-            Err(Failure::Usage(_))
-        ));
-    }
 
     #[test]
     fn keys_pick_name_or_id() {
@@ -404,8 +508,8 @@ mod tests {
             "sources": [
                 {"name": "files", "kind": "files", "state": "ok", "users": 3, "groups": 4,
                  "memberships": 5, "problems": 0, "latencyUSec": 120},
-                {"name": "io.systemd.DynamicUser", "kind": "varlink", "state": "open",
-                 "servedByPid1": true, "latencyUSec": null, "retryInUSec": 4_200_000u64},
+                {"name": "io.systemd.DynamicUser", "kind": "varlink", "state": "failing, next try in 4 s",
+                 "servedByPid1": true, "latencyUSec": null},
             ]
         });
         let lines = status_lines(&status);
@@ -421,7 +525,7 @@ mod tests {
             lines[2]
         );
         assert!(
-            lines[3].contains("open, retry in 4.2 s, PID 1") && lines[3].ends_with('-'),
+            lines[3].contains("failing, next try in 4 s, PID 1") && lines[3].ends_with('-'),
             "{}",
             lines[3]
         );
@@ -429,20 +533,17 @@ mod tests {
 
     #[test]
     fn absent_broker_is_unreachable_naming_the_socket() {
-        let ctl = Ctl {
-            options: Options {
-                socket: PathBuf::from("/nonexistent/broker.sock"),
-                ..Options::default()
-            },
-        };
-        match ctl.run(&args(&["user", "root"])) {
+        let command_line = Brokerctl::try_parse_from([
+            "userdb-brokerctl",
+            "--socket",
+            "/nonexistent/broker.sock",
+            "memberships",
+            "root",
+        ])
+        .unwrap();
+        match run(&command_line, Path::new("/nonexistent")) {
             Err(Failure::Unreachable(m)) => assert!(m.contains("/nonexistent/broker.sock"), "{m}"),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(
-            ctl.run(&args(&["frobnicate"])),
-            Err(Failure::Usage(_))
-        ));
-        assert!(matches!(ctl.run(&args(&["user"])), Err(Failure::Usage(_))));
     }
 }

@@ -1,20 +1,23 @@
 //! The daemon's process-level duties: refuse PID 1, keep NSS out of its own
-//! look-ups, logging, signals, and `READY=1` for the service manager.
+//! look-ups, logging, signals (`SIGTERM`/`SIGINT` end it, `SIGHUP` reloads),
+//! and `READY=1` for the service manager once the first snapshot is built.
 
 use std::io::{self, IsTerminal};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
 use crate::config::Config;
 use crate::merge::Priority;
 use crate::resolve::Resolver;
-use crate::server::{bind, Limits, Server};
+use crate::server::{bind, Control as ServerControl, Handle, Limits, Server};
 use crate::service::Service;
 use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::sources::local_sources;
 use crate::sources::varlink::{self, VarlinkSources};
-use crate::watch::Watcher;
+use crate::watch::{self, Control as WatchControl, Intervals, Watcher};
 
 /// Set in the daemon's own environment so that libnss_broker, should
 /// anything in this process ever resolve a user, answers at once instead of
@@ -129,16 +132,60 @@ fn syslog_priority(level: tracing::Level) -> u8 {
     }
 }
 
-/// Blocks SIGTERM and SIGINT in this thread, and so in every thread started
-/// after it, then waits for them on a thread of their own: on either, the
-/// socket is removed and the process exits 0.
-fn handle_termination(socket: PathBuf) -> io::Result<()> {
+/// Re-reads the configuration the daemon was started with.
+pub type Reload = Box<dyn Fn() -> Result<Config, String> + Send>;
+
+/// The parts a reload reaches.
+struct Running {
+    config: Config,
+    service: Arc<Service>,
+    varlink: Arc<VarlinkSources>,
+    server: Handle,
+    watcher: Sender<WatchControl>,
+}
+
+impl Running {
+    /// Applies a new configuration; what cannot change without a restart
+    /// is reported and kept.
+    fn reload(&mut self, new: Config) {
+        for (what, old, new) in [
+            ("socket", &self.config.socket, &new.socket),
+            ("root", &self.config.root, &new.root),
+        ] {
+            if old != new {
+                tracing::warn!(
+                    "{what} changed to {}: it takes effect at the next start",
+                    new.display()
+                );
+            }
+        }
+        let priority = Priority::new(new.order.clone());
+        self.service.resolver().set_priority(priority.clone());
+        self.varlink.set_settings(new.varlink.clone());
+        self.server
+            .send(ServerControl::Limits(Limits::from_config(&new)));
+        if self.watcher.send(WatchControl::Reload(priority)).is_err() {
+            tracing::warn!("the watcher is gone: sources are not re-read");
+        }
+        self.config = Config {
+            socket: self.config.socket.clone(),
+            root: self.config.root.clone(),
+            ..new
+        };
+        tracing::info!("configuration reloaded; sources are read again");
+    }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in this thread, and so in every thread
+/// started after it, then waits for them on a thread of its own.
+fn block_signals() -> io::Result<libc::sigset_t> {
     // SAFETY: plain sigset manipulation on a local, zero-initialised set.
     let set = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         set
     };
     // SAFETY: `set` is a valid signal set; the old mask is not needed.
@@ -146,16 +193,31 @@ fn handle_termination(socket: PathBuf) -> io::Result<()> {
     if rc != 0 {
         return Err(io::Error::from_raw_os_error(rc));
     }
+    Ok(set)
+}
+
+fn handle_signals(set: libc::sigset_t, mut running: Running, reload: Reload) -> io::Result<()> {
+    let socket = running.config.socket.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
             let mut signal: libc::c_int = 0;
             // SAFETY: `set` is valid and `signal` is writable.
-            if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
-                tracing::info!(signal, "terminating");
-                let _ = std::fs::remove_file(&socket);
-                std::process::exit(0);
+            if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+                continue;
             }
+            if signal == libc::SIGHUP {
+                match reload() {
+                    Ok(config) => running.reload(config),
+                    Err(e) => {
+                        tracing::warn!("reload failed, keeping the running configuration: {e}")
+                    }
+                }
+                continue;
+            }
+            tracing::info!(signal, "terminating");
+            let _ = std::fs::remove_file(&socket);
+            std::process::exit(0);
         })?;
     Ok(())
 }
@@ -178,13 +240,10 @@ pub fn notify_ready() -> io::Result<()> {
 
 /// Runs the daemon until a termination signal. Returns only on a startup
 /// failure, with a message for the user.
-pub fn run(config: Config) -> Result<(), String> {
-    handle_termination(config.socket.clone())
-        .map_err(|e| format!("cannot set up signal handling: {e}"))?;
+pub fn run(config: Config, reload: Reload) -> Result<(), String> {
+    let signals = block_signals().map_err(|e| format!("cannot set up signal handling: {e}"))?;
     let priority = Priority::new(config.order.clone());
-    let store = SnapshotStore::new(Snapshot::empty());
-    let mut watcher = Watcher::new(config.root.clone(), priority.clone(), store.clone());
-    watcher.refresh();
+    let store = Arc::new(SnapshotStore::new(Snapshot::empty()));
     // Bound first: service discovery must recognise the broker's own socket.
     let listener = bind(&config.socket)
         .map_err(|e| format!("cannot listen on {}: {e}", config.socket.display()))?;
@@ -193,13 +252,57 @@ pub fn run(config: Config) -> Result<(), String> {
         config.socket.clone(),
         config.varlink.clone(),
     ));
+    let mut watcher = Watcher::new(
+        &config.root,
+        local_sources(&config.root),
+        priority.clone(),
+        Arc::clone(&store),
+        Arc::clone(&varlink),
+        Intervals {
+            rescan: config.rescan_interval,
+            poll: config.poll_interval,
+        },
+    );
+    // Nothing is answered before every local source was read once: an
+    // early "not found" for a user that exists would be a lie.
+    watcher.load();
+    let (watch_control, watch_commands) = watch::control();
     watcher
-        .with_varlink(Arc::clone(&varlink))
-        .spawn(config.poll_interval)
+        .spawn(watch_commands)
         .map_err(|e| format!("cannot start the change watcher: {e}"))?;
-    let service = Arc::new(Service::new(Resolver::new(store, varlink, priority)));
-    let server = Server::new(listener, service, Limits::from_config(&config));
-    tracing::info!(socket = %config.socket.display(), root = %config.root.display(), "ready");
+    let service = Arc::new(Service::new(Resolver::new(
+        store,
+        Arc::clone(&varlink),
+        priority,
+    )));
+    let (server, handle) = Server::new(
+        listener,
+        config.socket.clone(),
+        Arc::clone(&service),
+        Limits::from_config(&config),
+    )
+    .map_err(|e| format!("cannot start the server: {e}"))?;
+    let limits = Limits::from_config(&config);
+    tracing::info!(
+        socket = %config.socket.display(),
+        root = %config.root.display(),
+        connections = limits.capacity(),
+        per_uid = limits.quota(),
+        workers = limits.workers,
+        "ready"
+    );
+    handle_signals(
+        signals,
+        Running {
+            config,
+            service,
+            varlink,
+            server: handle,
+            watcher: watch_control,
+        },
+        reload,
+    )
+    .map_err(|e| format!("cannot set up signal handling: {e}"))?;
     if let Err(e) = notify_ready() {
         tracing::warn!("cannot notify the service manager: {e}");
     }

@@ -2,12 +2,14 @@
 //! and groups from `/etc` files and systemd's JSON drop-ins over Varlink,
 //! without ever resolving users through NSS itself.
 
+pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
+pub mod log_once;
 pub mod merge;
+pub mod model;
 pub mod nsswitch_config;
-pub mod peer;
 pub mod resolve;
 pub mod server;
 pub mod service;

@@ -1,20 +1,28 @@
-//! Reviews and edits `/etc/nsswitch.conf` for the broker, for
-//! `userdb-brokerctl check`, `enable` and `disable`.
+//! Reviews and edits `/etc/nsswitch.conf` for the broker: what
+//! `userdb-brokerctl check`, `enable`, `disable` and `is-enabled` do.
 //!
-//! The functions over the file's text ([`check`], [`enable`], [`disable`])
-//! are pure; they use the shared parser in `userdb_proto::nsswitch`. Edits
-//! touch only the lines they change: comments, blank lines, other databases
-//! and the layout of untouched lines stay byte for byte. [`main`] is the
-//! command line around them: it reads the file, keeps a backup and replaces
-//! the file atomically.
+//! The functions over the file's text ([`check`], [`enable`], [`disable`],
+//! [`lines_naming_broker`]) are pure; they use the shared parser in
+//! `userdb_proto::nsswitch`. Edits touch only the lines they change:
+//! comments, blank lines, other databases and the layout of untouched lines
+//! stay byte for byte.
+//!
+//! `enable` records what it replaced in the file itself, as a comment above
+//! each line it wrote ([`REPLACED`], [`ADDED`]), and `disable` restores
+//! exactly that line. The record lives next to the line it describes, so it
+//! survives whatever carries the file (backups, configuration management,
+//! a copy to another machine), needs no second file that could describe
+//! another version of this one, and tells the administrator reading the
+//! file what was there before. [`edit_file`] is the file handling around
+//! them: a backup of the first version it changed, and an atomic replace.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
+use serde_json::{json, Value};
 use userdb_proto::nsswitch::{parse_line, Action, Entry, Line, FILES_SERVICES};
 
 use crate::sources::dropins::{self, DropInName};
@@ -25,6 +33,23 @@ pub const BROKER: &str = "broker";
 /// The databases the broker serves, in the order `enable` handles them.
 pub const DATABASES: [&str; 4] = ["passwd", "group", "shadow", "gshadow"];
 
+/// Serves `getgrouplist()` instead of the group line when the file has it;
+/// `enable` edits it then, and never adds it.
+const INITGROUPS: &str = "initgroups";
+
+/// The file glibc reads.
+pub const DEFAULT_FILE: &str = "/etc/nsswitch.conf";
+
+/// Appended to the file's name for the copy of its first edited version.
+pub const BACKUP_SUFFIX: &str = ".userdb-broker.bak";
+
+/// The comment `enable` writes above a line it replaced; the rest of the
+/// comment is that line as it was, byte for byte.
+pub const REPLACED: &str = "# userdb-brokerctl enable replaced: ";
+
+/// The comment `enable` writes above a line it added.
+pub const ADDED: &str = "# userdb-brokerctl enable added the next line";
+
 const SYSTEMD: &str = "systemd";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +58,15 @@ pub enum Severity {
     Warning,
     /// Works, but not as well as it could.
     Advice,
+}
+
+impl Severity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Advice => "advice",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,10 +86,13 @@ pub enum Problem {
     /// `group: files broker` without `[SUCCESS=merge]`: members the broker
     /// knows for groups in `/etc/group` are not shown.
     GroupWithoutMerge,
-    /// `systemd` on the line: names the services before it do not know go
-    /// to PID 1's `io.systemd.DynamicUser`, which a generator must not wait
-    /// for; the broker serves the same users with deadlines.
+    /// `systemd` on a line without `broker`: names the services before it
+    /// do not know go to PID 1's `io.systemd.DynamicUser`, which a generator
+    /// must not wait for; `enable` replaces it with `broker`.
     SystemdConsulted,
+    /// `systemd` beside `broker`: the broker already serves systemd's users
+    /// and groups, and names it does not know still go to PID 1.
+    SystemdBesideBroker,
     /// An `initgroups` line without `broker`: it, not the group line, serves
     /// `getgrouplist()`, so drop-in memberships are missing from `id` and
     /// from login sessions.
@@ -65,8 +102,24 @@ pub enum Problem {
 impl Problem {
     pub fn severity(self) -> Severity {
         match self {
-            Problem::GroupWithoutMerge | Problem::SystemdConsulted => Severity::Advice,
+            Problem::GroupWithoutMerge
+            | Problem::SystemdConsulted
+            | Problem::SystemdBesideBroker => Severity::Advice,
             _ => Severity::Warning,
+        }
+    }
+
+    /// A stable name for machine-readable output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Problem::SystemdAfterMerge => "systemd-after-merge",
+            Problem::MergeOutsideGroup => "merge-outside-group",
+            Problem::BrokerMissing => "broker-missing",
+            Problem::BrokerBeforeFiles => "broker-before-files",
+            Problem::GroupWithoutMerge => "group-without-merge",
+            Problem::SystemdConsulted => "systemd-consulted",
+            Problem::SystemdBesideBroker => "systemd-beside-broker",
+            Problem::InitgroupsWithoutBroker => "initgroups-without-broker",
         }
     }
 
@@ -75,7 +128,8 @@ impl Problem {
             Problem::SystemdAfterMerge => {
                 "'systemd' follows [SUCCESS=merge]: lookups of names found earlier also ask PID 1, \
                  and a generator doing that at boot or daemon-reload deadlocks with PID 1 \
-                 (90 s hang, possibly a frozen PID 1); use 'broker' instead"
+                 (90 s hang, possibly a frozen PID 1); 'userdb-brokerctl enable' replaces it \
+                 with 'broker'"
             }
             Problem::MergeOutsideGroup => {
                 "[SUCCESS=merge] works for the group database only; here glibc fails every lookup \
@@ -83,7 +137,7 @@ impl Problem {
             }
             Problem::BrokerMissing => {
                 "userdb drop-ins exist but this database never asks 'broker': those users and \
-                 groups stay invisible to it"
+                 groups stay invisible to it; 'userdb-brokerctl enable' adds it"
             }
             Problem::BrokerBeforeFiles => {
                 "'broker' comes before 'files': every lookup, root's included, waits for the \
@@ -95,7 +149,12 @@ impl Problem {
             }
             Problem::SystemdConsulted => {
                 "'systemd' asks PID 1 for names not found before it, which a generator must not \
-                 wait for; the broker already serves those users with deadlines"
+                 wait for; 'userdb-brokerctl enable' replaces it with 'broker', which serves the \
+                 same users and groups with deadlines"
+            }
+            Problem::SystemdBesideBroker => {
+                "'systemd' beside 'broker': the broker already serves systemd's users and groups \
+                 with deadlines, and names it does not know still go to PID 1; remove 'systemd'"
             }
             Problem::InitgroupsWithoutBroker => {
                 "this line, not the group line, serves getgrouplist(): without 'broker' drop-in \
@@ -118,19 +177,30 @@ impl Finding {
     pub fn severity(&self) -> Severity {
         self.problem.severity()
     }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "database": self.database,
+            "line": self.line,
+            "severity": self.severity().name(),
+            "problem": self.problem.name(),
+            "message": self.problem.explanation(),
+        })
+    }
 }
 
 impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let severity = match self.severity() {
-            Severity::Warning => "warning",
-            Severity::Advice => "advice",
-        };
         match self.line {
             Some(n) => write!(f, "line {n} ({}): ", self.database)?,
             None => write!(f, "no {} line: ", self.database)?,
         }
-        write!(f, "{severity}: {}", self.problem.explanation())
+        write!(
+            f,
+            "{}: {}",
+            self.severity().name(),
+            self.problem.explanation()
+        )
     }
 }
 
@@ -184,15 +254,20 @@ pub fn check(text: &str, dropins_exist: bool) -> Vec<Finding> {
             continue;
         };
         let at = Some(index);
+        let broker = line.position(BROKER);
         if line.merges_into(SYSTEMD) {
             report(database, at, Problem::SystemdAfterMerge);
         } else if line.position(SYSTEMD).is_some() {
-            report(database, at, Problem::SystemdConsulted);
+            let problem = match broker {
+                Some(_) => Problem::SystemdBesideBroker,
+                None => Problem::SystemdConsulted,
+            };
+            report(database, at, problem);
         }
         if database != "group" && line.entries.iter().any(Entry::merges) {
             report(database, at, Problem::MergeOutsideGroup);
         }
-        match line.position(BROKER) {
+        match broker {
             None if dropins_exist => report(database, at, Problem::BrokerMissing),
             None => {}
             Some(broker) => {
@@ -209,15 +284,25 @@ pub fn check(text: &str, dropins_exist: bool) -> Vec<Finding> {
     let group_uses_broker = document
         .effective("group")
         .is_some_and(|(_, line)| line.position(BROKER).is_some());
-    if let Some((index, line)) = document.effective("initgroups") {
+    if let Some((index, line)) = document.effective(INITGROUPS) {
         if line.merges_into(SYSTEMD) {
-            report("initgroups", Some(index), Problem::SystemdAfterMerge);
+            report(INITGROUPS, Some(index), Problem::SystemdAfterMerge);
         }
         if group_uses_broker && line.position(BROKER).is_none() {
-            report("initgroups", Some(index), Problem::InitgroupsWithoutBroker);
+            report(INITGROUPS, Some(index), Problem::InitgroupsWithoutBroker);
         }
     }
     findings
+}
+
+/// The 1-based numbers of the lines that name `broker` as a service, in
+/// any database, effective or not: what `is-enabled` asks.
+pub fn lines_naming_broker(text: &str) -> Vec<usize> {
+    text.split_inclusive('\n')
+        .enumerate()
+        .filter(|(_, raw)| parse_line(raw).is_some_and(|line| line.position(BROKER).is_some()))
+        .map(|(i, _)| i + 1)
+        .collect()
 }
 
 /// The result of an edit: the new text and one sentence per change made
@@ -228,134 +313,213 @@ pub struct Edited {
     pub changes: Vec<String>,
 }
 
-/// Adds `broker` after `files` (or `compat`) on the passwd, group, shadow
-/// and gshadow lines, with `[SUCCESS=merge]` before it on the group line
-/// only; a missing line is appended. Other services stay, except `systemd`
-/// after `[SUCCESS=merge]` on the group line, which is the PID 1 deadlock
-/// and is removed (the broker serves those users itself). Idempotent.
+/// Makes each of the passwd, group, shadow and gshadow lines (and an
+/// `initgroups` line, if there is one) read `files broker`, with
+/// `[SUCCESS=merge]` before `broker` on the group line only. Each line it
+/// rewrites keeps its other services (`sss`, `ldap`, ...: directories the
+/// broker does not read), its layout and comment, and gets a [`REPLACED`]
+/// comment above it holding the line as it was; a missing line is appended
+/// below an [`ADDED`] comment. Lines that already name `broker` are left as
+/// they are ([`check`] says what is wrong with them). Idempotent.
 pub fn enable(text: &str) -> Edited {
     let document = Document::new(text);
     let mut lines: Vec<String> = document.lines.iter().map(|l| (*l).to_owned()).collect();
     let mut appended = Vec::new();
     let mut changes = Vec::new();
 
-    for database in DATABASES {
-        let Some((index, mut line)) = document.effective(database) else {
-            let services = if database == "group" {
-                "files [SUCCESS=merge] broker"
-            } else {
-                "files broker"
-            };
-            let new_line = format!("{:<16}{services}", format!("{database}:"));
-            changes.push(format!("{database}: added the line '{new_line}'"));
-            appended.push(new_line);
+    for database in DATABASES.iter().chain([&INITGROUPS]) {
+        let Some((index, _)) = document.effective(database) else {
+            if *database != INITGROUPS {
+                let line = appended_line(database);
+                changes.push(format!("{database}: added the line '{line}'"));
+                appended.push(line);
+            }
             continue;
         };
-        let before = changes.len();
-        if line.position(BROKER).is_none() {
-            let after_files = line
-                .entries
-                .iter()
-                .rposition(is_files)
-                .map_or(0, |files| files + 1);
-            line.entries.insert(after_files, service(BROKER));
-            changes.push(match after_files.checked_sub(1) {
-                Some(previous) => format!(
-                    "{database}: added broker after {}",
-                    line.entries[previous].service
-                ),
-                None => format!("{database}: added broker first (no files service on the line)"),
-            });
-        }
-        if database == "group" {
-            enable_group_merge(&mut line, &mut changes);
-        }
-        if changes.len() > before {
-            lines[index] = rewrite(&lines[index], &line.entries);
+        let raw = document.lines[index];
+        if let Some((written, mut made)) = enabled_line(raw) {
+            lines[index] = format!("{REPLACED}{}\n{written}", without_ending(raw));
+            changes.append(&mut made);
         }
     }
 
     let mut text: String = lines.concat();
-    if !appended.is_empty() {
-        if !text.is_empty() && !text.ends_with('\n') {
-            text.push('\n');
-        }
-        for line in appended {
-            text.push_str(&line);
-            text.push('\n');
+    // Appended lines keep the file's own habit: after a last line without
+    // a newline they too end without one, so `disable` can restore it.
+    let ends_open = !text.is_empty() && !text.ends_with('\n');
+    for line in appended {
+        if ends_open {
+            text.push_str(&format!("\n{ADDED}\n{line}"));
+        } else {
+            text.push_str(&format!("{ADDED}\n{line}\n"));
         }
     }
     Edited { text, changes }
 }
 
-/// Puts `[SUCCESS=merge]` on the files entry right before `broker` and
-/// drops `systemd` entries that would follow a merge.
-fn enable_group_merge(line: &mut Line, changes: &mut Vec<String>) {
-    if let Some(previous) = line.position(BROKER).and_then(|b| b.checked_sub(1)) {
-        let entry = &mut line.entries[previous];
-        if is_files(entry) && !entry.merges() {
-            entry.actions.retain(|a| a.negated || a.status != "success");
-            entry.actions.push(Action {
-                negated: false,
-                status: "success".into(),
-                action: "merge".into(),
-            });
-            changes.push(format!("group: added [SUCCESS=merge] to {}", entry.service));
-        }
-    }
-    while line.merges_into(SYSTEMD) {
-        let Some(at) = line.position(SYSTEMD) else {
-            break;
-        };
-        line.entries.remove(at);
-        changes.push(
-            "group: removed systemd, which followed [SUCCESS=merge] (the PID 1 deadlock; \
-             the broker serves systemd's users and groups itself)"
-                .into(),
-        );
-    }
+/// The line `enable` appends for a database the file has no line for.
+fn appended_line(database: &str) -> String {
+    let services = if database == "group" {
+        "files [SUCCESS=merge] broker"
+    } else {
+        "files broker"
+    };
+    format!("{:<16}{services}", format!("{database}:"))
 }
 
-/// Removes `broker` from every line that names it, and a `[SUCCESS=merge]`
-/// left with no service after it. A line left empty gets `files`, glibc's
-/// default. Idempotent; other services and lines stay as they are.
-pub fn disable(text: &str) -> Edited {
+/// What `enable` writes in place of `raw` (a whole line with its ending),
+/// and the changes it made; `None` when `enable` leaves the line alone (not
+/// a database the broker serves, or `broker` already named). One rule, used
+/// both to write a line and, by `disable`, to recognise a line as written.
+fn enabled_line(raw: &str) -> Option<(String, Vec<String>)> {
+    let mut line = parse_line(raw)?;
+    let database = line.database.clone();
+    let served = DATABASES.contains(&database.as_str()) || database == INITGROUPS;
+    if !served || line.position(BROKER).is_some() {
+        return None;
+    }
     let mut changes = Vec::new();
-    let mut out = String::with_capacity(text.len());
-    for raw in text.split_inclusive('\n') {
-        let Some(mut line) = parse_line(raw) else {
-            out.push_str(raw);
-            continue;
-        };
-        let Some(at) = line.position(BROKER) else {
-            out.push_str(raw);
-            continue;
-        };
-        let database = line.database.clone();
-        line.entries.remove(at);
-        changes.push(format!("{database}: removed broker"));
-        if at == line.entries.len() {
-            if let Some(previous) = at.checked_sub(1).map(|p| &mut line.entries[p]) {
-                if previous.merges() {
-                    previous
-                        .actions
-                        .retain(|a| a.negated || a.status != "success" || a.action != "merge");
-                    changes.push(format!(
-                        "{database}: removed [SUCCESS=merge] from {}, which only served broker",
-                        previous.service
-                    ));
-                }
+    let before = line.entries.len();
+    line.entries.retain(|e| e.service != SYSTEMD);
+    if line.entries.len() < before {
+        changes.push(format!(
+            "{database}: removed systemd (the broker serves systemd's users and groups itself, \
+             with deadlines, and never waits on PID 1)"
+        ));
+    }
+    let after_files = line
+        .entries
+        .iter()
+        .rposition(is_files)
+        .map_or(0, |files| files + 1);
+    line.entries.insert(after_files, service(BROKER));
+    changes.push(match after_files.checked_sub(1) {
+        Some(previous) => format!(
+            "{database}: added broker after {}",
+            line.entries[previous].service
+        ),
+        None => format!("{database}: added broker first (no files service on the line)"),
+    });
+    if database == "group" {
+        if let Some(files) = after_files.checked_sub(1).map(|p| &mut line.entries[p]) {
+            if !files.merges() {
+                files.actions.retain(|a| a.negated || a.status != "success");
+                files.actions.push(Action {
+                    negated: false,
+                    status: "success".into(),
+                    action: "merge".into(),
+                });
+                changes.push(format!("group: added [SUCCESS=merge] to {}", files.service));
             }
         }
-        if line.entries.is_empty() {
-            line.entries.push(service("files"));
+    } else {
+        for entry in line.entries.iter_mut().filter(|e| e.merges()) {
+            entry.actions.retain(|a| !is_merge(a));
             changes.push(format!(
-                "{database}: the line was left empty; it now reads files"
+                "{database}: removed [SUCCESS=merge] from {} (glibc merges groups only and \
+                 fails every other lookup that would merge)",
+                entry.service
             ));
         }
-        out.push_str(&rewrite(raw, &line.entries));
+    }
+    Some((rewrite(raw, &line.entries), changes))
+}
+
+fn is_merge(action: &Action) -> bool {
+    !action.negated && action.status == "success" && action.action == "merge"
+}
+
+fn without_ending(raw: &str) -> &str {
+    raw.strip_suffix('\n').unwrap_or(raw)
+}
+
+fn ending(raw: &str) -> &str {
+    &raw[without_ending(raw).len()..]
+}
+
+/// Undoes `enable`: a line below a [`REPLACED`] comment that is still what
+/// `enable` wrote becomes the recorded line again, and a line below an
+/// [`ADDED`] comment that is still what `enable` added goes, so that
+/// `enable` then `disable` gives the file back byte for byte. A line that
+/// names `broker` but was changed since (or was written by hand) only loses
+/// `broker`, and a `[SUCCESS=merge]` left with no service after it (a line
+/// left empty gets `files`, glibc's default); the comment above it goes.
+/// Idempotent.
+pub fn disable(text: &str) -> Edited {
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let mut changes = Vec::new();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < lines.len() {
+        let raw = lines[i];
+        let next = lines.get(i + 1).copied().unwrap_or("");
+        let marked = without_ending(raw);
+        if let Some(original) = marked.strip_prefix(REPLACED) {
+            let recorded = format!("{original}{}", ending(next));
+            if enabled_line(&recorded).is_some_and(|(written, _)| written == next) {
+                changes.push(format!("restored the line '{original}'"));
+                out.push_str(&recorded);
+                i += 2;
+                continue;
+            }
+            changes.push(format!(
+                "line {}: the line below enable's comment was changed since; before enable it \
+                 read '{original}'",
+                i + 1
+            ));
+        } else if marked == ADDED {
+            let added = DATABASES
+                .iter()
+                .any(|database| without_ending(next) == appended_line(database));
+            if added {
+                changes.push(format!("removed the line '{}'", without_ending(next)));
+                if ending(next).is_empty() && out.ends_with('\n') {
+                    out.pop();
+                }
+                i += 2;
+                continue;
+            }
+            changes.push(format!(
+                "line {}: the line enable added was changed since",
+                i + 1
+            ));
+        } else {
+            out.push_str(&remove_broker(raw, &mut changes));
+        }
+        i += 1;
     }
     Edited { text: out, changes }
+}
+
+/// `raw` without `broker` if it names it, else `raw` as it is.
+fn remove_broker(raw: &str, changes: &mut Vec<String>) -> String {
+    let Some(mut line) = parse_line(raw) else {
+        return raw.to_owned();
+    };
+    let Some(at) = line.position(BROKER) else {
+        return raw.to_owned();
+    };
+    let database = line.database.clone();
+    line.entries.remove(at);
+    changes.push(format!("{database}: removed broker"));
+    if at == line.entries.len() {
+        if let Some(previous) = at.checked_sub(1).map(|p| &mut line.entries[p]) {
+            if previous.merges() {
+                previous.actions.retain(|a| !is_merge(a));
+                changes.push(format!(
+                    "{database}: removed [SUCCESS=merge] from {}, which only served broker",
+                    previous.service
+                ));
+            }
+        }
+    }
+    if line.entries.is_empty() {
+        line.entries.push(service("files"));
+        changes.push(format!(
+            "{database}: the line was left empty; it now reads files"
+        ));
+    }
+    rewrite(raw, &line.entries)
 }
 
 fn service(name: &str) -> Entry {
@@ -369,10 +533,7 @@ fn service(name: &str) -> Entry {
 /// its spacing, a trailing comment and the line ending are kept. Actions are
 /// written in glibc's conventional case, `[NOTFOUND=return]`.
 fn rewrite(raw: &str, entries: &[Entry]) -> String {
-    let (content, ending) = match raw.strip_suffix('\n') {
-        Some(content) => (content, "\n"),
-        None => (raw, ""),
-    };
+    let (content, ending) = (without_ending(raw), ending(raw));
     let (body, comment) = content.split_at(content.find('#').unwrap_or(content.len()));
     let services_start = body.find(':').map_or(0, |colon| {
         let after = &body[colon + 1..];
@@ -406,128 +567,66 @@ fn format_entry(entry: &Entry) -> String {
     format!("{} [{}]", entry.service, actions.join(" "))
 }
 
-/// The subcommands this module serves, for `userdb-brokerctl`'s dispatch.
-pub const COMMANDS: [&str; 3] = ["check", "enable", "disable"];
-
-/// Usage lines for those subcommands.
-pub const USAGE: &str = "\
-nsswitch.conf commands (FILE defaults to /etc/nsswitch.conf):
-  check [--file FILE]     warn about lines that can deadlock or hide users; exit 1 on a warning
-  enable [--file FILE]    add broker to passwd, group, shadow and gshadow (backup: FILE.userdb-broker.bak)
-  disable [--file FILE]   take broker back out (same backup)";
-
-const DEFAULT_FILE: &str = "/etc/nsswitch.conf";
-const BACKUP_SUFFIX: &str = ".userdb-broker.bak";
-const EXIT_WARNING: u8 = 1;
-const EXIT_FAILURE: u8 = 1;
-
-/// What a subcommand printed and the exit status it chose.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Outcome {
-    pub lines: Vec<String>,
-    pub status: u8,
+/// Which edit [`edit_file`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edit {
+    Enable,
+    Disable,
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub enum CommandError {
-    Usage(String),
-    Io(String),
+/// What [`edit_file`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EditReport {
+    /// One sentence per change; empty when the file already was as asked
+    /// (and was then not written at all).
+    pub changes: Vec<String>,
+    /// The copy of the first version of the file an edit changed, and
+    /// whether this edit made it (it is never overwritten).
+    pub backup: Option<Backup>,
+    /// What [`check`] says about the file as it now is.
+    pub findings: Vec<Finding>,
 }
 
-/// Runs `check`, `enable` or `disable` from `args` (without the program
-/// name); `None` when `args` name another command. Drop-ins are looked for
-/// on this machine.
-pub fn main(args: &[String]) -> Option<ExitCode> {
-    let command = args.first().filter(|c| COMMANDS.contains(&c.as_str()))?;
-    Some(match run(command, &args[1..], Path::new("/")) {
-        Ok(outcome) => {
-            for line in outcome.lines {
-                println!("{line}");
-            }
-            ExitCode::from(outcome.status)
-        }
-        Err(CommandError::Usage(message)) => {
-            eprintln!("userdb-brokerctl {command}: {message}\n{USAGE}");
-            ExitCode::from(crate::ctl::EXIT_USAGE)
-        }
-        Err(CommandError::Io(message)) => {
-            eprintln!("userdb-brokerctl {command}: {message}");
-            ExitCode::from(EXIT_FAILURE)
-        }
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backup {
+    pub path: PathBuf,
+    pub written_now: bool,
+}
+
+/// Reads an nsswitch.conf, with the path in the error.
+pub fn read(file: &Path) -> Result<String, String> {
+    fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))
+}
+
+/// Enables or disables the broker in `file`; `root` is where drop-ins are
+/// looked for (for the findings).
+pub fn edit_file(file: &Path, edit: Edit, root: &Path) -> Result<EditReport, String> {
+    let text = read(file)?;
+    let edited = match edit {
+        Edit::Enable => enable(&text),
+        Edit::Disable => disable(&text),
+    };
+    let backup = if edited.changes.is_empty() {
+        None
+    } else {
+        Some(replace_keeping_first_backup(file, &text, &edited.text)?)
+    };
+    Ok(EditReport {
+        changes: edited.changes,
+        backup,
+        findings: check(&edited.text, dropins_present(root)),
     })
 }
 
-/// One subcommand with its arguments; `root` is where drop-ins are looked for.
-pub fn run(command: &str, args: &[String], root: &Path) -> Result<Outcome, CommandError> {
-    let file = file_argument(args)?;
-    let text = fs::read_to_string(&file)
-        .map_err(|e| CommandError::Io(format!("cannot read {}: {e}", file.display())))?;
-    let dropins = dropins_present(root);
-    let edited = match command {
-        "check" => {
-            let findings = check(&text, dropins);
-            let warned = findings.iter().any(|f| f.severity() == Severity::Warning);
-            let mut lines: Vec<String> = findings
-                .iter()
-                .map(|f| format!("{}: {f}", file.display()))
-                .collect();
-            if lines.is_empty() {
-                lines.push(format!("{}: no findings", file.display()));
-            }
-            let status = if warned { EXIT_WARNING } else { 0 };
-            return Ok(Outcome { lines, status });
-        }
-        "enable" => enable(&text),
-        "disable" => disable(&text),
-        other => return Err(CommandError::Usage(format!("unknown command {other}"))),
-    };
-    if edited.changes.is_empty() {
-        return Ok(Outcome {
-            lines: vec![format!(
-                "{}: already {command}d, nothing changed",
-                file.display()
-            )],
-            status: 0,
-        });
-    }
-    let backup = replace_keeping_backup(&file, &text, &edited.text)?;
-    let mut lines: Vec<String> = edited
-        .changes
-        .iter()
-        .map(|c| format!("{}: {c}", file.display()))
-        .collect();
-    lines.push(format!(
-        "{}: the previous version is in {}",
-        file.display(),
-        backup.display()
-    ));
-    lines.extend(
-        check(&edited.text, dropins)
-            .iter()
-            .map(|f| format!("{}: {f}", file.display())),
-    );
-    Ok(Outcome { lines, status: 0 })
-}
-
-fn file_argument(args: &[String]) -> Result<PathBuf, CommandError> {
-    match args {
-        [] => Ok(PathBuf::from(DEFAULT_FILE)),
-        [flag, file] if flag == "--file" => Ok(PathBuf::from(file)),
-        [flag] if flag.starts_with("--file=") => Ok(PathBuf::from(&flag["--file=".len()..])),
-        [flag] if flag == "--file" => Err(CommandError::Usage("--file needs a value".into())),
-        _ => Err(CommandError::Usage(format!(
-            "unexpected arguments {args:?}"
-        ))),
-    }
-}
-
-/// Writes `old` to `FILE.userdb-broker.bak`, then `new` to a temporary file
-/// beside FILE with FILE's mode and owner, and renames it over FILE, so a
-/// reader sees the old or the new file, never a part. A symlink is followed:
-/// its target is replaced, the link stays.
-fn replace_keeping_backup(file: &Path, old: &str, new: &str) -> Result<PathBuf, CommandError> {
+/// Writes `old` to `FILE.userdb-broker.bak` unless that file exists (the
+/// first backup is the one worth keeping: the version before any edit),
+/// then `new` to a temporary file beside FILE with FILE's mode and owner,
+/// and renames it over FILE, so a reader sees the old or the new file,
+/// never a part. A symlink is followed: its target is replaced, the link
+/// stays.
+fn replace_keeping_first_backup(file: &Path, old: &str, new: &str) -> Result<Backup, String> {
     let io = |what: &str, path: &Path, e: std::io::Error| {
-        CommandError::Io(format!("cannot {what} {}: {e}", path.display()))
+        format!("cannot {what} {}: {e}", path.display())
     };
     let target = fs::canonicalize(file).map_err(|e| io("resolve", file, e))?;
     let metadata = fs::metadata(&target).map_err(|e| io("stat", &target, e))?;
@@ -536,10 +635,15 @@ fn replace_keeping_backup(file: &Path, old: &str, new: &str) -> Result<PathBuf, 
         name.push(suffix);
         PathBuf::from(name)
     };
-    let backup = with_suffix(BACKUP_SUFFIX);
-    write_new(&backup, old, &metadata).map_err(|e| io("write", &backup, e))?;
+    let path = with_suffix(BACKUP_SUFFIX);
+    let written_now = match write_new(&path, old, &metadata) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(io("write", &path, e)),
+    };
 
     let temporary = with_suffix(&format!(".userdb-broker.{}.tmp", std::process::id()));
+    let _ = fs::remove_file(&temporary);
     let written =
         write_new(&temporary, new, &metadata).and_then(|()| fs::rename(&temporary, &target));
     if let Err(e) = written {
@@ -551,16 +655,12 @@ fn replace_keeping_backup(file: &Path, old: &str, new: &str) -> Result<PathBuf, 
             .and_then(|d| d.sync_all())
             .map_err(|e| io("sync", directory, e))?;
     }
-    Ok(backup)
+    Ok(Backup { path, written_now })
 }
 
-/// Writes `text` to `path` (replacing a regular file there) with the mode
-/// and owner of `like`, and flushes it to disk.
+/// Creates `path` (failing if it exists) holding `text`, with the mode and
+/// owner of `like`, and flushes it to disk.
 fn write_new(path: &Path, text: &str, like: &fs::Metadata) -> std::io::Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -615,6 +715,110 @@ group:          files [SUCCESS=merge] broker
 shadow:         files broker
 gshadow:        files broker
 ";
+
+    /// Every nsswitch.conf the tests know: distributions' defaults as they
+    /// ship (Debian 12 with libnss-systemd, Fedora's authselect output, Arch,
+    /// openSUSE, Ubuntu 22.04) and hand-edited files.
+    const FIXTURES: [(&str, &str); 7] = [
+        (
+            "debian-12",
+            include_str!("../tests/nsswitch/debian-12.conf"),
+        ),
+        (
+            "fedora-authselect",
+            include_str!("../tests/nsswitch/fedora-authselect.conf"),
+        ),
+        ("arch", include_str!("../tests/nsswitch/arch.conf")),
+        ("opensuse", include_str!("../tests/nsswitch/opensuse.conf")),
+        (
+            "ubuntu-22.04",
+            include_str!("../tests/nsswitch/ubuntu-22.04.conf"),
+        ),
+        (
+            "hand-edited",
+            include_str!("../tests/nsswitch/hand-edited.conf"),
+        ),
+        (
+            "no-final-newline",
+            include_str!("../tests/nsswitch/no-final-newline.conf"),
+        ),
+    ];
+
+    #[test]
+    fn enable_then_disable_restores_every_known_file_byte_for_byte() {
+        for (name, original) in FIXTURES {
+            let enabled = enable(original);
+            assert_ne!(enabled.text, original, "{name}: enable changed nothing");
+            let disabled = disable(&enabled.text);
+            assert_eq!(disabled.text, original, "{name}: disable lost something");
+            assert_eq!(
+                disable(&disabled.text).text,
+                original,
+                "{name}: second disable"
+            );
+        }
+    }
+
+    #[test]
+    fn check_has_nothing_to_say_about_what_enable_wrote() {
+        for (name, original) in FIXTURES {
+            let enabled = enable(original).text;
+            for dropins in [false, true] {
+                assert_eq!(problems(&enabled, dropins), [], "{name}:\n{enabled}");
+            }
+        }
+    }
+
+    #[test]
+    fn enable_writes_the_lines_the_readme_promises_on_stock_distributions() {
+        let services = |text: &str, database: &str| -> String {
+            let (_, line) = Document::new(text).effective(database).unwrap();
+            line.entries
+                .iter()
+                .map(format_entry)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        for (name, original) in &FIXTURES[..5] {
+            let enabled = enable(original).text;
+            let files = if *name == "opensuse" {
+                "compat"
+            } else {
+                "files"
+            };
+            for database in DATABASES {
+                let expected = if database == "group" {
+                    format!("{files} [SUCCESS=merge] broker")
+                } else if *name == "opensuse" && database == "gshadow" {
+                    "files broker".to_owned()
+                } else {
+                    format!("{files} broker")
+                };
+                assert_eq!(services(&enabled, database), expected, "{name} {database}");
+            }
+        }
+    }
+
+    #[test]
+    fn systemd_beside_broker_is_advice_to_remove_it() {
+        let found = check("passwd: files broker systemd\n", false);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].problem, Problem::SystemdBesideBroker);
+        assert_eq!(found[0].severity(), Severity::Advice);
+        assert!(found[0].to_string().contains("remove 'systemd'"));
+    }
+
+    #[test]
+    fn systemd_advice_without_the_broker_points_to_enable() {
+        let found = check(DEBIAN_DEFAULT, false);
+        assert!(!found.is_empty());
+        for finding in found {
+            assert_eq!(finding.problem, Problem::SystemdConsulted);
+            let text = finding.to_string();
+            assert!(!text.contains("already serves"), "{text}");
+            assert!(text.contains("userdb-brokerctl enable"), "{text}");
+        }
+    }
 
     fn problems(text: &str, dropins: bool) -> Vec<(String, Option<usize>, Problem)> {
         check(text, dropins)
@@ -699,93 +903,147 @@ gshadow:        files broker
         );
     }
 
+    /// `NAME.conf` after `enable`, reviewed by hand: `NAME.enabled`.
     #[test]
-    fn enable_on_debian_default_adds_broker_and_keeps_everything_else() {
+    fn enable_on_each_known_file_gives_the_reviewed_result() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/nsswitch");
+        for (name, original) in FIXTURES {
+            let expected = fs::read_to_string(dir.join(format!("{name}.enabled"))).unwrap();
+            assert_eq!(enable(original).text, expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn enable_on_debian_default_writes_the_recommended_lines_and_records_the_old_ones() {
         let edited = enable(DEBIAN_DEFAULT);
         assert_eq!(
-            line_of(&edited.text, "passwd"),
-            "passwd:         files broker systemd"
+            edited.text,
+            "\
+# /etc/nsswitch.conf
+#
+# Example configuration of GNU Name Service Switch functionality.
+
+# userdb-brokerctl enable replaced: passwd:         files systemd
+passwd:         files broker
+# userdb-brokerctl enable replaced: group:          files systemd
+group:          files [SUCCESS=merge] broker
+# userdb-brokerctl enable replaced: shadow:         files systemd
+shadow:         files broker
+# userdb-brokerctl enable replaced: gshadow:        files systemd
+gshadow:        files broker
+
+hosts:          files dns
+networks:       files
+"
         );
-        assert_eq!(
-            line_of(&edited.text, "group"),
-            "group:          files [SUCCESS=merge] broker"
-        );
-        assert_eq!(
-            line_of(&edited.text, "shadow"),
-            "shadow:         files broker systemd"
-        );
-        assert_eq!(
-            line_of(&edited.text, "gshadow"),
-            "gshadow:        files broker systemd"
-        );
-        let untouched = |t: &str| -> Vec<String> {
-            t.lines()
-                .filter(|l| !DATABASES.iter().any(|d| l.starts_with(&format!("{d}:"))))
-                .map(str::to_owned)
-                .collect()
-        };
-        assert_eq!(untouched(&edited.text), untouched(DEBIAN_DEFAULT));
         assert!(edited
             .changes
             .iter()
             .any(|c| c.starts_with("group: removed systemd")));
-        // systemd stays on the other lines, and check still advises about it.
-        let found = problems(&edited.text, true);
-        assert!(
-            found
-                .iter()
-                .all(|(_, _, p)| *p == Problem::SystemdConsulted),
-            "{found:?}"
-        );
-        assert_eq!(found.len(), 3);
     }
 
     #[test]
     fn enable_is_idempotent() {
-        let once = enable(DEBIAN_DEFAULT);
-        let twice = enable(&once.text);
-        assert_eq!(twice.text, once.text);
-        assert_eq!(twice.changes, Vec::<String>::new());
+        for (name, original) in FIXTURES {
+            let once = enable(original);
+            let twice = enable(&once.text);
+            assert_eq!(twice.text, once.text, "{name}");
+            assert_eq!(twice.changes, Vec::<String>::new(), "{name}");
+        }
         assert_eq!(enable(RECOMMENDED).text, RECOMMENDED);
     }
 
     #[test]
     fn enable_appends_missing_lines_and_keeps_comments() {
-        let text = "# mine\npasswd: compat # NIS too\ngroup:files";
+        let text = "# mine\npasswd: compat # NIS too\n";
         let edited = enable(text);
         assert_eq!(
             edited.text,
-            "# mine\npasswd: compat broker # NIS too\ngroup:files [SUCCESS=merge] broker\n\
-             shadow:         files broker\ngshadow:        files broker\n"
+            "# mine\n# userdb-brokerctl enable replaced: passwd: compat # NIS too\n\
+             passwd: compat broker # NIS too\n\
+             # userdb-brokerctl enable added the next line\ngroup:          files [SUCCESS=merge] broker\n\
+             # userdb-brokerctl enable added the next line\nshadow:         files broker\n\
+             # userdb-brokerctl enable added the next line\ngshadow:        files broker\n"
         );
-        assert_eq!(problems(&edited.text, true), []);
+        assert_eq!(disable(&edited.text).text, text);
+        assert_eq!(disable(&enable("").text).text, "");
     }
 
     #[test]
-    fn enable_puts_broker_after_files_not_at_the_end() {
+    fn enable_keeps_other_services_and_puts_broker_after_files() {
         let edited = enable("passwd: files sss\ngroup: sss files [NOTFOUND=return] ldap\n");
         assert_eq!(line_of(&edited.text, "passwd"), "passwd: files broker sss");
         assert_eq!(
             line_of(&edited.text, "group"),
             "group: sss files [NOTFOUND=return SUCCESS=merge] broker ldap"
         );
+        assert_eq!(
+            line_of(&enable("passwd: sss\n").text, "passwd"),
+            "passwd: broker sss"
+        );
     }
 
     #[test]
-    fn enable_without_files_puts_broker_first() {
-        let edited = enable("passwd: sss\n");
-        assert_eq!(line_of(&edited.text, "passwd"), "passwd: broker sss");
+    fn enable_drops_merge_outside_the_group_line_and_disable_brings_it_back() {
+        let text = "passwd: files [SUCCESS=merge] systemd\n";
+        let edited = enable(text);
+        assert_eq!(line_of(&edited.text, "passwd"), "passwd: files broker");
+        assert_eq!(disable(&edited.text).text, text);
     }
 
     #[test]
-    fn disable_undoes_enable() {
+    fn enable_edits_an_initgroups_line_but_never_adds_one() {
+        let edited = enable("group: files systemd\ninitgroups: files systemd\n");
+        assert_eq!(
+            line_of(&edited.text, "initgroups"),
+            "initgroups: files broker"
+        );
+        assert!(!enable("passwd: files\n").text.contains("initgroups"));
+    }
+
+    #[test]
+    fn enable_leaves_a_line_that_already_names_broker() {
+        let text = "passwd: files broker systemd\n";
+        let edited = enable(text);
+        assert_eq!(
+            line_of(&edited.text, "passwd"),
+            "passwd: files broker systemd"
+        );
+        assert!(!edited.changes.iter().any(|c| c.starts_with("passwd")));
+    }
+
+    #[test]
+    fn disable_without_a_record_removes_broker_and_its_merge() {
         let plain = "passwd:         files\ngroup:          files\nshadow:         files\ngshadow:        files\n";
-        assert_eq!(enable(plain).text, RECOMMENDED);
         let disabled = disable(RECOMMENDED);
         assert_eq!(disabled.text, plain);
         assert!(disabled.changes.contains(
             &"group: removed [SUCCESS=merge] from files, which only served broker".into()
         ));
+    }
+
+    #[test]
+    fn disable_of_a_line_changed_after_enable_removes_broker_only() {
+        let enabled = enable("passwd: files systemd\n").text;
+        let changed = enabled.replace("passwd: files broker", "passwd: files broker ldap");
+        let disabled = disable(&changed);
+        assert_eq!(disabled.text, "passwd: files ldap\n");
+        assert!(
+            disabled.changes[0].contains("before enable it read 'passwd: files systemd'"),
+            "{:?}",
+            disabled.changes
+        );
+    }
+
+    #[test]
+    fn disable_drops_a_record_whose_line_is_gone() {
+        let enabled = enable("passwd: files systemd\nhosts: files\n").text;
+        let removed = enabled.replace("passwd: files broker\n", "");
+        let added_changed = enable("")
+            .text
+            .replace("shadow:         files broker", "shadow: files");
+        assert_eq!(disable(&removed).text, "hosts: files\n");
+        assert!(!disable(&added_changed).text.contains("userdb-brokerctl"));
     }
 
     #[test]
@@ -801,6 +1059,20 @@ gshadow:        files broker
         let twice = disable(&once.text);
         assert_eq!(twice.text, once.text);
         assert!(twice.changes.is_empty());
+    }
+
+    #[test]
+    fn lines_naming_broker_in_any_database() {
+        assert_eq!(lines_naming_broker(DEBIAN_DEFAULT), Vec::<usize>::new());
+        assert_eq!(
+            lines_naming_broker("# passwd: files broker\nhosts: files\ngroup:files\tbroker\n"),
+            [3]
+        );
+        assert_eq!(
+            lines_naming_broker("passwd: brokerx\n"),
+            Vec::<usize>::new()
+        );
+        assert_eq!(lines_naming_broker(&enable(DEBIAN_DEFAULT).text).len(), 4);
     }
 
     /// A fresh directory for one test, removed when dropped.
@@ -828,14 +1100,6 @@ gshadow:        files broker
         }
     }
 
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|a| (*a).to_owned()).collect()
-    }
-
-    fn file_args(path: &Path) -> Vec<String> {
-        args(&["--file", path.to_str().unwrap()])
-    }
-
     #[test]
     fn dropins_present_sees_records_and_memberships_only() {
         let root = Scratch::new("dropins");
@@ -849,91 +1113,41 @@ gshadow:        files broker
     }
 
     #[test]
-    fn check_command_exits_1_on_a_warning_only() {
-        let scratch = Scratch::new("check");
-        let deadlock = scratch.write("deadlock.conf", "group: files [SUCCESS=merge] systemd\n");
-        let outcome = run("check", &file_args(&deadlock), &scratch.0).unwrap();
-        assert_eq!(outcome.status, 1);
-        assert_eq!(outcome.lines.len(), 1);
-        assert!(
-            outcome.lines[0].contains("line 1 (group): warning:"),
-            "{outcome:?}"
-        );
-
-        let advice_only = scratch.write("advice.conf", "passwd: files broker systemd\n");
-        let outcome = run("check", &file_args(&advice_only), &scratch.0).unwrap();
-        assert_eq!(outcome.status, 0, "{outcome:?}");
-
-        let good = scratch.write("good.conf", RECOMMENDED);
-        let outcome = run("check", &file_args(&good), &scratch.0).unwrap();
-        assert_eq!((outcome.status, outcome.lines.len()), (0, 1));
-        assert!(outcome.lines[0].ends_with("no findings"));
-    }
-
-    #[test]
-    fn check_command_reports_missing_broker_when_dropins_exist() {
-        let scratch = Scratch::new("check-dropins");
-        let conf = scratch.write("nsswitch.conf", DEBIAN_DEFAULT);
-        assert_eq!(
-            run("check", &file_args(&conf), &scratch.0).unwrap().status,
-            0
-        );
-        fs::create_dir_all(scratch.0.join("run/userdb")).unwrap();
-        scratch.write("run/userdb/alice.user", "{}");
-        let outcome = run("check", &file_args(&conf), &scratch.0).unwrap();
-        assert_eq!(outcome.status, 1);
-        let missing = outcome
-            .lines
-            .iter()
-            .filter(|l| l.contains("never asks 'broker'"));
-        assert_eq!(missing.count(), 4, "{outcome:?}");
-    }
-
-    #[test]
-    fn enable_command_replaces_the_file_and_keeps_a_backup_and_the_mode() {
-        let scratch = Scratch::new("enable");
+    fn edit_file_keeps_the_mode_and_the_first_backup_only() {
+        let scratch = Scratch::new("edit");
         let conf = scratch.write("nsswitch.conf", DEBIAN_DEFAULT);
         fs::set_permissions(&conf, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+        let backup = scratch.0.join("nsswitch.conf.userdb-broker.bak");
 
-        let outcome = run("enable", &file_args(&conf), &scratch.0).unwrap();
-        assert_eq!(outcome.status, 0);
+        let report = edit_file(&conf, Edit::Enable, &scratch.0).unwrap();
         assert_eq!(
             fs::read_to_string(&conf).unwrap(),
             enable(DEBIAN_DEFAULT).text
         );
-        let backup = scratch.0.join("nsswitch.conf.userdb-broker.bak");
-        assert_eq!(fs::read_to_string(&backup).unwrap(), DEBIAN_DEFAULT);
         assert_eq!(fs::metadata(&conf).unwrap().mode() & 0o7777, 0o640);
-        assert!(outcome
-            .lines
-            .iter()
-            .any(|l| l.ends_with("group: added broker after files")));
+        assert_eq!(
+            report.backup,
+            Some(Backup {
+                path: backup.clone(),
+                written_now: true
+            })
+        );
+        assert_eq!(report.findings, []);
+        assert_eq!(fs::read_to_string(&backup).unwrap(), DEBIAN_DEFAULT);
+
+        let again = edit_file(&conf, Edit::Enable, &scratch.0).unwrap();
+        assert_eq!((again.changes.len(), again.backup), (0, None));
+
+        let disabled = edit_file(&conf, Edit::Disable, &scratch.0).unwrap();
+        assert_eq!(disabled.backup.map(|b| b.written_now), Some(false));
+        assert_eq!(fs::read_to_string(&conf).unwrap(), DEBIAN_DEFAULT);
+        assert_eq!(fs::read_to_string(&backup).unwrap(), DEBIAN_DEFAULT);
         let leftovers: Vec<_> = fs::read_dir(&scratch.0)
             .unwrap()
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
-
-        // A second enable changes nothing, the backup included.
-        let again = run("enable", &file_args(&conf), &scratch.0).unwrap();
-        assert_eq!(again.lines.len(), 1);
-        assert!(again.lines[0].ends_with("already enabled, nothing changed"));
-        assert_eq!(fs::read_to_string(&backup).unwrap(), DEBIAN_DEFAULT);
-    }
-
-    #[test]
-    fn disable_command_takes_broker_out_again() {
-        let scratch = Scratch::new("disable");
-        let conf = scratch.write("nsswitch.conf", RECOMMENDED);
-        run("disable", &file_args(&conf), &scratch.0).unwrap();
-        let text = fs::read_to_string(&conf).unwrap();
-        assert!(
-            !text.contains("broker") && !text.contains("merge"),
-            "{text}"
-        );
-        let backup = scratch.0.join("nsswitch.conf.userdb-broker.bak");
-        assert_eq!(fs::read_to_string(backup).unwrap(), RECOMMENDED);
     }
 
     #[test]
@@ -942,7 +1156,7 @@ gshadow:        files broker
         let real = scratch.write("real.conf", RECOMMENDED);
         let link = scratch.0.join("nsswitch.conf");
         std::os::unix::fs::symlink(&real, &link).unwrap();
-        run("disable", &file_args(&link), &scratch.0).unwrap();
+        edit_file(&link, Edit::Disable, &scratch.0).unwrap();
         assert!(fs::symlink_metadata(&link)
             .unwrap()
             .file_type()
@@ -952,22 +1166,11 @@ gshadow:        files broker
     }
 
     #[test]
-    fn bad_arguments_and_missing_files_are_errors() {
-        let scratch = Scratch::new("errors");
+    fn a_missing_file_is_an_error_naming_it() {
+        let scratch = Scratch::new("missing");
         let missing = scratch.0.join("absent.conf");
-        assert!(matches!(
-            run("check", &file_args(&missing), &scratch.0),
-            Err(CommandError::Io(m)) if m.contains("absent.conf")
-        ));
-        let usage = |list: &[&str]| {
-            matches!(
-                run("enable", &args(list), &scratch.0),
-                Err(CommandError::Usage(_))
-            )
-        };
-        assert!(usage(&["--file"]));
-        assert!(usage(&["--frobnicate"]));
+        let error = edit_file(&missing, Edit::Enable, &scratch.0).unwrap_err();
+        assert!(error.contains("absent.conf"), "{error}");
         assert!(!missing.exists());
-        assert_eq!(main(&args(&["status"])), None);
     }
 }

@@ -1,28 +1,33 @@
 //! Answers look-ups from the local snapshot and the Varlink services
-//! together, by the same rules as the snapshot itself:
+//! together, by the rules of `merge`:
 //!
-//! - a user or group comes from the highest-priority source that has it
-//!   (the order is configured, see `merge::Priority`), never from whichever
-//!   answers first; services ranked below a local hit are not asked for it;
-//! - memberships are the union over every source (local memberships,
-//!   services' `GetMemberships`, services' group records' `members`), each
-//!   pair once, local ones first, then by source priority;
-//! - in listings a name or id already given by a higher-priority source
-//!   hides later ones; a disagreeing pair is a conflict, logged once;
-//! - the services of one request are asked concurrently, each within its
-//!   deadline; sources whose breaker is open, or served by PID 1 when the
-//!   request carries the dynamic bypass, are left out.
+//! - with no service to ask, the snapshot is the whole answer (it was built
+//!   by those rules);
+//! - otherwise, per key: the snapshot's record and the services' records for
+//!   that key are candidates, the best-ranked wins ([`merge::pick`]); services
+//!   ranked below a local hit are not asked for it; a group's members are
+//!   the winner's own, then the memberships stated by name for it, local and
+//!   remote ([`merge::MemberList`]); listings drop every record whose name or
+//!   id a better-ranked one already has.
+//!
+//! What the caller asked leaves things out, in one place ([`View`]): with
+//! the dynamic bypass, PID 1's dynamic users; when the caller reads
+//! `/etc/passwd` and `/etc/group` itself (`callerReadsFiles`), records that
+//! came from those files in listings, and the members and memberships those
+//! files state.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::{json, Value};
 use userdb_proto::api::LookupOptions;
 
-use crate::merge::{Priority, Rank};
-use crate::snapshot::{Snapshot, SnapshotStore, SourceId};
-use crate::sources::varlink::{Request, VarlinkSource, VarlinkSources};
-use crate::sources::SourceKind;
+use crate::log_once::LogOnce;
+use crate::merge::{self, Candidate, MemberList, Priority};
+use crate::model::{Group, Name, User};
+use crate::snapshot::{GroupEntry, Snapshot, SnapshotStore, UserEntry};
+use crate::sources::varlink::{Answers, Request, VarlinkSource, VarlinkSources};
+use crate::sources::{SourceData, SourceInfo};
 
 /// A look-up key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,459 +36,311 @@ pub enum Key<'a> {
     Id(u32),
 }
 
-/// A record chosen for an answer, and the kind of source it came from.
+/// A group as answered: its record and its merged members.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Picked {
-    pub record: Value,
-    pub kind: SourceKind,
+pub struct FoundGroup {
+    pub group: Arc<Group>,
+    pub members: Vec<Name>,
 }
 
-/// One membership in an answer.
+/// One membership as answered; `gid` when the group is known.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MembershipAnswer {
-    pub user: String,
-    pub group: String,
+pub struct Membership {
+    pub user: Name,
+    pub group: Name,
+    pub gid: Option<u32>,
 }
 
-/// Users or groups: which fields name a record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Database {
-    Users,
-    Groups,
+/// What a request's options leave out of the snapshot's answers.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'a> {
+    snapshot: &'a Snapshot,
+    options: LookupOptions,
 }
 
-impl Database {
-    fn label(self) -> &'static str {
-        match self {
-            Database::Users => "user",
-            Database::Groups => "group",
+impl<'a> View<'a> {
+    pub fn new(snapshot: &'a Snapshot, options: LookupOptions) -> Self {
+        View { snapshot, options }
+    }
+
+    fn visible(&self, source: usize) -> bool {
+        !(self.options.dynamic_bypass && self.snapshot.from_pid1(source))
+    }
+
+    fn listed(&self, source: usize) -> bool {
+        self.visible(source)
+            && !(self.options.caller_reads_files && self.snapshot.from_files(source))
+    }
+
+    pub fn user(&self, key: Key) -> Option<&'a UserEntry> {
+        let entry = match key {
+            Key::Name(n) => self.snapshot.user_by_name(n),
+            Key::Id(id) => self.snapshot.user_by_uid(id),
+        }?;
+        self.visible(entry.source).then_some(entry)
+    }
+
+    pub fn group(&self, key: Key) -> Option<&'a GroupEntry> {
+        let entry = match key {
+            Key::Name(n) => self.snapshot.group_by_name(n),
+            Key::Id(id) => self.snapshot.group_by_gid(id),
+        }?;
+        self.visible(entry.source).then_some(entry)
+    }
+
+    /// The members of a local group this caller does not have already.
+    pub fn members(&self, entry: &'a GroupEntry) -> impl Iterator<Item = &'a Name> + 'a {
+        let skip_files = self.options.caller_reads_files;
+        entry
+            .members
+            .iter()
+            .filter(move |m| !(skip_files && m.by_files))
+            .map(|m| &m.name)
+    }
+
+    /// Starts a merged member list with a local group's members: those the
+    /// caller has already are counted but not listed, so that nobody else
+    /// can list them again.
+    pub fn fill(&self, entry: &GroupEntry, members: &mut MemberList) {
+        let skip_files = self.options.caller_reads_files;
+        for m in entry.members.iter() {
+            if skip_files && m.by_files {
+                members.skip(&m.name);
+            } else {
+                members.add(&m.name, false);
+            }
         }
     }
 
-    fn identity(self, record: &Value) -> Option<(&str, u32)> {
-        let (name, id) = match self {
-            Database::Users => ("userName", "uid"),
-            Database::Groups => ("groupName", "gid"),
-        };
-        Some((
-            record.get(name)?.as_str()?,
-            u32::try_from(record.get(id)?.as_u64()?).ok()?,
-        ))
+    /// Users in enumeration order.
+    pub fn users(&self) -> impl Iterator<Item = &'a UserEntry> + 'a {
+        let view = *self;
+        self.snapshot.users().filter(move |u| view.listed(u.source))
+    }
+
+    pub fn groups(&self) -> impl Iterator<Item = &'a GroupEntry> + 'a {
+        let view = *self;
+        self.snapshot
+            .groups()
+            .filter(move |g| view.listed(g.source))
+    }
+
+    /// The local groups that list `user`, less those whose `/etc/group`
+    /// line states it when the caller reads that file itself.
+    pub fn groups_of(&self, user: &'a str) -> impl Iterator<Item = &'a GroupEntry> + 'a {
+        let view = *self;
+        self.snapshot.groups_of(user).filter(move |g| {
+            view.visible(g.source)
+                && !(view.options.caller_reads_files
+                    && g.members.iter().any(|m| m.by_files && &*m.name == user))
+        })
     }
 }
 
-/// A record offered by one source.
-struct Candidate<'a> {
-    rank: Rank,
-    source: &'a str,
-    kind: SourceKind,
-    record: &'a Value,
-}
-
-/// Distinct conflict messages remembered before the memory is reset.
-const CONFLICTS_CAP: usize = 4096;
-
 pub struct Resolver {
-    store: SnapshotStore,
+    store: Arc<SnapshotStore>,
     varlink: Arc<VarlinkSources>,
-    priority: Priority,
-    logged_conflicts: Mutex<HashSet<String>>,
+    priority: RwLock<Priority>,
+    conflicts: Mutex<LogOnce>,
 }
-
-type Answers = Vec<(Arc<VarlinkSource>, Vec<Arc<Vec<Value>>>)>;
 
 impl Resolver {
-    pub fn new(store: SnapshotStore, varlink: Arc<VarlinkSources>, priority: Priority) -> Self {
+    pub fn new(
+        store: Arc<SnapshotStore>,
+        varlink: Arc<VarlinkSources>,
+        priority: Priority,
+    ) -> Self {
         Resolver {
             store,
             varlink,
-            priority,
-            logged_conflicts: Mutex::new(HashSet::new()),
+            priority: RwLock::new(priority),
+            conflicts: Mutex::default(),
         }
-    }
-
-    /// A resolver over local sources only, for tests of the layers above.
-    #[cfg(test)]
-    pub fn local_only(snapshot: Snapshot, priority: Priority) -> Self {
-        let no_services = VarlinkSources::new(
-            "/nonexistent".into(),
-            "/nonexistent".into(),
-            Default::default(),
-        );
-        Resolver::new(
-            SnapshotStore::new(snapshot),
-            Arc::new(no_services),
-            priority,
-        )
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.store.current()
     }
 
-    fn local_rank(&self, snapshot: &Snapshot, source: SourceId) -> Rank {
-        match snapshot.sources.get(source) {
-            Some(s) => self.priority.rank(&s.name, s.kind),
-            None => self.priority.rank("", SourceKind::Files),
+    pub fn varlink(&self) -> &VarlinkSources {
+        &self.varlink
+    }
+
+    pub fn set_priority(&self, priority: Priority) {
+        match self.priority.write() {
+            Ok(mut p) => *p = priority,
+            Err(poisoned) => *poisoned.into_inner() = priority,
         }
     }
 
-    fn varlink_rank(&self, source: &VarlinkSource) -> Rank {
-        self.priority.rank(&source.name, SourceKind::Varlink)
+    fn priority(&self) -> Priority {
+        match self.priority.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
-    /// Asks every source its requests (in order, each skipped once the
-    /// source's breaker opens), the sources concurrently; answers come back
-    /// in priority order.
-    fn fan_out(&self, sources: Vec<Arc<VarlinkSource>>, requests: &[Request]) -> Answers {
-        let settings = &self.varlink.settings;
-        let ask = |source: &VarlinkSource| -> Vec<Arc<Vec<Value>>> {
-            requests
-                .iter()
-                .map(|r| match source.cached(r) {
-                    Some(answer) => answer,
-                    None if source.available() => source.fetch(r, settings),
-                    None => Arc::new(Vec::new()),
-                })
-                .collect()
-        };
-        let all_cached = sources
-            .iter()
-            .all(|s| requests.iter().all(|r| s.cached(r).is_some()));
-        let mut answers: Answers = if sources.len() <= 1 || all_cached {
-            sources
-                .into_iter()
-                .map(|s| {
-                    let a = ask(&s);
-                    (s, a)
-                })
-                .collect()
-        } else {
-            std::thread::scope(|scope| {
-                let running: Vec<_> = sources
-                    .into_iter()
-                    .map(|s| {
-                        let handle = scope.spawn({
-                            let s = Arc::clone(&s);
-                            let ask = &ask;
-                            move || ask(&s)
-                        });
-                        (s, handle)
-                    })
-                    .collect();
-                running
-                    .into_iter()
-                    .filter_map(|(s, handle)| handle.join().ok().map(|a| (s, a)))
-                    .collect()
-            })
-        };
-        answers.sort_by_key(|(s, _)| self.varlink_rank(s));
-        answers
+    /// The services a request with these options asks now; none means the
+    /// snapshot answers alone, at once.
+    pub fn services(&self, options: LookupOptions) -> Vec<Arc<VarlinkSource>> {
+        self.varlink.usable(options.dynamic_bypass)
     }
 
-    fn log_conflict(&self, db: Database, winner: &Candidate, loser: &Candidate) {
-        let (Some((wn, wi)), Some((ln, li))) =
-            (db.identity(winner.record), db.identity(loser.record))
-        else {
-            return;
-        };
-        if (wn, wi) == (ln, li) {
+    fn log_conflicts(&self, messages: Vec<String>) {
+        if messages.is_empty() {
             return;
         }
-        let message = format!(
-            "conflict: {label} {wn}:{wi} from {} wins over {label} {ln}:{li} from {}",
-            winner.source,
-            loser.source,
-            label = db.label()
-        );
-        let mut logged = self
-            .logged_conflicts
+        let mut log = self
+            .conflicts
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if logged.len() >= CONFLICTS_CAP {
-            logged.clear();
-        }
-        if logged.insert(message.clone()) {
-            tracing::warn!("{message}");
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for message in messages {
+            if log.first(&message) {
+                tracing::warn!("{message}");
+            }
         }
     }
 
-    /// The best candidate; the others that disagree with it are conflicts.
-    fn pick<'a>(&self, db: Database, mut candidates: Vec<Candidate<'a>>) -> Option<Candidate<'a>> {
-        candidates.sort_by(|a, b| a.rank.cmp(&b.rank));
-        let mut candidates = candidates.into_iter();
-        let winner = candidates.next()?;
-        for loser in candidates {
-            self.log_conflict(db, &winner, &loser);
+    /// The services ranked above `local` (all of them without a local hit).
+    fn above(
+        &self,
+        services: Vec<Arc<VarlinkSource>>,
+        local: Option<&SourceInfo>,
+    ) -> Vec<Arc<VarlinkSource>> {
+        let priority = self.priority();
+        match local {
+            None => services,
+            Some(local) => {
+                let local = priority.rank(local);
+                services
+                    .into_iter()
+                    .filter(|s| priority.rank(&s.info) < local)
+                    .collect()
+            }
         }
-        Some(winner)
     }
 
-    pub fn user(&self, key: Key, options: LookupOptions) -> Option<Picked> {
+    pub fn user(&self, key: Key, options: LookupOptions) -> Option<Arc<User>> {
         let snapshot = self.snapshot();
-        let local = match key {
-            Key::Name(n) => snapshot.user_by_name(n),
-            Key::Id(uid) => snapshot.user_by_uid(uid),
-        };
-        let local_rank = local.map(|u| self.local_rank(&snapshot, u.source));
-        let sources: Vec<_> = self
-            .varlink
-            .usable(options.dynamic_bypass)
-            .into_iter()
-            .filter(|s| outranks(&self.varlink_rank(s), local_rank.as_ref()))
-            .collect();
+        let view = View::new(&snapshot, options);
+        let local = view.user(key);
+        let local_info = local.and_then(|u| snapshot.source(u.source));
+        let services = self.above(self.services(options), local_info);
+        if services.is_empty() {
+            return local.map(|u| Arc::clone(&u.user));
+        }
         let request = match key {
             Key::Name(n) => Request::UserByName(n.to_owned()),
-            Key::Id(uid) => Request::UserById(uid),
+            Key::Id(id) => Request::UserById(id),
         };
-        let answers = self.fan_out(sources, &[request]);
-        let mut candidates = Vec::new();
-        if let (Some(user), Some(rank)) = (local, local_rank) {
-            candidates.push(Candidate {
-                rank,
-                source: &snapshot.sources[user.source].name,
-                kind: snapshot.sources[user.source].kind,
-                record: &user.record,
-            });
-        }
-        candidates.extend(self.varlink_candidates(&answers, 0));
-        self.pick(Database::Users, candidates).map(|c| Picked {
-            record: c.record.clone(),
-            kind: c.kind,
-        })
-    }
-
-    /// The first record of each source's answer to request `index`.
-    fn varlink_candidates<'a>(&self, answers: &'a Answers, index: usize) -> Vec<Candidate<'a>> {
-        answers
-            .iter()
-            .filter_map(|(s, a)| {
-                Some(Candidate {
-                    rank: self.varlink_rank(s),
-                    source: &s.name,
-                    kind: SourceKind::Varlink,
-                    record: a.get(index)?.first()?,
-                })
+        let answers = self.varlink.ask(services, &[request]);
+        let priority = self.priority();
+        let mut candidates: Vec<Candidate<User>> = remote_records(&answers, 0, |d| &d.users)
+            .map(|(source, user)| Candidate {
+                rank: priority.rank(&source.info),
+                source: source.name(),
+                record: &**user,
             })
-            .collect()
-    }
-
-    /// Every user, by priority, each name and id once.
-    pub fn users(
-        &self,
-        options: LookupOptions,
-        emit: &mut dyn FnMut(Picked) -> std::io::Result<()>,
-    ) -> std::io::Result<()> {
-        let snapshot = self.snapshot();
-        let answers = self.fan_out(
-            self.varlink.usable(options.dynamic_bypass),
-            &[Request::AllUsers],
-        );
-        let local = snapshot.users().map(|u| Candidate {
-            rank: self.local_rank(&snapshot, u.source),
-            source: &snapshot.sources[u.source].name,
-            kind: snapshot.sources[u.source].kind,
-            record: &u.record,
-        });
-        self.list(Database::Users, local, &answers, options, &mut |c| {
-            emit(Picked {
-                record: c.record.clone(),
-                kind: c.kind,
-            })
-        })
-    }
-
-    /// Walks the candidates in priority order, hiding taken names and ids.
-    fn list<'a>(
-        &self,
-        db: Database,
-        local: impl Iterator<Item = Candidate<'a>>,
-        answers: &'a Answers,
-        options: LookupOptions,
-        emit: &mut dyn FnMut(&Candidate<'a>) -> std::io::Result<()>,
-    ) -> std::io::Result<()> {
-        let mut candidates: Vec<Candidate> = local.collect();
-        for (s, a) in answers {
-            for record in a.first().into_iter().flat_map(|r| r.iter()) {
-                candidates.push(Candidate {
-                    rank: self.varlink_rank(s),
-                    source: &s.name,
-                    kind: SourceKind::Varlink,
-                    record,
-                });
-            }
-        }
-        // Stable: within one source the source's own order is kept.
-        candidates.sort_by(|a, b| a.rank.cmp(&b.rank));
-        let mut names: HashSet<&str> = HashSet::new();
-        let mut ids: HashSet<u32> = HashSet::new();
-        let mut winners: Vec<usize> = Vec::new();
-        for (i, c) in candidates.iter().enumerate() {
-            let Some((name, id)) = db.identity(c.record) else {
-                continue;
-            };
-            if names.contains(name) || ids.contains(&id) {
-                if let Some(&w) = winners.iter().rev().find(|&&w| {
-                    db.identity(candidates[w].record)
-                        .is_some_and(|(n, d)| n == name || d == id)
-                }) {
-                    self.log_conflict(db, &candidates[w], c);
-                }
-                continue;
-            }
-            names.insert(name);
-            ids.insert(id);
-            winners.push(i);
-            if !(options.caller_reads_files && c.kind == SourceKind::Files) {
-                emit(c)?;
-            }
-        }
-        Ok(())
-    }
-
-    pub fn group(&self, key: Key, options: LookupOptions) -> Option<Picked> {
-        let name = match key {
-            Key::Name(n) => n.to_owned(),
-            Key::Id(gid) => self.group_name_by_gid(gid, options)?,
-        };
-        let picked = self.group_by_name(&name, options)?;
-        match key {
-            Key::Id(gid)
-                if Database::Groups.identity(&picked.record).map(|(_, id)| id) != Some(gid) =>
-            {
-                None
-            }
-            _ => Some(picked),
-        }
-    }
-
-    /// The name of the group that wins gid `gid`.
-    fn group_name_by_gid(&self, gid: u32, options: LookupOptions) -> Option<String> {
-        let snapshot = self.snapshot();
-        let local = snapshot.group_by_gid(gid);
-        let local_rank = local.map(|g| self.local_rank(&snapshot, g.source));
-        let sources: Vec<_> = self
-            .varlink
-            .usable(options.dynamic_bypass)
-            .into_iter()
-            .filter(|s| outranks(&self.varlink_rank(s), local_rank.as_ref()))
             .collect();
-        let answers = self.fan_out(sources, &[Request::GroupById(gid)]);
-        let mut candidates = self.varlink_candidates(&answers, 0);
-        if let (Some(group), Some(rank)) = (local, local_rank) {
+        if let (Some(entry), Some(info)) = (local, local_info) {
             candidates.push(Candidate {
-                rank,
-                source: &snapshot.sources[group.source].name,
-                kind: snapshot.sources[group.source].kind,
-                record: &group.record,
+                rank: priority.rank(info),
+                source: &info.name,
+                record: &entry.user,
             });
         }
-        let winner = self.pick(Database::Groups, candidates)?;
-        Database::Groups
-            .identity(winner.record)
-            .map(|(n, _)| n.to_owned())
-    }
-
-    /// The group by name with its merged members.
-    fn group_by_name(&self, name: &str, options: LookupOptions) -> Option<Picked> {
-        let snapshot = self.snapshot();
-        let local = snapshot.group_by_name(name);
-        let answers = self.fan_out(
-            self.varlink.usable(options.dynamic_bypass),
-            &[
-                Request::GroupByName(name.to_owned()),
-                Request::Memberships {
-                    user: None,
-                    group: Some(name.to_owned()),
-                },
-            ],
-        );
-        let mut candidates = self.varlink_candidates(&answers, 0);
-        if let Some(group) = local {
-            candidates.push(Candidate {
-                rank: self.local_rank(&snapshot, group.source),
-                source: &snapshot.sources[group.source].name,
-                kind: snapshot.sources[group.source].kind,
-                record: &group.record,
-            });
-        }
-        let winner = self.pick(Database::Groups, candidates)?;
-        let mut members = Members::default();
-        for m in snapshot.memberships_of_group(name) {
-            if options.caller_reads_files && snapshot.stated_by_files(m) {
-                members.skip(&m.user);
-            } else {
-                members.add(&m.user);
-            }
-        }
-        for (_, a) in &answers {
-            for record in a.first().into_iter().flat_map(|r| r.iter()) {
-                members.add_all(record.get("members"));
-            }
-            for membership in a.get(1).into_iter().flat_map(|r| r.iter()) {
-                members.add_value(membership.get("userName"));
-            }
-        }
-        Some(Picked {
-            record: members.into_record(winner.record.clone()),
-            kind: winner.kind,
+        let (winner, conflicts) = merge::pick(candidates);
+        self.log_conflicts(conflicts);
+        let winner = winner?;
+        // The winner is either the local entry or a record of an answer.
+        Some(match local {
+            Some(entry) if std::ptr::eq(winner.record, &*entry.user) => Arc::clone(&entry.user),
+            _ => remote_records(&answers, 0, |d| &d.users)
+                .map(|(_, u)| u)
+                .find(|u| std::ptr::eq(&***u, winner.record))
+                .cloned()?,
         })
     }
 
-    /// Every group, by priority, each name and id once, members merged.
-    pub fn groups(
-        &self,
-        options: LookupOptions,
-        emit: &mut dyn FnMut(Picked) -> std::io::Result<()>,
-    ) -> std::io::Result<()> {
+    pub fn group(&self, key: Key, options: LookupOptions) -> Option<FoundGroup> {
         let snapshot = self.snapshot();
-        let answers = self.fan_out(
-            self.varlink.usable(options.dynamic_bypass),
-            &[
-                Request::AllGroups,
-                Request::Memberships {
-                    user: None,
-                    group: None,
-                },
-            ],
+        let view = View::new(&snapshot, options);
+        let local = view.group(key);
+        let services = self.services(options);
+        if services.is_empty() {
+            return local.map(|entry| FoundGroup {
+                group: Arc::clone(&entry.group),
+                members: view.members(entry).cloned().collect(),
+            });
+        }
+        let local_info = local.and_then(|g| snapshot.source(g.source));
+        let above = self.above(services.clone(), local_info);
+        let request = match key {
+            Key::Name(n) => Request::GroupByName(n.to_owned()),
+            Key::Id(id) => Request::GroupById(id),
+        };
+        let answers = self.varlink.ask(above, &[request]);
+        let priority = self.priority();
+        let mut candidates: Vec<Candidate<Group>> = remote_records(&answers, 0, |d| &d.groups)
+            .map(|(source, group)| Candidate {
+                rank: priority.rank(&source.info),
+                source: source.name(),
+                record: &**group,
+            })
+            .collect();
+        if let (Some(entry), Some(info)) = (local, local_info) {
+            candidates.push(Candidate {
+                rank: priority.rank(info),
+                source: &info.name,
+                record: &entry.group,
+            });
+        }
+        let (winner, conflicts) = merge::pick(candidates);
+        self.log_conflicts(conflicts);
+        let winner = winner?;
+        let name = winner.record.name.clone();
+        // Every service may state members of the winner by name.
+        let stated = self.varlink.ask(
+            services,
+            &[Request::Memberships {
+                user: None,
+                group: Some(name.to_string()),
+            }],
         );
-        let local = snapshot.groups().map(|g| Candidate {
-            rank: self.local_rank(&snapshot, g.source),
-            source: &snapshot.sources[g.source].name,
-            kind: snapshot.sources[g.source].kind,
-            record: &g.record,
-        });
-        let remote_members = |group: &str, members: &mut Members| {
-            for (_, a) in &answers {
-                for record in a.first().into_iter().flat_map(|r| r.iter()) {
-                    if record.get("groupName").and_then(Value::as_str) == Some(group) {
-                        members.add_all(record.get("members"));
-                    }
+        let mut members = MemberList::default();
+        let group = match local {
+            Some(entry) if std::ptr::eq(winner.record, &*entry.group) => {
+                view.fill(entry, &mut members);
+                Arc::clone(&entry.group)
+            }
+            _ => {
+                let group = remote_records(&answers, 0, |d| &d.groups)
+                    .map(|(_, g)| g)
+                    .find(|g| std::ptr::eq(&***g, winner.record))
+                    .cloned()?;
+                for name in group.members.iter().chain(snapshot.stated_members(&name)) {
+                    members.add(name, false);
                 }
-                for m in a.get(1).into_iter().flat_map(|r| r.iter()) {
-                    if m.get("groupName").and_then(Value::as_str) == Some(group) {
-                        members.add_value(m.get("userName"));
-                    }
-                }
+                group
             }
         };
-        self.list(Database::Groups, local, &answers, options, &mut |c| {
-            let Some((name, _)) = Database::Groups.identity(c.record) else {
-                return Ok(());
-            };
-            let mut members = Members::default();
-            for m in snapshot.memberships_of_group(name) {
-                if options.caller_reads_files && snapshot.stated_by_files(m) {
-                    members.skip(&m.user);
-                } else {
-                    members.add(&m.user);
-                }
+        for (_, answer) in &stated {
+            for (user, _) in answer
+                .first()
+                .into_iter()
+                .flat_map(|a| a.memberships.iter())
+            {
+                members.add(user, false);
             }
-            remote_members(name, &mut members);
-            emit(Picked {
-                record: members.into_record(c.record.clone()),
-                kind: c.kind,
-            })
+        }
+        Some(FoundGroup {
+            group,
+            members: members
+                .into_members()
+                .into_vec()
+                .into_iter()
+                .map(|m| m.name)
+                .collect(),
         })
     }
 
@@ -493,587 +350,390 @@ impl Resolver {
         user: Option<&str>,
         group: Option<&str>,
         options: LookupOptions,
-    ) -> Vec<MembershipAnswer> {
+    ) -> Vec<Membership> {
+        match (user, group) {
+            (Some(u), Some(g)) => self
+                .memberships_of_user(u, options)
+                .into_iter()
+                .filter(|m| &*m.group == g)
+                .collect(),
+            (Some(u), None) => self.memberships_of_user(u, options),
+            (None, Some(g)) => self
+                .group(Key::Name(g), options)
+                .map(|found| {
+                    found
+                        .members
+                        .into_iter()
+                        .map(|user| Membership {
+                            user,
+                            group: Name::clone(&found.group.name),
+                            gid: Some(found.group.gid),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            (None, None) => {
+                let mut all = Vec::new();
+                for found in self.groups(options) {
+                    for user in found.members {
+                        all.push(Membership {
+                            user,
+                            group: Name::clone(&found.group.name),
+                            gid: Some(found.group.gid),
+                        });
+                    }
+                }
+                all
+            }
+        }
+    }
+
+    fn memberships_of_user(&self, user: &str, options: LookupOptions) -> Vec<Membership> {
         let snapshot = self.snapshot();
-        let local: Box<dyn Iterator<Item = _>> = match (user, group) {
-            (Some(u), Some(g)) => Box::new(snapshot.membership(u, g).into_iter()),
-            (Some(u), None) => Box::new(snapshot.memberships_of_user(u)),
-            (None, Some(g)) => Box::new(snapshot.memberships_of_group(g)),
-            (None, None) => Box::new(snapshot.memberships()),
-        };
-        let mut seen: HashSet<(String, String)> = HashSet::new();
+        let view = View::new(&snapshot, options);
+        let mut seen: HashSet<Name> = HashSet::new();
         let mut out = Vec::new();
-        for m in local {
-            seen.insert((m.user.clone(), m.group.clone()));
-            if !(options.caller_reads_files && snapshot.stated_by_files(m)) {
-                out.push(MembershipAnswer {
-                    user: m.user.clone(),
-                    group: m.group.clone(),
+        let user_name = Name::from(user);
+        for entry in view.groups_of(user) {
+            if seen.insert(Name::clone(&entry.group.name)) {
+                out.push(Membership {
+                    user: Name::clone(&user_name),
+                    group: Name::clone(&entry.group.name),
+                    gid: Some(entry.group.gid),
                 });
             }
         }
-        let request = Request::Memberships {
-            user: user.map(str::to_owned),
-            group: group.map(str::to_owned),
-        };
-        let answers = self.fan_out(self.varlink.usable(options.dynamic_bypass), &[request]);
-        for (_, a) in &answers {
-            for m in a.first().into_iter().flat_map(|r| r.iter()) {
-                let (Some(u), Some(g)) = (m["userName"].as_str(), m["groupName"].as_str()) else {
-                    continue;
-                };
-                if seen.insert((u.to_owned(), g.to_owned())) {
-                    out.push(MembershipAnswer {
-                        user: u.to_owned(),
-                        group: g.to_owned(),
-                    });
-                }
+        let services = self.services(options);
+        if services.is_empty() {
+            return out;
+        }
+        // Groups stated locally by name but not held locally, and every
+        // membership the services state: their gids come from the services.
+        let mut unresolved: Vec<Name> = snapshot
+            .stated_groups(user)
+            .iter()
+            .filter(|g| snapshot.group_by_name(g).is_none())
+            .cloned()
+            .collect();
+        let answers = self.varlink.ask(
+            services,
+            &[Request::Memberships {
+                user: Some(user.to_owned()),
+                group: None,
+            }],
+        );
+        for (_, answer) in &answers {
+            for (_, group) in answer
+                .first()
+                .into_iter()
+                .flat_map(|a| a.memberships.iter())
+            {
+                unresolved.push(Name::clone(group));
+            }
+        }
+        for group in unresolved {
+            if seen.insert(Name::clone(&group)) {
+                let gid = self.group(Key::Name(&group), options).map(|g| g.group.gid);
+                out.push(Membership {
+                    user: Name::clone(&user_name),
+                    group,
+                    gid,
+                });
             }
         }
         out
     }
 
-    /// The gid of a group by name, for membership replies.
-    pub fn gid_of(&self, group: &str, options: LookupOptions) -> Option<u32> {
-        if let Some(g) = self.snapshot().group_by_name(group) {
-            return Some(g.gid);
+    /// Every user, by priority, each name and id once.
+    pub fn users(&self, options: LookupOptions) -> UserListing {
+        let snapshot = self.snapshot();
+        let services = self.services(options);
+        if services.is_empty() {
+            return UserListing::Local {
+                snapshot,
+                options,
+                next: 0,
+            };
         }
-        let answers = self.fan_out(
-            self.varlink.usable(options.dynamic_bypass),
-            &[Request::GroupByName(group.to_owned())],
+        let answers = self.varlink.ask(services, &[Request::AllUsers]);
+        let priority = self.priority();
+        let view = View::new(&snapshot, options);
+        // Records the caller reads itself still take their keys; they are
+        // only not listed.
+        let mut candidates: Vec<(merge::Rank, &str, &Arc<User>, bool)> = snapshot
+            .users()
+            .filter(|u| view.visible(u.source))
+            .filter_map(|u| {
+                let info = snapshot.source(u.source)?;
+                Some((
+                    priority.rank(info),
+                    info.name.as_str(),
+                    &u.user,
+                    view.listed(u.source),
+                ))
+            })
+            .collect();
+        candidates.extend(
+            remote_records(&answers, 0, |d| &d.users)
+                .filter(|(_, u)| u.listed)
+                .map(|(s, u)| (priority.rank(&s.info), s.name(), u, true)),
         );
-        let candidates = self.varlink_candidates(&answers, 0);
-        let winner = self.pick(Database::Groups, candidates)?;
-        Database::Groups.identity(winner.record).map(|(_, gid)| gid)
+        let (winners, conflicts) = first_per_key(candidates);
+        self.log_conflicts(conflicts);
+        UserListing::Merged {
+            items: winners.into_iter().cloned().collect(),
+            next: 0,
+        }
+    }
+
+    /// Every group, by priority, each name and id once, members merged.
+    pub fn groups(&self, options: LookupOptions) -> GroupListing {
+        let snapshot = self.snapshot();
+        let services = self.services(options);
+        if services.is_empty() {
+            return GroupListing::Local {
+                snapshot,
+                options,
+                next: 0,
+            };
+        }
+        let answers = self.varlink.ask(
+            services,
+            &[
+                Request::AllGroups,
+                Request::Memberships {
+                    user: None,
+                    group: None,
+                },
+            ],
+        );
+        let priority = self.priority();
+        let view = View::new(&snapshot, options);
+        let mut remote_members: HashMap<&str, Vec<&Name>> = HashMap::new();
+        for (_, answer) in &answers {
+            for (user, group) in answer.get(1).into_iter().flat_map(|a| a.memberships.iter()) {
+                remote_members.entry(group).or_default().push(user);
+            }
+        }
+        let mut candidates: Vec<(merge::Rank, &str, &Arc<Group>, bool)> = snapshot
+            .groups()
+            .filter(|g| view.visible(g.source))
+            .filter_map(|g| {
+                let info = snapshot.source(g.source)?;
+                Some((
+                    priority.rank(info),
+                    info.name.as_str(),
+                    &g.group,
+                    view.listed(g.source),
+                ))
+            })
+            .collect();
+        candidates.extend(
+            remote_records(&answers, 0, |d| &d.groups)
+                .filter(|(_, g)| g.listed)
+                .map(|(s, g)| (priority.rank(&s.info), s.name(), g, true)),
+        );
+        let local_entries: HashMap<*const Group, &GroupEntry> = snapshot
+            .groups()
+            .map(|g| (Arc::as_ptr(&g.group), g))
+            .collect();
+        let (winners, conflicts) = first_per_key(candidates);
+        self.log_conflicts(conflicts);
+        let items = winners
+            .into_iter()
+            .map(|group| {
+                let mut members = MemberList::default();
+                match local_entries.get(&Arc::as_ptr(group)) {
+                    Some(entry) => view.fill(entry, &mut members),
+                    None => group
+                        .members
+                        .iter()
+                        .chain(snapshot.stated_members(&group.name))
+                        .for_each(|m| members.add(m, false)),
+                }
+                for user in remote_members.get(&*group.name).into_iter().flatten() {
+                    members.add(user, false);
+                }
+                FoundGroup {
+                    group: Arc::clone(group),
+                    members: members
+                        .into_members()
+                        .into_vec()
+                        .into_iter()
+                        .map(|m| m.name)
+                        .collect(),
+                }
+            })
+            .collect();
+        GroupListing::Merged { items, next: 0 }
     }
 
     /// Every source in priority order, for status output.
     pub fn sources_status(&self) -> Vec<Value> {
         let snapshot = self.snapshot();
-        let mut ranked: Vec<(Rank, Value)> = snapshot
+        let priority = self.priority();
+        let mut ranked: Vec<(merge::Rank, Value)> = snapshot
             .sources
             .iter()
             .map(|s| {
                 let status = json!({
-                    "name": s.name,
-                    "kind": s.kind.name(),
-                    "state": "ok",
+                    "name": s.info.name,
+                    "kind": s.info.kind.name(),
+                    "state": if s.load.last_error.is_some() { "failing, last good data kept" } else { "ok" },
+                    "servedByPid1": s.info.pid1_users,
                     "users": s.users,
                     "groups": s.groups,
                     "memberships": s.memberships,
                     "problems": s.problems,
-                    "latencyUSec": s.load_time.as_micros() as u64,
+                    "latencyUSec": s.load.took.as_micros() as u64,
+                    "lastError": s.load.last_error,
                 });
-                (self.priority.rank(&s.name, s.kind), status)
+                (priority.rank(&s.info), status)
             })
             .collect();
         ranked.extend(
             self.varlink
                 .all()
                 .iter()
-                .map(|s| (self.varlink_rank(s), s.status())),
+                .map(|s| (priority.rank(&s.info), s.status())),
         );
         ranked.sort_by(|a, b| a.0.cmp(&b.0));
         ranked.into_iter().map(|(_, v)| v).collect()
     }
 }
 
-/// Whether a source of `rank` is asked for a key whose best local record
-/// (if any) has `local`: only sources that would win over it are.
-fn outranks(rank: &Rank, local: Option<&Rank>) -> bool {
-    match local {
-        None => true,
-        Some(local) => rank < local,
-    }
+/// The records of every answer to request `index`, with their service.
+fn remote_records<'a, T: 'a>(
+    answers: &'a Answers,
+    index: usize,
+    records: fn(&SourceData) -> &Vec<Arc<T>>,
+) -> impl Iterator<Item = (&'a Arc<VarlinkSource>, &'a Arc<T>)> + 'a {
+    answers.iter().flat_map(move |(source, answer)| {
+        answer
+            .get(index)
+            .into_iter()
+            .flat_map(move |data| records(data).iter())
+            .map(move |record| (source, record))
+    })
 }
 
-/// A member list in first-seen order, each name once.
-#[derive(Default)]
-struct Members {
-    names: Vec<String>,
-    seen: HashSet<String>,
+/// Rule 2 over a listing, in linear time: in priority order (stable, so each
+/// source's own order is kept), a record whose name or id an earlier source
+/// has is dropped; within one source duplicates stay, as `files` lists them.
+/// Each candidate says whether it is to be listed; one that is not still
+/// takes its keys.
+fn first_per_key<'a, R: merge::Keyed>(
+    mut candidates: Vec<(merge::Rank, &'a str, &'a Arc<R>, bool)>,
+) -> (Vec<&'a Arc<R>>, Vec<String>) {
+    candidates.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut names: HashMap<&str, (&str, &Arc<R>)> = HashMap::new();
+    let mut ids: HashMap<u32, (&str, &Arc<R>)> = HashMap::new();
+    let mut winners = Vec::with_capacity(candidates.len());
+    let mut conflicts = Vec::new();
+    for (_, source, record, listed) in candidates {
+        let taken = [names.get(record.name()), ids.get(&record.id())]
+            .into_iter()
+            .flatten()
+            .find(|(owner, _)| *owner != source)
+            .copied();
+        if let Some((owner, winner)) = taken {
+            conflicts.extend(merge::conflict(&**winner, owner, &**record, source));
+            continue;
+        }
+        names.entry(record.name()).or_insert((source, record));
+        ids.entry(record.id()).or_insert((source, record));
+        if listed {
+            winners.push(record);
+        }
+    }
+    (winners, conflicts)
 }
 
-impl Members {
-    fn add(&mut self, name: &str) {
-        if userdb_proto::names::valid_name(name) && self.seen.insert(name.to_owned()) {
-            self.names.push(name.to_owned());
-        }
-    }
-
-    /// Counts `name` as listed without listing it: the caller has it from
-    /// /etc/group already, and glibc's merge would repeat it.
-    fn skip(&mut self, name: &str) {
-        self.seen.insert(name.to_owned());
-    }
-
-    fn add_value(&mut self, name: Option<&Value>) {
-        if let Some(n) = name.and_then(Value::as_str) {
-            self.add(n);
-        }
-    }
-
-    fn add_all(&mut self, names: Option<&Value>) {
-        for n in names.and_then(Value::as_array).into_iter().flatten() {
-            self.add_value(Some(n));
-        }
-    }
-
-    /// The record with `members` replaced by this list (or removed).
-    fn into_record(self, mut record: Value) -> Value {
-        if let Some(obj) = record.as_object_mut() {
-            if self.names.is_empty() {
-                obj.remove("members");
-            } else {
-                obj.insert("members".into(), json!(self.names));
-            }
-        }
-        record
-    }
+/// A listing handed out one item at a time, so that a stream is produced as
+/// the client reads it: from the snapshot itself when no service is asked,
+/// otherwise from the merged list.
+pub enum UserListing {
+    Local {
+        snapshot: Arc<Snapshot>,
+        options: LookupOptions,
+        next: usize,
+    },
+    Merged {
+        items: Vec<Arc<User>>,
+        next: usize,
+    },
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::VarlinkSettings;
-    use crate::merge::{merge, LoadedSource};
-    use crate::sources::varlink::directory;
-    use crate::sources::{SourceData, SourceGroup, SourceUser};
-    use std::io::{Read, Write};
-    use std::os::unix::net::{UnixListener, UnixStream};
-    use std::path::{Path, PathBuf};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::{Duration, Instant};
-    use userdb_proto::varlink::{encode, Call, FrameBuffer, Reply};
+impl Iterator for UserListing {
+    type Item = Arc<User>;
 
-    const DIRECTORY: &str = "io.example.Directory";
-
-    /// How a fake service answers one call; `None` never answers.
-    type Behaviour = fn(&Call) -> Option<Vec<Reply>>;
-
-    /// Serves `behaviour` on `dir/name`; returns the count of accepted
-    /// connections.
-    fn fake_service(dir: &Path, name: &str, behaviour: Behaviour) -> Arc<AtomicUsize> {
-        let listener = UnixListener::bind(dir.join(name)).unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&accepted);
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                counter.fetch_add(1, Ordering::SeqCst);
-                std::thread::spawn(move || serve_fake(stream, behaviour));
-            }
-        });
-        accepted
-    }
-
-    fn serve_fake(mut stream: UnixStream, behaviour: Behaviour) {
-        let mut frames = FrameBuffer::new(1 << 16);
-        let mut buf = [0u8; 4096];
-        loop {
-            while let Ok(Some(frame)) = frames.next_frame() {
-                let Ok(call) = serde_json::from_slice::<Call>(&frame) else {
-                    return;
-                };
-                // A hung service keeps reading (so the client sees no EOF)
-                // and never writes.
-                for reply in behaviour(&call).into_iter().flatten() {
-                    if stream.write_all(&encode(&reply)).is_err() {
-                        return;
+    fn next(&mut self) -> Option<Arc<User>> {
+        match self {
+            UserListing::Local {
+                snapshot,
+                options,
+                next,
+            } => {
+                let view = View::new(snapshot, *options);
+                let users = snapshot.all_users();
+                while let Some(entry) = users.get(*next) {
+                    *next += 1;
+                    if entry.user.listed && view.listed(entry.source) {
+                        return Some(Arc::clone(&entry.user));
                     }
                 }
+                None
             }
-            match stream.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => frames.push(&buf[..n]),
+            UserListing::Merged { items, next } => {
+                let item = items.get(*next).cloned();
+                *next += 1;
+                item
             }
         }
     }
+}
 
-    fn record(v: Value) -> Value {
-        json!({ "record": v, "incomplete": false })
-    }
+/// As [`UserListing`], for groups with their merged members.
+pub enum GroupListing {
+    Local {
+        snapshot: Arc<Snapshot>,
+        options: LookupOptions,
+        next: usize,
+    },
+    Merged {
+        items: Vec<FoundGroup>,
+        next: usize,
+    },
+}
 
-    /// carol (5000) and a conflicting alice (6000); groups devs (700) and
-    /// wheel (10, member dave); memberships carol:wheel and alice:wheel.
-    fn directory_service(call: &Call) -> Option<Vec<Reply>> {
-        let p = &call.parameters;
-        let users = [
-            json!({"userName": "carol", "uid": 5000, "service": DIRECTORY}),
-            json!({"userName": "alice", "uid": 6000, "service": DIRECTORY}),
-        ];
-        let groups = [
-            json!({"groupName": "devs", "gid": 700, "members": ["carol"], "service": DIRECTORY}),
-            json!({"groupName": "wheel", "gid": 10, "members": ["dave"], "service": DIRECTORY}),
-        ];
-        // alice:wheel repeats what files state.
-        let memberships = [
-            json!({"userName": "carol", "groupName": "wheel"}),
-            json!({"userName": "alice", "groupName": "wheel"}),
-        ];
-        let (records, name_key, id_key): (Vec<Value>, &str, &str) = match call.method.as_str() {
-            "io.systemd.UserDatabase.GetUserRecord" => (users.to_vec(), "userName", "uid"),
-            "io.systemd.UserDatabase.GetGroupRecord" => (groups.to_vec(), "groupName", "gid"),
-            _ => {
-                let matching: Vec<Value> = memberships
-                    .iter()
-                    .filter(|m| {
-                        ["userName", "groupName"]
-                            .iter()
-                            .all(|k| !matches!(p.get(k), Some(v) if *v != m[*k]))
-                    })
-                    .cloned()
-                    .collect();
-                return Some(stream(matching));
+impl Iterator for GroupListing {
+    type Item = FoundGroup;
+
+    fn next(&mut self) -> Option<FoundGroup> {
+        match self {
+            GroupListing::Local {
+                snapshot,
+                options,
+                next,
+            } => {
+                let view = View::new(snapshot, *options);
+                let groups = snapshot.all_groups();
+                while let Some(entry) = groups.get(*next) {
+                    *next += 1;
+                    if entry.group.listed && view.listed(entry.source) {
+                        return Some(FoundGroup {
+                            group: Arc::clone(&entry.group),
+                            members: view.members(entry).cloned().collect(),
+                        });
+                    }
+                }
+                None
             }
-        };
-        let matching: Vec<Value> = records
-            .into_iter()
-            .filter(|r| !matches!(p.get(name_key), Some(v) if *v != r[name_key]))
-            .filter(|r| !matches!(p.get(id_key), Some(v) if *v != r[id_key]))
-            .map(record)
-            .collect();
-        Some(stream(matching))
-    }
-
-    fn stream(items: Vec<Value>) -> Vec<Reply> {
-        if items.is_empty() {
-            return vec![Reply::error("io.systemd.UserDatabase.NoRecordFound")];
-        }
-        let last = items.len() - 1;
-        items
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| Reply::ok(v, i != last))
-            .collect()
-    }
-
-    fn hang(_: &Call) -> Option<Vec<Reply>> {
-        None
-    }
-
-    /// Wrong service name, a mismatching record, and garbage.
-    fn lying_service(call: &Call) -> Option<Vec<Reply>> {
-        let reply = match call.method.as_str() {
-            "io.systemd.UserDatabase.GetUserRecord" => {
-                record(json!({"userName": "mallory", "uid": 6666, "service": "io.systemd.Home"}))
+            GroupListing::Merged { items, next } => {
+                let item = items.get(*next).cloned();
+                *next += 1;
+                item
             }
-            "io.systemd.UserDatabase.GetGroupRecord" => {
-                record(json!({"groupName": "other", "gid": 6667, "service": "io.example.Liar"}))
-            }
-            _ => json!("garbage"),
-        };
-        Some(vec![Reply::ok(reply, false)])
-    }
-
-    struct World {
-        root: PathBuf,
-        resolver: Resolver,
-        varlink: Arc<VarlinkSources>,
-    }
-
-    impl Drop for World {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.root);
         }
-    }
-
-    fn local_data() -> SourceData {
-        SourceData {
-            users: vec![SourceUser {
-                name: "alice".into(),
-                uid: 1000,
-                record: json!({"userName": "alice", "uid": 1000}),
-                listed: true,
-            }],
-            groups: vec![SourceGroup {
-                name: "wheel".into(),
-                gid: 10,
-                record: json!({"groupName": "wheel", "gid": 10, "members": ["alice"]}),
-                listed: true,
-            }],
-            ..Default::default()
-        }
-    }
-
-    /// A root with the files source above and the given services running.
-    fn world(tag: &str, services: &[(&str, Behaviour)]) -> (World, Vec<Arc<AtomicUsize>>) {
-        let settings = VarlinkSettings {
-            timeout: Duration::from_millis(250),
-            ..VarlinkSettings::default()
-        };
-        world_with(tag, services, settings)
-    }
-
-    fn world_with(
-        tag: &str,
-        services: &[(&str, Behaviour)],
-        settings: VarlinkSettings,
-    ) -> (World, Vec<Arc<AtomicUsize>>) {
-        let root =
-            std::env::temp_dir().join(format!("brokerd-resolve-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let dir = directory(&root);
-        std::fs::create_dir_all(&dir).unwrap();
-        let counters = services
-            .iter()
-            .map(|(n, b)| fake_service(&dir, n, *b))
-            .collect();
-        let merged = merge(
-            vec![LoadedSource {
-                name: "files".into(),
-                kind: SourceKind::Files,
-                data: local_data(),
-                load_time: Duration::ZERO,
-            }],
-            1,
-        );
-        let own_socket = root.join("own.sock");
-        let varlink = Arc::new(VarlinkSources::new(dir, own_socket, settings));
-        varlink.maintain();
-        let resolver = Resolver::new(
-            SnapshotStore::new(merged.snapshot),
-            Arc::clone(&varlink),
-            Priority::new(vec!["files".into(), "dropins".into()]),
-        );
-        (
-            World {
-                root,
-                resolver,
-                varlink,
-            },
-            counters,
-        )
-    }
-
-    fn uid_of(p: &Picked) -> u64 {
-        p.record["uid"].as_u64().unwrap()
-    }
-
-    const PLAIN: LookupOptions = LookupOptions {
-        caller_reads_files: false,
-        dynamic_bypass: false,
-    };
-    const BYPASS: LookupOptions = LookupOptions {
-        caller_reads_files: false,
-        dynamic_bypass: true,
-    };
-
-    #[test]
-    fn hung_pid1_source_costs_one_deadline_then_nothing() {
-        let (w, counters) = world(
-            "breaker",
-            &[
-                (DIRECTORY, directory_service),
-                ("io.systemd.DynamicUser", hang),
-                ("io.systemd.Multiplexer", hang),
-            ],
-        );
-        let started = Instant::now();
-        let carol = w.resolver.user(Key::Name("carol"), PLAIN).unwrap();
-        let first = started.elapsed();
-        assert_eq!(uid_of(&carol), 5000);
-        assert!(
-            // One deadline (250 ms), not two: loose enough for a busy runner.
-            first >= Duration::from_millis(250) && first < Duration::from_millis(450),
-            "{first:?}"
-        );
-        let started = Instant::now();
-        assert!(w.resolver.user(Key::Name("nosuchuser"), PLAIN).is_none());
-        assert!(w.resolver.user(Key::Id(5000), PLAIN).is_some());
-        assert!(
-            started.elapsed() < Duration::from_millis(50),
-            "{:?}",
-            started.elapsed()
-        );
-        let status = w.resolver.sources_status();
-        let dynamic = status
-            .iter()
-            .find(|s| s["name"] == "io.systemd.DynamicUser")
-            .unwrap();
-        assert_eq!(dynamic["state"], "open");
-        assert_eq!(dynamic["servedByPid1"], true);
-        assert_eq!(
-            counters[2].load(Ordering::SeqCst),
-            0,
-            "the multiplexer was contacted"
-        );
-    }
-
-    /// Hangs until `RECOVERED` is set, then serves like the directory.
-    static RECOVERED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-    fn recovering(call: &Call) -> Option<Vec<Reply>> {
-        if RECOVERED.load(Ordering::SeqCst) {
-            directory_service(call)
-        } else {
-            None
-        }
-    }
-
-    #[test]
-    fn breaker_probes_off_the_request_path_and_restores() {
-        let settings = VarlinkSettings {
-            timeout: Duration::from_millis(100),
-            min_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_millis(400),
-            ..VarlinkSettings::default()
-        };
-        let (w, _) = world_with("restore", &[(DIRECTORY, recovering)], settings);
-        assert!(w.resolver.user(Key::Name("carol"), PLAIN).is_none());
-        assert!(
-            w.varlink.usable(false).is_empty(),
-            "breaker open after the timeout"
-        );
-        RECOVERED.store(true, Ordering::SeqCst);
-        let started = Instant::now();
-        while w.varlink.usable(false).is_empty() {
-            assert!(started.elapsed() < Duration::from_secs(3), "never restored");
-            w.varlink.maintain();
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(
-            started.elapsed() >= Duration::from_millis(150),
-            "probed before the back-off"
-        );
-        assert_eq!(
-            uid_of(&w.resolver.user(Key::Name("carol"), PLAIN).unwrap()),
-            5000
-        );
-    }
-
-    #[test]
-    fn dynamic_bypass_never_contacts_pid1_sources() {
-        let (w, counters) = world(
-            "bypass",
-            &[
-                (DIRECTORY, directory_service),
-                ("io.systemd.DynamicUser", hang),
-            ],
-        );
-        let started = Instant::now();
-        assert_eq!(
-            uid_of(&w.resolver.user(Key::Name("carol"), BYPASS).unwrap()),
-            5000
-        );
-        assert!(w.resolver.user(Key::Name("nosuchuser"), BYPASS).is_none());
-        let mut n = 0;
-        w.resolver
-            .users(BYPASS, &mut |_| {
-                n += 1;
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!(n, 2, "alice from files, carol from the directory");
-        assert!(
-            started.elapsed() < Duration::from_millis(100),
-            "{:?}",
-            started.elapsed()
-        );
-        assert_eq!(counters[1].load(Ordering::SeqCst), 0);
-    }
-
-    #[test]
-    fn priority_is_deterministic_and_members_are_a_union() {
-        let (w, _) = world("priority", &[(DIRECTORY, directory_service)]);
-        for _ in 0..20 {
-            let alice = w.resolver.user(Key::Name("alice"), PLAIN).unwrap();
-            assert_eq!((uid_of(&alice), alice.kind), (1000, SourceKind::Files));
-        }
-        assert!(
-            w.resolver.user(Key::Id(6000), PLAIN).is_some(),
-            "uid 6000 itself is not taken"
-        );
-        let wheel = w.resolver.group(Key::Id(10), PLAIN).unwrap();
-        assert_eq!(wheel.record["members"], json!(["alice", "dave", "carol"]));
-        let for_files_reader = LookupOptions {
-            caller_reads_files: true,
-            dynamic_bypass: false,
-        };
-        let wheel = w
-            .resolver
-            .group(Key::Name("wheel"), for_files_reader)
-            .unwrap();
-        assert_eq!(wheel.record["members"], json!(["dave", "carol"]));
-        let carol: Vec<String> = w
-            .resolver
-            .memberships(Some("carol"), None, PLAIN)
-            .into_iter()
-            .map(|m| m.group)
-            .collect();
-        assert_eq!(carol, ["wheel"]);
-        assert_eq!(w.resolver.gid_of("devs", PLAIN), Some(700));
-        let mut groups = Vec::new();
-        w.resolver
-            .groups(for_files_reader, &mut |p| {
-                groups.push(p.record);
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!(
-            groups,
-            [json!({"groupName": "devs", "gid": 700, "members": ["carol"], "service": DIRECTORY})]
-        );
-        let mut users = Vec::new();
-        w.resolver
-            .users(PLAIN, &mut |p| {
-                users.push(uid_of(&p));
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!(users, [1000, 5000], "alice:6000 loses to files' alice");
-    }
-
-    #[test]
-    fn lying_service_is_ignored_others_still_answer() {
-        let (w, _) = world(
-            "liar",
-            &[
-                (DIRECTORY, directory_service),
-                ("io.example.Liar", lying_service),
-            ],
-        );
-        assert!(w.resolver.user(Key::Name("mallory"), PLAIN).is_none());
-        assert_eq!(
-            uid_of(&w.resolver.user(Key::Name("carol"), PLAIN).unwrap()),
-            5000
-        );
-        // The liar answers group "other" to every group query.
-        let devs = w.resolver.group(Key::Name("devs"), PLAIN).unwrap();
-        assert_eq!(devs.record["gid"], 700);
-        let by_gid = w.resolver.group(Key::Id(700), PLAIN).unwrap();
-        assert_eq!(by_gid.record["groupName"], "devs");
-        let all = w.resolver.memberships(None, None, PLAIN);
-        assert_eq!(
-            all.len(),
-            2,
-            "alice:wheel from files, carol:wheel from the directory: {all:?}"
-        );
-    }
-
-    #[test]
-    fn own_socket_and_multiplexers_are_never_sources() {
-        let (w, _) = world("discovery", &[(DIRECTORY, directory_service)]);
-        let dir = directory(&w.root);
-        let own = w.root.join("own.sock");
-        let _own_listener = UnixListener::bind(&own).unwrap();
-        std::fs::hard_link(&own, dir.join("io.example.AliasOfTheBroker")).unwrap();
-        std::os::unix::fs::symlink(&own, dir.join("io.userdb.Broker")).unwrap();
-        for name in [
-            "io.systemd.Multiplexer",
-            "io.systemd.NameServiceSwitch",
-            "io.systemd.DropIn",
-        ] {
-            let _ = UnixListener::bind(dir.join(name)).unwrap();
-        }
-        std::fs::write(dir.join("not-a-socket"), "x").unwrap();
-        w.varlink.maintain();
-        let names: Vec<String> = w.varlink.all().iter().map(|s| s.name.clone()).collect();
-        assert_eq!(names, [DIRECTORY]);
-        std::fs::remove_file(dir.join(DIRECTORY)).unwrap();
-        w.varlink.maintain();
-        assert!(
-            w.varlink.all().is_empty(),
-            "a service that went away is dropped"
-        );
     }
 }

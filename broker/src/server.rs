@@ -1,67 +1,136 @@
-//! The Unix socket listener: worker threads wait in `accept()` (the kernel
-//! wakes exactly one per connection) and serve the connection they got, so a
-//! request costs one thread wake-up, with no hand-off. The last waiting
-//! worker never leaves `accept()`: it gives its connection to a new worker
-//! and accepts on, so a burst of connections is taken as fast as threads can
-//! be started. Workers left waiting after a burst exit after a while.
+//! The Unix socket server: one event loop (`mio`) holds every connection,
+//! and a fixed pool of workers answers the calls that may wait for a
+//! Varlink service. What any client does cannot grow the broker's threads,
+//! descriptors or memory past fixed bounds:
 //!
-//! Bounded everywhere: a request frame is at most [`MAX_FRAME`] bytes; at most
-//! `max_connections` are held, and at the cap the longest-idle connection is
-//! closed to make room; a connection idle for `idle_timeout`, or stuck in
-//! the middle of a message for that long, is closed; a peer that does not
-//! read its replies for `write_timeout` is dropped. Garbage gets an
-//! `InvalidParameter` error and the connection is closed.
+//! - threads: the loop, [`Limits::workers`] workers (plus the watcher and
+//!   the signal thread), whatever the load;
+//! - descriptors: at most [`Limits::max_connections`] connections, and never
+//!   more than the process's descriptor limit less [`RESERVED_FDS`] kept
+//!   for the sources, the snapshot file and the workers' service queries;
+//! - per peer uid (`SO_PEERCRED`): at most [`Limits::per_uid`] connections;
+//!   past it that uid's longest-idle connection is closed. Root is never
+//!   held to a quota, and at the overall cap the longest-idle connection of
+//!   the uid holding the most is closed, so a flood from one uid cannot keep
+//!   root or anyone else out;
+//! - memory per connection: the request being read (at most [`MAX_FRAME`]
+//!   bytes) and the replies not yet taken by the client; a listing is
+//!   produced only as the client reads it ([`STREAM_BUDGET`] ahead), and a
+//!   client that reads nothing for `write_timeout` is dropped;
+//! - one call in flight per connection; the workers take calls from the
+//!   peers' uids in turn, so one uid's calls cannot queue up ahead of
+//!   everyone else's.
+//!
+//! A connection idle for `idle_timeout`, or stuck in the middle of a
+//! message for that long, is closed. Garbage gets an `InvalidParameter`
+//! error and the connection is closed. The socket file is re-created if it
+//! is deleted while the broker runs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs;
-use std::io::{self, BufWriter, ErrorKind, Read, Write};
-use std::net::Shutdown;
+use std::io::{self, ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use mio::net::{UnixListener, UnixStream};
+use mio::{Events, Interest, Poll, Token, Waker};
 use serde_json::json;
-use userdb_proto::varlink::{encode, errors, Call, FrameBuffer, FrameError, Reply};
+use userdb_proto::peer::Peer;
+use userdb_proto::varlink::{encode, errors, Call, FrameBuffer, Reply};
 
 use crate::config::Config;
-use crate::peer::Peer;
-use crate::service::Service;
+use crate::service::{Outcome, Service, Stream};
 
 /// Largest request accepted; real calls are a few hundred bytes.
 pub const MAX_FRAME: usize = 64 * 1024;
 
-/// A worker waiting in `accept()` this long exits, unless it is the last one.
-const WORKER_IDLE_EXIT: Duration = Duration::from_secs(60);
+/// Descriptors kept back from connections: listener, poll, waker, stdio,
+/// the watcher's inotify and file reads, the snapshot file, and each
+/// worker's connections to the Varlink services.
+pub const RESERVED_FDS: usize = 256;
 
-/// Enough for serde_json's bounded recursion and the tracing formatter.
-const WORKER_STACK_SIZE: usize = 512 * 1024;
+/// A stream is produced this far ahead of what the client has read.
+pub const STREAM_BUDGET: usize = 64 * 1024;
+
+/// Connections accepted per turn of the loop, so that a flood of new
+/// connections cannot starve the ones already held.
+const ACCEPTS_PER_TURN: usize = 256;
+
+/// How often timeouts are checked and the socket file is looked at.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Bytes read from a connection per `read`.
+const READ_CHUNK: usize = 16 * 1024;
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST_CONNECTION: usize = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_connections: usize,
+    pub per_uid: usize,
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
+    pub workers: usize,
 }
 
 impl Limits {
     pub fn from_config(config: &Config) -> Self {
         Limits {
             max_connections: config.max_connections,
+            per_uid: config.max_connections_per_uid,
             idle_timeout: config.idle_timeout,
             write_timeout: config.write_timeout,
+            workers: config.workers,
         }
     }
+
+    /// The connections this process can hold: the configured cap, within
+    /// the descriptor limit less what is kept back.
+    pub fn capacity(&self) -> usize {
+        let nofile = descriptor_limit();
+        self.max_connections
+            .min(nofile.saturating_sub(RESERVED_FDS))
+            .max(1)
+    }
+
+    /// The per-uid quota within the capacity.
+    pub fn quota(&self) -> usize {
+        self.per_uid.min(self.capacity()).max(1)
+    }
+}
+
+/// The soft descriptor limit (`RLIMIT_NOFILE`).
+pub fn descriptor_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit for getrlimit to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+}
+
+/// What the daemon tells a running server.
+#[derive(Debug)]
+pub enum Control {
+    /// New limits after a reload (the worker count stays as started).
+    Limits(Limits),
 }
 
 /// Creates the listening socket: parent directory (0755) if missing, a
 /// stale socket file replaced, mode 0666 so every process can resolve
 /// users. Refuses to replace a socket some process still listens on, or
 /// anything that is not a socket.
-pub fn bind(path: &Path) -> io::Result<UnixListener> {
+pub fn bind(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.exists() {
             fs::create_dir_all(parent)?;
@@ -70,7 +139,7 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
     }
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            if UnixStream::connect(path).is_ok() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 return Err(io::Error::new(
                     ErrorKind::AddrInUse,
                     format!("{} is in use by a running process", path.display()),
@@ -87,332 +156,708 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
         Err(e) if e.kind() == ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let listener = UnixListener::bind(path)?;
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o666))?;
+    // The kernel caps the backlog at net.core.somaxconn.
+    // SAFETY: re-listening on a bound listening socket only sets its backlog.
+    unsafe { libc::listen(listener.as_raw_fd(), libc::SOMAXCONN) };
+    listener.set_nonblocking(true)?;
     Ok(listener)
 }
 
+/// What a connection is doing.
+enum State {
+    /// Waiting for the next call.
+    Idle,
+    /// A worker is answering a call.
+    Busy,
+    /// A listing is being sent.
+    Streaming(Stream),
+    /// The replies written, then close (after garbage, or a message too large).
+    Closing,
+}
+
+struct Connection {
+    stream: UnixStream,
+    peer: Peer,
+    /// Distinguishes this connection from a later one in the same slot.
+    serial: u64,
+    frames: FrameBuffer,
+    out: Vec<u8>,
+    written: usize,
+    state: State,
+    last_active: Instant,
+    /// When the oldest unanswered byte arrived: a message must be complete
+    /// within the idle timeout, however slowly it trickles in.
+    partial_since: Option<Instant>,
+    /// When replies started waiting for the client to read them.
+    blocked_since: Option<Instant>,
+    peer_closed: bool,
+}
+
+impl Connection {
+    fn pending_out(&self) -> usize {
+        self.out.len() - self.written
+    }
+
+    fn is_idle(&self) -> bool {
+        matches!(self.state, State::Idle) && self.pending_out() == 0 && self.frames.pending() == 0
+    }
+}
+
+/// A call for a worker.
+struct Job {
+    token: usize,
+    serial: u64,
+    call: Call,
+    peer: Peer,
+}
+
+/// A worker's answer, back to the loop.
+struct Done {
+    token: usize,
+    serial: u64,
+    outcome: Outcome,
+}
+
+/// Calls waiting for a worker, taken from the peers' uids in turn.
+#[derive(Default)]
+struct FairQueue {
+    by_uid: HashMap<u32, VecDeque<Job>>,
+    turn: VecDeque<u32>,
+}
+
+impl FairQueue {
+    fn push(&mut self, job: Job) {
+        let uid = job.peer.uid;
+        let queue = self.by_uid.entry(uid).or_default();
+        if queue.is_empty() {
+            self.turn.push_back(uid);
+        }
+        queue.push_back(job);
+    }
+
+    fn pop(&mut self) -> Option<Job> {
+        let uid = self.turn.pop_front()?;
+        let queue = self.by_uid.get_mut(&uid)?;
+        let job = queue.pop_front();
+        if queue.is_empty() {
+            self.by_uid.remove(&uid);
+        } else {
+            self.turn.push_back(uid);
+        }
+        job
+    }
+}
+
+struct Pool {
+    queue: Mutex<FairQueue>,
+    ready: Condvar,
+    done: Mutex<Vec<Done>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Pool {
+    fn start(workers: usize, service: &Arc<Service>, waker: &Arc<Waker>) -> io::Result<Arc<Pool>> {
+        let pool = Arc::new(Pool {
+            queue: Mutex::default(),
+            ready: Condvar::new(),
+            done: Mutex::default(),
+        });
+        for i in 0..workers.max(1) {
+            let (pool, service, waker) =
+                (Arc::clone(&pool), Arc::clone(service), Arc::clone(waker));
+            std::thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn(move || pool.work(&service, &waker))?;
+        }
+        Ok(pool)
+    }
+
+    fn submit(&self, job: Job) {
+        lock(&self.queue).push(job);
+        self.ready.notify_one();
+    }
+
+    fn work(&self, service: &Service, waker: &Waker) {
+        loop {
+            let job = {
+                let mut queue = lock(&self.queue);
+                loop {
+                    if let Some(job) = queue.pop() {
+                        break job;
+                    }
+                    queue = self
+                        .ready
+                        .wait(queue)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                }
+            };
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                service.handle(&job.call, &job.peer)
+            }))
+            .unwrap_or_else(|_| {
+                tracing::error!(method = %job.call.method, "a call panicked; answered with an error");
+                Outcome::Replies(encode(&Reply::error(errors::INVALID_PARAMETER)))
+            });
+            lock(&self.done).push(Done {
+                token: job.token,
+                serial: job.serial,
+                outcome,
+            });
+            if let Err(e) = waker.wake() {
+                tracing::warn!("cannot wake the event loop: {e}");
+            }
+        }
+    }
+
+    fn take_done(&self) -> Vec<Done> {
+        std::mem::take(&mut *lock(&self.done))
+    }
+}
+
+/// A log line at most every ten seconds, with the count of those left out.
+struct RateLimited {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimited {
+    const fn new() -> Self {
+        RateLimited {
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    fn warn(&mut self, message: impl std::fmt::Display) {
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
+        {
+            self.suppressed += 1;
+            return;
+        }
+        if self.suppressed > 0 {
+            tracing::warn!("{message} ({} more like it left out)", self.suppressed);
+        } else {
+            tracing::warn!("{message}");
+        }
+        self.last = Some(Instant::now());
+        self.suppressed = 0;
+    }
+}
+
 pub struct Server {
+    poll: Poll,
     listener: UnixListener,
+    socket_path: PathBuf,
     service: Arc<Service>,
     limits: Limits,
-    registry: Arc<Registry>,
-    /// Workers waiting in `accept()`.
-    waiting: AtomicUsize,
+    pool: Arc<Pool>,
+    control: Receiver<Control>,
+    slots: Vec<Option<Connection>>,
+    free: Vec<usize>,
+    per_uid: HashMap<u32, usize>,
+    open: usize,
+    next_serial: u64,
+    counter: Arc<AtomicUsize>,
+    /// Kept open so that, out of descriptors, one can be freed to accept
+    /// and close a connection instead of leaving the backlog to spin.
+    spare_fd: Option<fs::File>,
+    accept_backlog: bool,
+    accept_errors: RateLimited,
+}
+
+/// A way to reach a running server from another thread.
+#[derive(Clone)]
+pub struct Handle {
+    waker: Arc<Waker>,
+    control: Sender<Control>,
+}
+
+impl Handle {
+    pub fn send(&self, control: Control) {
+        if self.control.send(control).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
 }
 
 impl Server {
-    pub fn new(listener: UnixListener, service: Arc<Service>, limits: Limits) -> Self {
-        let registry = Arc::new(Registry::new(service.connection_counter()));
-        Server {
-            listener,
-            service,
-            limits,
-            registry,
-            waiting: AtomicUsize::new(0),
-        }
+    pub fn new(
+        listener: std::os::unix::net::UnixListener,
+        socket_path: PathBuf,
+        service: Arc<Service>,
+        limits: Limits,
+    ) -> io::Result<(Server, Handle)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let mut listener = UnixListener::from_std(listener);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let pool = Pool::start(limits.workers, &service, &waker)?;
+        let (sender, control) = std::sync::mpsc::channel();
+        let counter = service.connection_counter();
+        Ok((
+            Server {
+                poll,
+                listener,
+                socket_path,
+                service,
+                limits,
+                pool,
+                control,
+                slots: Vec::new(),
+                free: Vec::new(),
+                per_uid: HashMap::new(),
+                open: 0,
+                next_serial: 0,
+                counter,
+                spare_fd: fs::File::open("/dev/null").ok(),
+                accept_backlog: false,
+                accept_errors: RateLimited::new(),
+            },
+            Handle {
+                waker,
+                control: sender,
+            },
+        ))
     }
 
-    /// Serves until the process ends; the calling thread is the first worker.
-    pub fn serve(self) -> ! {
-        // accept() honours SO_RCVTIMEO: that is how a waiting worker notices
-        // it has been idle long enough to exit.
-        if let Err(e) = set_accept_timeout(&self.listener, WORKER_IDLE_EXIT) {
-            tracing::warn!("cannot set the accept timeout, idle workers stay: {e}");
-        }
-        let server = Arc::new(self);
+    /// Serves until the process ends.
+    pub fn serve(mut self) -> ! {
+        let mut events = Events::with_capacity(1024);
+        let mut last_tick = Instant::now();
         loop {
-            server.work(true);
-        }
-    }
-
-    /// Starts a worker that serves `stream`, then waits for more.
-    fn start_worker(self: &Arc<Self>, stream: UnixStream) {
-        let server = Arc::clone(self);
-        let spawned = std::thread::Builder::new()
-            .name("conn".into())
-            .stack_size(WORKER_STACK_SIZE)
-            .spawn(move || {
-                server.serve_client(stream);
-                server.work(false);
-            });
-        if let Err(e) = spawned {
-            // The connection is dropped; the client sees it closed at once.
-            tracing::warn!("cannot start a worker thread: {e}");
-        }
-    }
-
-    /// Takes one waiting place away, unless it is the last one.
-    fn leave_waiting(&self) -> bool {
-        self.waiting
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n > 1).then(|| n - 1)
-            })
-            .is_ok()
-    }
-
-    /// Accepts and serves connections; returns when a worker that is not
-    /// `permanent` has waited long enough and another worker is waiting too.
-    fn work(self: &Arc<Self>, permanent: bool) {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    if self.leave_waiting() {
-                        self.serve_client(stream);
-                        self.waiting.fetch_add(1, Ordering::SeqCst);
-                    } else {
-                        self.start_worker(stream);
-                    }
+            let timeout = if self.accept_backlog {
+                Duration::ZERO
+            } else {
+                TICK
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    tracing::warn!("poll failed: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
                 }
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    if !permanent && self.leave_waiting() {
-                        return;
-                    }
+                continue;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_backlog = true,
+                    WAKER => {}
+                    Token(t) => self.pump(t - FIRST_CONNECTION),
+                }
+            }
+            self.finish_jobs();
+            self.apply_control();
+            if self.accept_backlog {
+                self.accept();
+            }
+            if last_tick.elapsed() >= TICK {
+                last_tick = Instant::now();
+                self.expire();
+                self.keep_socket();
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        for _ in 0..ACCEPTS_PER_TURN {
+            match self.listener.accept() {
+                Ok((stream, _)) => self.admit(stream),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.accept_backlog = false;
+                    return;
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
-                    // Out of descriptors or memory: back off briefly rather
-                    // than spin; existing connections keep being served.
-                    tracing::warn!("accept failed: {e}");
-                    std::thread::sleep(Duration::from_millis(10));
+                    let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                    self.accept_errors.warn(format_args!("accept failed: {e}"));
+                    if out_of_fds && self.spare_fd.take().is_some() {
+                        // Take the waiting connection off the backlog and
+                        // close it: the client sees it closed at once.
+                        drop(self.listener.accept());
+                        self.spare_fd = fs::File::open("/dev/null").ok();
+                        continue;
+                    }
+                    self.accept_backlog = false;
+                    return;
                 }
             }
         }
     }
 
-    fn serve_client(&self, stream: UnixStream) {
-        if self.registry.len() >= self.limits.max_connections {
-            self.registry.close_longest_idle();
+    /// Takes a new connection in, making room by the quota rules.
+    fn admit(&mut self, mut stream: UnixStream) {
+        let peer = match Peer::of(&stream) {
+            Ok(peer) => peer,
+            Err(e) => {
+                tracing::debug!("dropping a connection without credentials: {e}");
+                return;
+            }
+        };
+        let quota = self.limits.quota();
+        let over_quota =
+            peer.uid != 0 && self.per_uid.get(&peer.uid).copied().unwrap_or(0) >= quota;
+        if over_quota && !self.evict(Some(peer.uid)) {
+            return;
         }
-        let Some(connection) = self.registry.add(&stream) else {
+        if self.open >= self.limits.capacity() && !self.evict(None) {
+            return;
+        }
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(index + FIRST_CONNECTION),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!("cannot watch a connection: {e}");
+            self.free.push(index);
+            return;
+        }
+        self.next_serial += 1;
+        self.slots[index] = Some(Connection {
+            stream,
+            peer,
+            serial: self.next_serial,
+            frames: FrameBuffer::new(MAX_FRAME),
+            out: Vec::new(),
+            written: 0,
+            state: State::Idle,
+            last_active: Instant::now(),
+            partial_since: None,
+            blocked_since: None,
+            peer_closed: false,
+        });
+        *self.per_uid.entry(peer.uid).or_default() += 1;
+        self.open += 1;
+        self.counter.store(self.open, Ordering::Relaxed);
+        self.pump(index);
+    }
+
+    /// Closes the longest-idle connection of `uid`, or (for `None`) of the
+    /// uid holding the most connections. Returns whether one was closed.
+    fn evict(&mut self, uid: Option<u32>) -> bool {
+        let uid = match uid {
+            Some(uid) => uid,
+            None => match self.per_uid.iter().max_by_key(|(_, n)| **n) {
+                Some((&uid, _)) => uid,
+                None => return false,
+            },
+        };
+        let victim = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
+            .filter(|(_, c)| c.peer.uid == uid)
+            .min_by_key(|(_, c)| (!c.is_idle(), c.last_active))
+            .map(|(i, _)| i);
+        match victim {
+            Some(index) => {
+                tracing::debug!(
+                    uid,
+                    "connection limit reached: closed the longest-idle connection"
+                );
+                self.close(index);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn close(&mut self, index: usize) {
+        let Some(mut connection) = self.slots.get_mut(index).and_then(Option::take) else {
             return;
         };
-        if let Err(e) = serve_connection(
-            &stream,
-            &connection,
-            &self.registry,
-            &self.service,
-            self.limits,
-        ) {
-            tracing::debug!("connection closed: {e}");
-        }
-        self.registry.remove(connection.id);
-    }
-}
-
-fn set_accept_timeout(listener: &UnixListener, timeout: Duration) -> io::Result<()> {
-    let value = libc::timeval {
-        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_usec: 0,
-    };
-    // SAFETY: `value` is a valid timeval and the length passed is its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&value as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// One open connection as the registry sees it.
-struct Connection {
-    id: u64,
-    /// A second handle on the socket, to shut it down from another thread.
-    handle: UnixStream,
-    /// Milliseconds since the registry's epoch when the peer last sent data.
-    last_active: AtomicU64,
-}
-
-/// Open connections, for the cap and its eviction, and the count in status.
-struct Registry {
-    epoch: Instant,
-    next_id: AtomicU64,
-    open: Mutex<HashMap<u64, Arc<Connection>>>,
-    count: Arc<AtomicUsize>,
-}
-
-impl Registry {
-    fn new(count: Arc<AtomicUsize>) -> Self {
-        Registry {
-            epoch: Instant::now(),
-            next_id: AtomicU64::new(0),
-            open: Mutex::new(HashMap::new()),
-            count,
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Arc<Connection>>> {
-        self.open
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn now(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    fn add(&self, stream: &UnixStream) -> Option<Arc<Connection>> {
-        let handle = match stream.try_clone() {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::warn!("dropping connection: {e}");
-                return None;
+        let _ = self.poll.registry().deregister(&mut connection.stream);
+        if let Some(n) = self.per_uid.get_mut(&connection.peer.uid) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_uid.remove(&connection.peer.uid);
             }
-        };
-        let connection = Arc::new(Connection {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            handle,
-            last_active: AtomicU64::new(self.now()),
-        });
-        let mut open = self.lock();
-        open.insert(connection.id, Arc::clone(&connection));
-        self.count.store(open.len(), Ordering::Relaxed);
-        Some(connection)
-    }
-
-    fn remove(&self, id: u64) {
-        let mut open = self.lock();
-        open.remove(&id);
-        self.count.store(open.len(), Ordering::Relaxed);
-    }
-
-    fn touch(&self, connection: &Connection) {
-        connection.last_active.store(self.now(), Ordering::Relaxed);
-    }
-
-    /// Makes room at the cap: the worker of the closed connection notices
-    /// the shutdown at its next read and ends.
-    fn close_longest_idle(&self) {
-        let mut open = self.lock();
-        let oldest = open
-            .values()
-            .min_by_key(|c| c.last_active.load(Ordering::Relaxed))
-            .map(|c| c.id);
-        if let Some(connection) = oldest.and_then(|id| open.remove(&id)) {
-            let _ = connection.handle.shutdown(Shutdown::Both);
-            tracing::debug!("connection limit reached: closed the longest-idle connection");
         }
-        self.count.store(open.len(), Ordering::Relaxed);
+        self.free.push(index);
+        self.open -= 1;
+        self.counter.store(self.open, Ordering::Relaxed);
+    }
+
+    /// Does everything a connection can do now: read, answer, write,
+    /// continue a stream; closes it when it is done.
+    fn pump(&mut self, index: usize) {
+        let keep = match self.slots.get_mut(index).and_then(Option::as_mut) {
+            Some(connection) => step(connection, index, &self.service, &self.pool),
+            None => return,
+        };
+        if !keep {
+            self.close(index);
+        }
+    }
+
+    fn finish_jobs(&mut self) {
+        for done in self.pool.take_done() {
+            let index = done.token;
+            let Some(connection) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+                continue;
+            };
+            if connection.serial != done.serial {
+                continue;
+            }
+            deliver(connection, done.outcome);
+            self.pump(index);
+        }
+    }
+
+    fn apply_control(&mut self) {
+        while let Ok(control) = self.control.try_recv() {
+            match control {
+                Control::Limits(limits) => {
+                    tracing::info!(
+                        capacity = limits.capacity(),
+                        per_uid = limits.quota(),
+                        "connection limits reloaded"
+                    );
+                    self.limits = Limits {
+                        workers: self.limits.workers,
+                        ..limits
+                    };
+                }
+            }
+        }
+    }
+
+    /// Closes connections past their idle or write timeout.
+    fn expire(&mut self) {
+        let limits = self.limits;
+        let expired: Vec<(usize, bool)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let c = c.as_ref()?;
+                let stalled = c
+                    .blocked_since
+                    .is_some_and(|t| t.elapsed() >= limits.write_timeout);
+                let trickled = c
+                    .partial_since
+                    .is_some_and(|t| t.elapsed() >= limits.idle_timeout);
+                let idle = c.is_idle() && c.last_active.elapsed() >= limits.idle_timeout;
+                (stalled || trickled || idle).then_some((i, trickled && !stalled))
+            })
+            .collect();
+        for (index, tell) in expired {
+            if tell {
+                if let Some(c) = self.slots[index].as_mut() {
+                    send_invalid(c, "message not completed in time");
+                    let _ = flush(c);
+                }
+            }
+            self.close(index);
+        }
+    }
+
+    /// Re-creates the socket file if someone deleted it.
+    fn keep_socket(&mut self) {
+        if identity(&self.socket_path).is_some() {
+            return;
+        }
+        match bind(&self.socket_path) {
+            Ok(listener) => {
+                let mut listener = UnixListener::from_std(listener);
+                let registry = self.poll.registry();
+                if registry
+                    .register(&mut listener, LISTENER, Interest::READABLE)
+                    .is_ok()
+                {
+                    let _ = registry.deregister(&mut self.listener);
+                    self.listener = listener;
+                    self.accept_backlog = true;
+                    tracing::warn!(
+                        socket = %self.socket_path.display(),
+                        "the socket file was deleted: created it again"
+                    );
+                }
+            }
+            Err(e) => self.accept_errors.warn(format_args!(
+                "cannot re-create {}: {e}",
+                self.socket_path.display()
+            )),
+        }
     }
 }
 
-fn serve_connection(
-    stream: &UnixStream,
-    connection: &Connection,
-    registry: &Registry,
-    service: &Service,
-    limits: Limits,
-) -> io::Result<()> {
-    let peer = Peer::of(stream)?;
-    stream.set_write_timeout(Some(limits.write_timeout))?;
-    let mut frames = FrameBuffer::new(MAX_FRAME);
-    let mut writer = BufWriter::new(stream);
-    let mut reader = stream;
-    let mut buf = [0u8; 8192];
-    // When the oldest unanswered byte arrived: a message must be complete
-    // within the idle timeout, however slowly it trickles in.
-    let mut partial_since: Option<Instant> = None;
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    fs::symlink_metadata(path)
+        .ok()
+        .filter(|m| m.file_type().is_socket())
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// One round of work on a connection; `false` when it must be closed.
+fn step(c: &mut Connection, index: usize, service: &Arc<Service>, pool: &Pool) -> bool {
     loop {
-        loop {
-            match frames.next_frame() {
-                Ok(Some(frame)) => {
-                    if !answer(&frame, &peer, service, &mut writer)? {
-                        writer.flush()?;
-                        return Ok(());
-                    }
-                }
-                Ok(None) => break,
-                Err(FrameError::TooLarge { cap }) => {
-                    send_invalid(&mut writer, &format!("message larger than {cap} bytes"))?;
-                    return writer.flush();
-                }
+        // Write what is pending; continue a stream while the client keeps up.
+        match flush(c) {
+            Ok(()) => {}
+            Err(_) => return false,
+        }
+        if c.pending_out() > 0 {
+            return true;
+        }
+        if let State::Streaming(stream) = &mut c.state {
+            c.out.clear();
+            c.written = 0;
+            if stream.fill(&mut c.out, STREAM_BUDGET) {
+                c.state = State::Idle;
+            }
+            continue;
+        }
+        if matches!(c.state, State::Closing) {
+            return false;
+        }
+        if !matches!(c.state, State::Idle) {
+            return true;
+        }
+        match c.frames.next_frame() {
+            Ok(Some(frame)) => {
+                dispatch(c, index, &frame, service, pool);
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                send_invalid(c, &e.to_string());
+                c.state = State::Closing;
+                continue;
             }
         }
-        writer.flush()?;
-        if frames.pending() == 0 {
-            partial_since = None;
+        if c.frames.pending() == 0 {
+            c.partial_since = None;
         }
-        let timeout = match partial_since {
-            Some(since) => limits.idle_timeout.saturating_sub(since.elapsed()),
-            None => limits.idle_timeout,
-        };
-        if timeout.is_zero() {
-            send_invalid(&mut writer, "message not completed in time")?;
-            return writer.flush();
+        if c.peer_closed {
+            return false;
         }
-        stream.set_read_timeout(Some(timeout))?;
-        match reader.read(&mut buf) {
-            Ok(0) => return Ok(()),
+        match read_some(c) {
+            Ok(true) => continue,
+            Ok(false) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Reads what has arrived; `Ok(false)` when nothing more is there now.
+fn read_some(c: &mut Connection) -> io::Result<bool> {
+    let mut buf = [0u8; READ_CHUNK];
+    loop {
+        match c.stream.read(&mut buf) {
+            Ok(0) => {
+                c.peer_closed = true;
+                return Ok(c.frames.pending() > 0);
+            }
             Ok(n) => {
-                frames.push(&buf[..n]);
-                partial_since.get_or_insert_with(Instant::now);
-                registry.touch(connection);
+                c.frames.push(&buf[..n]);
+                c.last_active = Instant::now();
+                c.partial_since.get_or_insert_with(Instant::now);
+                return Ok(true);
             }
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                if frames.pending() > 0 {
-                    send_invalid(&mut writer, "message not completed in time")?;
-                    writer.flush()?;
-                }
-                return Ok(());
-            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
             Err(e) => return Err(e),
         }
     }
 }
 
-/// Handles one frame; `false` means the connection must be closed.
-fn answer(
-    frame: &[u8],
-    peer: &Peer,
-    service: &Service,
-    writer: &mut impl Write,
-) -> io::Result<bool> {
+/// Writes pending replies until the socket is full.
+fn flush(c: &mut Connection) -> io::Result<()> {
+    while c.pending_out() > 0 {
+        match c.stream.write(&c.out[c.written..]) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                c.written += n;
+                c.blocked_since = None;
+                c.last_active = Instant::now();
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                c.blocked_since.get_or_insert_with(Instant::now);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    c.out.clear();
+    c.written = 0;
+    c.blocked_since = None;
+    Ok(())
+}
+
+fn dispatch(c: &mut Connection, index: usize, frame: &[u8], service: &Arc<Service>, pool: &Pool) {
+    c.partial_since = (c.frames.pending() > 0).then(Instant::now);
     let call: Call = match serde_json::from_slice(frame) {
         Ok(call) => call,
         Err(e) => {
-            send_invalid(writer, &format!("not a Varlink call: {e}"))?;
-            return Ok(false);
+            send_invalid(c, &format!("not a Varlink call: {e}"));
+            c.state = State::Closing;
+            return;
         }
     };
-    if call.oneway {
-        service.handle(&call, peer, &mut |_| Ok(()))?;
+    if service.may_wait(&call) {
+        c.state = State::Busy;
+        pool.submit(Job {
+            token: index,
+            serial: c.serial,
+            call,
+            peer: c.peer,
+        });
     } else {
-        service.handle(&call, peer, &mut |reply| writer.write_all(&encode(&reply)))?;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            service.handle(&call, &c.peer)
+        }))
+        .unwrap_or_else(|_| {
+            tracing::error!(method = %call.method, "a call panicked; answered with an error");
+            Outcome::Replies(encode(&Reply::error(errors::INVALID_PARAMETER)))
+        });
+        deliver(c, outcome);
     }
-    Ok(true)
 }
 
-fn send_invalid(writer: &mut impl Write, why: &str) -> io::Result<()> {
+fn deliver(c: &mut Connection, outcome: Outcome) {
+    match outcome {
+        Outcome::Replies(bytes) => {
+            c.out.extend_from_slice(&bytes);
+            c.state = State::Idle;
+        }
+        Outcome::Stream(stream) => c.state = State::Streaming(stream),
+    }
+}
+
+fn send_invalid(c: &mut Connection, why: &str) {
     let reply = Reply {
         parameters: Some(json!({ "parameter": why })),
         continues: false,
         error: Some(errors::INVALID_PARAMETER.to_owned()),
     };
-    writer.write_all(&encode(&reply))
+    c.out.extend(encode(&reply));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::merge::{merge, LoadedSource, Priority};
-    use crate::resolve::Resolver;
-    use crate::sources::{SourceData, SourceKind, SourceUser};
+    use crate::model::User;
+    use crate::service::tests::resolver_over;
+    use crate::sources::{SourceData, SourceKind};
     use serde_json::Value;
-    use std::path::PathBuf;
+    use std::os::unix::net::UnixStream as StdStream;
+    use userdb_proto::record::UserRecord;
 
     fn start(tag: &str, limits: Limits) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("brokerd-server-{tag}-{}", std::process::id()));
@@ -420,27 +865,25 @@ mod tests {
         let path = dir.join("sub/io.userdb.Broker");
         let data = SourceData {
             users: (0..3)
-                .map(|i| SourceUser {
-                    name: format!("user{i}"),
-                    uid: 1000 + i,
-                    record: json!({"userName": format!("user{i}"), "uid": 1000 + i}),
-                    listed: true,
+                .map(|i| {
+                    Arc::new(User::from_nss(
+                        UserRecord {
+                            name: format!("user{i}"),
+                            uid: 1000 + i,
+                            gid: 1000 + i,
+                            gecos: String::new(),
+                            home: "/".into(),
+                            shell: "/bin/sh".into(),
+                            shadow: None,
+                        },
+                        true,
+                    ))
                 })
                 .collect(),
             ..Default::default()
         };
-        let merged = merge(
-            vec![LoadedSource {
-                name: "files".into(),
-                kind: SourceKind::Files,
-                data,
-                load_time: Duration::ZERO,
-            }],
-            1,
-        );
-        let resolver = Resolver::local_only(merged.snapshot, Priority::new(Vec::new()));
-        let service = Arc::new(Service::new(resolver));
-        let server = Server::new(bind(&path).unwrap(), service, limits);
+        let service = Arc::new(Service::new(resolver_over(vec![(SourceKind::Files, data)])));
+        let (server, _) = Server::new(bind(&path).unwrap(), path.clone(), service, limits).unwrap();
         std::thread::spawn(move || server.serve());
         path
     }
@@ -448,19 +891,21 @@ mod tests {
     fn limits() -> Limits {
         Limits {
             max_connections: 64,
+            per_uid: 64,
             idle_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(5),
+            workers: 2,
         }
     }
 
-    fn connect(path: &Path) -> UnixStream {
-        let s = UnixStream::connect(path).unwrap();
+    fn connect(path: &Path) -> StdStream {
+        let s = StdStream::connect(path).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s
     }
 
     /// Reads replies until `count` arrived or the peer closed.
-    fn read_replies(stream: &mut UnixStream, count: usize) -> Vec<Value> {
+    fn read_replies(stream: &mut StdStream, count: usize) -> Vec<Value> {
         let mut frames = FrameBuffer::new(1 << 20);
         let mut out = Vec::new();
         let mut buf = [0u8; 4096];
@@ -479,7 +924,7 @@ mod tests {
         out
     }
 
-    fn closed(stream: &mut UnixStream) -> bool {
+    fn closed(stream: &mut StdStream) -> bool {
         matches!(stream.read(&mut [0u8; 16]), Ok(0))
     }
 
@@ -501,11 +946,28 @@ mod tests {
         assert_eq!(parent, 0o755);
         assert_eq!(bind(&path).unwrap_err().kind(), ErrorKind::AddrInUse);
         let stale = path.with_file_name("stale");
-        drop(UnixListener::bind(&stale).unwrap());
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
         assert!(bind(&stale).is_ok());
         let regular = path.with_file_name("regular");
         fs::write(&regular, "x").unwrap();
         assert!(bind(&regular).is_err());
+    }
+
+    #[test]
+    fn a_deleted_socket_file_is_created_again() {
+        let path = start("recreate", limits());
+        fs::remove_file(&path).unwrap();
+        let started = Instant::now();
+        while !path.exists() {
+            assert!(started.elapsed() < Duration::from_secs(3), "not re-created");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut s = connect(&path);
+        s.write_all(&lookup(1001)).unwrap();
+        assert_eq!(
+            read_replies(&mut s, 1)[0]["parameters"]["record"]["userName"],
+            "user1"
+        );
     }
 
     #[test]
@@ -596,17 +1058,18 @@ mod tests {
     }
 
     #[test]
-    fn at_the_cap_the_longest_idle_connection_is_closed() {
+    fn at_the_quota_the_longest_idle_connection_of_that_uid_is_closed() {
         let path = start(
             "cap",
             Limits {
                 max_connections: 3,
+                per_uid: 3,
                 ..limits()
             },
         );
         let mut oldest = connect(&path);
         std::thread::sleep(Duration::from_millis(20));
-        let mut kept: Vec<UnixStream> = (0..2).map(|_| connect(&path)).collect();
+        let mut kept: Vec<StdStream> = (0..2).map(|_| connect(&path)).collect();
         for s in &mut kept {
             s.write_all(&lookup(1000)).unwrap();
             read_replies(s, 1);
@@ -626,8 +1089,15 @@ mod tests {
 
     #[test]
     fn many_idle_connections_do_not_slow_a_new_client() {
-        let path = start("flood", limits());
-        let idle: Vec<UnixStream> = (0..500).map(|_| connect(&path)).collect();
+        let path = start(
+            "flood",
+            Limits {
+                max_connections: 1024,
+                per_uid: 1024,
+                ..limits()
+            },
+        );
+        let idle: Vec<StdStream> = (0..500).map(|_| connect(&path)).collect();
         let mut s = connect(&path);
         let started = Instant::now();
         s.write_all(&lookup(1000)).unwrap();
@@ -641,5 +1111,34 @@ mod tests {
             started.elapsed()
         );
         drop(idle);
+    }
+
+    #[test]
+    fn fair_queue_takes_uids_in_turn() {
+        let job = |uid: u32, token: usize| Job {
+            token,
+            serial: 0,
+            call: Call {
+                method: String::new(),
+                parameters: Value::Null,
+                more: false,
+                oneway: false,
+            },
+            peer: Peer {
+                pid: 1,
+                uid,
+                gid: uid,
+            },
+        };
+        let mut queue = FairQueue::default();
+        for t in 0..100 {
+            queue.push(job(65534, t));
+        }
+        queue.push(job(0, 1000));
+        let first_two: Vec<usize> = (0..2)
+            .filter_map(|_| queue.pop())
+            .map(|j| j.token)
+            .collect();
+        assert_eq!(first_two, [0, 1000], "root's call comes second, not 101st");
     }
 }

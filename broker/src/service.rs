@@ -1,40 +1,49 @@
 //! Method dispatch: one Varlink call in, its replies out.
 //!
 //! Serves `io.systemd.UserDatabase` (systemd's userdb API, so any userdb
-//! client can use the broker), `io.userdb.Broker` (the same look-ups with
-//! [`LookupOptions`], plus status) and `org.varlink.service.GetInfo`.
+//! client can use the broker: full JSON records), `io.userdb.Broker` (the
+//! same look-ups with [`LookupOptions`], answering the NSS view of a record
+//! the module needs, plus status) and `org.varlink.service.GetInfo`.
+//!
+//! Single answers are encoded at once; listings become a [`Stream`] that the
+//! server drains as the client reads, so a listing of 100,000 users is never
+//! held whole for one connection.
 
-use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 use userdb_proto::api::{self, GroupQuery, LookupOptions, MembershipQuery, UserQuery};
-use userdb_proto::record::strip_privileged;
-use userdb_proto::varlink::{errors, Call, Reply};
+use userdb_proto::peer::Peer;
+use userdb_proto::varlink::{encode, errors, Call, Reply};
 use userdb_proto::BROKER_SERVICE;
 
-use crate::peer::Peer;
-use crate::resolve::{Key, Resolver};
+use crate::model::User;
+use crate::resolve::{FoundGroup, GroupListing, Key, Membership, Resolver, UserListing};
 
 const GET_INFO: &str = "org.varlink.service.GetInfo";
 const VARLINK_SERVICE_INTERFACE: &str = "org.varlink.service";
 
-/// Receives the replies of one call, in order.
-pub type ReplySink<'a> = dyn FnMut(Reply) -> io::Result<()> + 'a;
-
-pub struct Service {
-    resolver: Resolver,
-    connections: Arc<AtomicUsize>,
-}
-
-/// Which interface a look-up came in on: options and `gid` in membership
-/// replies exist only on the broker's own.
+/// Which interface a call came in on: options, the NSS view and `gid` in
+/// membership replies exist only on the broker's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Interface {
     UserDatabase,
     Broker,
+}
+
+/// What one call produces.
+pub enum Outcome {
+    /// Every reply, encoded (empty for a `oneway` call).
+    Replies(Vec<u8>),
+    /// A listing, encoded as the client reads it.
+    Stream(Stream),
+}
+
+pub struct Service {
+    resolver: Resolver,
+    connections: Arc<AtomicUsize>,
 }
 
 impl Service {
@@ -45,43 +54,91 @@ impl Service {
         }
     }
 
+    pub fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
     /// The open-connection counter the server keeps, shown in status.
     pub fn connection_counter(&self) -> Arc<AtomicUsize> {
         Arc::clone(&self.connections)
     }
 
-    /// Answers one call. Errors are Varlink error replies; only a failure to
-    /// deliver a reply is returned as `Err`.
-    pub fn handle(&self, call: &Call, peer: &Peer, sink: &mut ReplySink<'_>) -> io::Result<()> {
-        let mut out = Replies::new(sink, call.more);
+    /// Whether answering `call` may wait for a Varlink service (then it runs
+    /// on a worker thread, off the event loop).
+    pub fn may_wait(&self, call: &Call) -> bool {
+        let Some(interface) = interface_of(&call.method) else {
+            return false;
+        };
+        let dynamic_bypass = interface == Interface::Broker
+            && call
+                .parameters
+                .get("dynamicBypass")
+                .and_then(Value::as_bool)
+                == Some(true);
+        !self
+            .resolver
+            .services(LookupOptions {
+                caller_reads_files: false,
+                dynamic_bypass,
+            })
+            .is_empty()
+    }
+
+    /// Answers one call. Errors are Varlink error replies.
+    pub fn handle(&self, call: &Call, peer: &Peer) -> Outcome {
         let ctx = Context {
             resolver: &self.resolver,
-            peer,
+            peer: *peer,
         };
-        match call.method.as_str() {
-            GET_INFO => out.single(get_info()),
-            api::userdb::GET_USER_RECORD => ctx.get_user(Interface::UserDatabase, call, &mut out),
-            api::broker::GET_USER_RECORD => ctx.get_user(Interface::Broker, call, &mut out),
-            api::userdb::GET_GROUP_RECORD => ctx.get_group(Interface::UserDatabase, call, &mut out),
-            api::broker::GET_GROUP_RECORD => ctx.get_group(Interface::Broker, call, &mut out),
-            api::userdb::GET_MEMBERSHIPS => {
-                ctx.get_memberships(Interface::UserDatabase, call, &mut out)
+        let outcome = match (call.method.as_str(), interface_of(&call.method)) {
+            (GET_INFO, _) => single(get_info()),
+            (api::broker::GET_STATUS, _) => single(self.status()),
+            (m, Some(interface)) if m.ends_with(".GetUserRecord") => ctx.get_user(interface, call),
+            (m, Some(interface)) if m.ends_with(".GetGroupRecord") => {
+                ctx.get_group(interface, call)
             }
-            api::broker::GET_MEMBERSHIPS => ctx.get_memberships(Interface::Broker, call, &mut out),
-            api::broker::GET_STATUS => out.single(self.status()),
-            other => out.error(unknown_method(other)),
+            (m, Some(interface)) if m.ends_with(".GetMemberships") => {
+                ctx.get_memberships(interface, call)
+            }
+            (other, _) => Outcome::Replies(encode(&unknown_method(other))),
+        };
+        if call.oneway {
+            Outcome::Replies(Vec::new())
+        } else {
+            outcome
         }
     }
 
     fn status(&self) -> Value {
         let snapshot = self.resolver.snapshot();
         json!({
+            "version": env!("CARGO_PKG_VERSION"),
             "generation": snapshot.generation,
             "snapshotAgeUSec": snapshot.built_at.elapsed().as_micros() as u64,
             "connections": self.connections.load(Ordering::Relaxed),
             "sources": self.resolver.sources_status(),
         })
     }
+}
+
+fn interface_of(method: &str) -> Option<Interface> {
+    match method {
+        api::userdb::GET_USER_RECORD
+        | api::userdb::GET_GROUP_RECORD
+        | api::userdb::GET_MEMBERSHIPS => Some(Interface::UserDatabase),
+        api::broker::GET_USER_RECORD
+        | api::broker::GET_GROUP_RECORD
+        | api::broker::GET_MEMBERSHIPS => Some(Interface::Broker),
+        _ => None,
+    }
+}
+
+fn single(parameters: Value) -> Outcome {
+    Outcome::Replies(encode(&Reply::ok(parameters, false)))
+}
+
+fn error(name: &str) -> Outcome {
+    Outcome::Replies(encode(&Reply::error(name)))
 }
 
 fn get_info() -> Value {
@@ -124,77 +181,23 @@ fn error_with(name: &str, parameters: Value) -> Reply {
     }
 }
 
-/// Sends replies, marking all but the last of a stream with `continues`.
-struct Replies<'s, 'a> {
-    sink: &'s mut ReplySink<'a>,
-    more: bool,
-    pending: Option<Value>,
-}
-
-impl<'s, 'a> Replies<'s, 'a> {
-    fn new(sink: &'s mut ReplySink<'a>, more: bool) -> Self {
-        Replies {
-            sink,
-            more,
-            pending: None,
-        }
-    }
-
-    fn single(&mut self, parameters: Value) -> io::Result<()> {
-        (self.sink)(Reply::ok(parameters, false))
-    }
-
-    fn error(&mut self, reply: Reply) -> io::Result<()> {
-        (self.sink)(reply)
-    }
-
-    /// Queues one item of a stream; the previous one goes out marked.
-    fn item(&mut self, parameters: Value) -> io::Result<()> {
-        if let Some(previous) = self.pending.replace(parameters) {
-            (self.sink)(Reply::ok(previous, true))?;
-        }
-        Ok(())
-    }
-
-    /// Ends a stream: the last item unmarked, or NoRecordFound if none.
-    fn finish(&mut self) -> io::Result<()> {
-        match self.pending.take() {
-            Some(last) => (self.sink)(Reply::ok(last, false)),
-            None => (self.sink)(Reply::error(api::userdb::NO_RECORD_FOUND)),
-        }
-    }
-
-    /// Streams are allowed only to clients that asked for `more`.
-    fn require_more(&mut self) -> io::Result<bool> {
-        if !self.more {
-            self.error(Reply::error(errors::EXPECTED_MORE))?;
-        }
-        Ok(self.more)
-    }
-}
-
-struct Context<'a> {
-    resolver: &'a Resolver,
-    peer: &'a Peer,
-}
-
 /// Parses a query and checks its `service`, or says why not.
 fn parse_query<Q: DeserializeOwned>(
     call: &Call,
     service: impl Fn(&Q) -> Option<&str>,
-) -> Result<Q, Reply> {
+) -> Result<Q, Outcome> {
     let parameters = match &call.parameters {
         Value::Null => Value::Object(Map::new()),
         other => other.clone(),
     };
     let query: Q = serde_json::from_value(parameters).map_err(|e| {
-        error_with(
+        Outcome::Replies(encode(&error_with(
             errors::INVALID_PARAMETER,
             json!({ "parameter": e.to_string() }),
-        )
+        )))
     })?;
     match service(&query) {
-        Some(s) if s != BROKER_SERVICE => Err(Reply::error(api::userdb::BAD_SERVICE)),
+        Some(s) if s != BROKER_SERVICE => Err(error(api::userdb::BAD_SERVICE)),
         _ => Ok(query),
     }
 }
@@ -207,124 +210,246 @@ fn options_for(interface: Interface, options: LookupOptions) -> LookupOptions {
     }
 }
 
-/// The id a record carries under `field`.
-fn id_of(record: &Value, field: &str) -> Option<u32> {
-    record
-        .get(field)
-        .and_then(Value::as_u64)
-        .and_then(|id| u32::try_from(id).ok())
+#[derive(Clone, Copy)]
+struct Context<'a> {
+    resolver: &'a Resolver,
+    peer: Peer,
 }
 
-impl Context<'_> {
-    /// The record as this peer may see it, with `service` filled in.
-    fn render(&self, mut record: Value) -> Value {
-        let incomplete = !self.peer.privileged() && strip_privileged(&mut record);
-        if let Some(obj) = record.as_object_mut() {
-            obj.entry("service")
-                .or_insert_with(|| json!(BROKER_SERVICE));
-        }
+/// How one record is rendered for one call.
+#[derive(Debug, Clone, Copy)]
+struct Render {
+    interface: Interface,
+    privileged: bool,
+}
+
+impl Render {
+    fn user(self, user: &User) -> Value {
+        let (mut record, incomplete) = match self.interface {
+            Interface::UserDatabase => user.userdb_json(self.privileged),
+            Interface::Broker => (
+                user.nss(self.privileged).to_json(),
+                !self.privileged && user.has_privileged(),
+            ),
+        };
+        with_service(&mut record);
         json!({ "record": record, "incomplete": incomplete })
     }
 
-    fn get_user(&self, interface: Interface, call: &Call, out: &mut Replies) -> io::Result<()> {
+    fn group(self, found: &FoundGroup) -> Value {
+        let members: Vec<String> = found.members.iter().map(|m| m.to_string()).collect();
+        let (mut record, incomplete) = match self.interface {
+            Interface::UserDatabase => found.group.userdb_json(members, self.privileged),
+            Interface::Broker => (
+                found.group.nss(members, self.privileged).to_json(),
+                !self.privileged && found.group.has_privileged(),
+            ),
+        };
+        with_service(&mut record);
+        json!({ "record": record, "incomplete": incomplete })
+    }
+
+    fn membership(self, m: &Membership) -> Value {
+        let mut reply = json!({ "userName": &*m.user, "groupName": &*m.group });
+        if self.interface == Interface::Broker {
+            if let Some(gid) = m.gid {
+                reply["gid"] = json!(gid);
+            }
+        }
+        reply
+    }
+}
+
+/// Records answered by the broker say so, unless they name their service.
+fn with_service(record: &mut Value) {
+    if let Some(obj) = record.as_object_mut() {
+        obj.entry("service")
+            .or_insert_with(|| json!(BROKER_SERVICE));
+    }
+}
+
+impl Context<'_> {
+    fn render(&self, interface: Interface) -> Render {
+        Render {
+            interface,
+            privileged: self.peer.privileged(),
+        }
+    }
+
+    fn get_user(&self, interface: Interface, call: &Call) -> Outcome {
         let query: UserQuery = match parse_query(call, |q: &UserQuery| q.service.as_deref()) {
             Ok(q) => q,
-            Err(reply) => return out.error(reply),
+            Err(reply) => return reply,
         };
         let options = options_for(interface, query.options);
+        let render = self.render(interface);
         let found = match (&query.user_name, query.uid) {
             (None, None) => {
-                if out.require_more()? {
-                    self.resolver
-                        .users(options, &mut |picked| out.item(self.render(picked.record)))?;
-                    out.finish()?;
+                if !call.more {
+                    return error(errors::EXPECTED_MORE);
                 }
-                return Ok(());
+                let listing = self.resolver.users(options);
+                return Outcome::Stream(Stream::new(Items::Users(listing), render));
             }
             (Some(name), uid) => match self.resolver.user(Key::Name(name), options) {
-                Some(user) if uid.is_some_and(|uid| id_of(&user.record, "uid") != Some(uid)) => {
-                    return out.error(Reply::error(api::userdb::CONFLICTING_RECORD_FOUND))
+                Some(user) if uid.is_some_and(|uid| user.uid != uid) => {
+                    return error(api::userdb::CONFLICTING_RECORD_FOUND)
                 }
                 found => found,
             },
             (None, Some(uid)) => self.resolver.user(Key::Id(uid), options),
         };
         match found {
-            Some(user) => out.single(self.render(user.record)),
-            None => out.error(Reply::error(api::userdb::NO_RECORD_FOUND)),
+            Some(user) => single(render.user(&user)),
+            None => error(api::userdb::NO_RECORD_FOUND),
         }
     }
 
-    fn get_group(&self, interface: Interface, call: &Call, out: &mut Replies) -> io::Result<()> {
+    fn get_group(&self, interface: Interface, call: &Call) -> Outcome {
         let query: GroupQuery = match parse_query(call, |q: &GroupQuery| q.service.as_deref()) {
             Ok(q) => q,
-            Err(reply) => return out.error(reply),
+            Err(reply) => return reply,
         };
         let options = options_for(interface, query.options);
+        let render = self.render(interface);
         let found = match (&query.group_name, query.gid) {
             (None, None) => {
-                if out.require_more()? {
-                    self.resolver
-                        .groups(options, &mut |picked| out.item(self.render(picked.record)))?;
-                    out.finish()?;
+                if !call.more {
+                    return error(errors::EXPECTED_MORE);
                 }
-                return Ok(());
+                let listing = self.resolver.groups(options);
+                return Outcome::Stream(Stream::new(Items::Groups(listing), render));
             }
             (Some(name), gid) => match self.resolver.group(Key::Name(name), options) {
-                Some(group) if gid.is_some_and(|gid| id_of(&group.record, "gid") != Some(gid)) => {
-                    return out.error(Reply::error(api::userdb::CONFLICTING_RECORD_FOUND))
+                Some(found) if gid.is_some_and(|gid| found.group.gid != gid) => {
+                    return error(api::userdb::CONFLICTING_RECORD_FOUND)
                 }
                 found => found,
             },
             (None, Some(gid)) => self.resolver.group(Key::Id(gid), options),
         };
         match found {
-            Some(group) => out.single(self.render(group.record)),
-            None => out.error(Reply::error(api::userdb::NO_RECORD_FOUND)),
+            Some(found) => single(render.group(&found)),
+            None => error(api::userdb::NO_RECORD_FOUND),
         }
     }
 
-    fn get_memberships(
-        &self,
-        interface: Interface,
-        call: &Call,
-        out: &mut Replies,
-    ) -> io::Result<()> {
+    fn get_memberships(&self, interface: Interface, call: &Call) -> Outcome {
         let query: MembershipQuery =
             match parse_query(call, |q: &MembershipQuery| q.service.as_deref()) {
                 Ok(q) => q,
-                Err(reply) => return out.error(reply),
+                Err(reply) => return reply,
             };
         let options = options_for(interface, query.options);
-        let single = query.user_name.is_some() && query.group_name.is_some();
-        if !single && !out.require_more()? {
-            return Ok(());
+        let single_pair = query.user_name.is_some() && query.group_name.is_some();
+        if !single_pair && !call.more {
+            return error(errors::EXPECTED_MORE);
         }
         let memberships = self.resolver.memberships(
             query.user_name.as_deref(),
             query.group_name.as_deref(),
             options,
         );
-        for m in memberships {
-            let mut reply = json!({ "userName": m.user, "groupName": m.group });
-            if interface == Interface::Broker {
-                if let Some(gid) = self.resolver.gid_of(&m.group, options) {
-                    reply["gid"] = json!(gid);
-                }
-            }
-            out.item(reply)?;
+        Outcome::Stream(Stream::new(
+            Items::Memberships(memberships.into_iter()),
+            self.render(interface),
+        ))
+    }
+}
+
+/// What a stream hands out.
+enum Items {
+    Users(UserListing),
+    Groups(GroupListing),
+    Memberships(std::vec::IntoIter<Membership>),
+}
+
+impl Items {
+    fn next(&mut self, render: Render) -> Option<Value> {
+        match self {
+            Items::Users(listing) => listing.next().map(|u| render.user(&u)),
+            Items::Groups(listing) => listing.next().map(|g| render.group(&g)),
+            Items::Memberships(list) => list.next().map(|m| render.membership(&m)),
         }
-        out.finish()
+    }
+}
+
+/// A streamed answer: every reply but the last carries `continues`, and an
+/// empty listing is `NoRecordFound`.
+pub struct Stream {
+    items: Items,
+    render: Render,
+    /// The item read ahead: it goes out once it is known whether another
+    /// one follows.
+    ahead: Option<Value>,
+    started: bool,
+    done: bool,
+}
+
+impl Stream {
+    fn new(items: Items, render: Render) -> Stream {
+        Stream {
+            items,
+            render,
+            ahead: None,
+            started: false,
+            done: false,
+        }
+    }
+
+    /// Appends encoded replies to `out` until it holds at least `budget`
+    /// bytes or the stream ends; returns whether it ended.
+    pub fn fill(&mut self, out: &mut Vec<u8>, budget: usize) -> bool {
+        if !self.started {
+            self.started = true;
+            self.ahead = self.items.next(self.render);
+            if self.ahead.is_none() {
+                out.extend(encode(&Reply::error(api::userdb::NO_RECORD_FOUND)));
+                self.done = true;
+            }
+        }
+        while !self.done && out.len() < budget {
+            let next = self.items.next(self.render);
+            let current = std::mem::replace(&mut self.ahead, next);
+            let Some(current) = current else {
+                self.done = true;
+                break;
+            };
+            let more = self.ahead.is_some();
+            out.extend(encode(&Reply::ok(current, more)));
+            self.done = !more;
+        }
+        self.done
+    }
+
+    /// Every reply at once, for tests and callers without backpressure.
+    pub fn collect(mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        while !self.fill(&mut out, usize::MAX) {}
+        out
+    }
+}
+
+impl Outcome {
+    /// Every reply encoded, draining a stream.
+    pub fn into_bytes(self) -> Vec<u8> {
+        match self {
+            Outcome::Replies(bytes) => bytes,
+            Outcome::Stream(stream) => stream.collect(),
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::merge::{merge, LoadedSource, Priority};
-    use crate::sources::{SourceData, SourceGroup, SourceKind, SourceUser};
-    use std::time::Duration;
+    use crate::merge::{build, Loaded, Priority};
+    use crate::model::{Group, Name};
+    use crate::snapshot::SnapshotStore;
+    use crate::sources::varlink::VarlinkSources;
+    use crate::sources::{LoadReport, SourceData, SourceInfo, SourceKind};
     use userdb_proto::record::{GroupRecord, UserRecord, UserShadow};
+    use userdb_proto::varlink::FrameBuffer;
 
     const ROOT: Peer = Peer {
         pid: 1234,
@@ -337,43 +462,61 @@ mod tests {
         gid: 1000,
     };
 
-    fn files_user(name: &str, uid: u32, hash: Option<&str>) -> SourceUser {
-        let record = UserRecord {
-            name: name.into(),
-            uid,
-            gid: uid,
-            gecos: String::new(),
-            home: "/".into(),
-            shell: "/bin/sh".into(),
-            shadow: hash.map(|h| UserShadow {
-                hashed_password: Some(h.into()),
-                last_change_days: Some(19000),
-                ..Default::default()
-            }),
-        }
-        .to_json();
-        SourceUser {
-            name: name.into(),
-            uid,
-            record,
-            listed: true,
-        }
+    fn files_user(name: &str, uid: u32, hash: Option<&str>) -> Arc<User> {
+        Arc::new(User::from_nss(
+            UserRecord {
+                name: name.into(),
+                uid,
+                gid: uid,
+                gecos: String::new(),
+                home: "/".into(),
+                shell: "/bin/sh".into(),
+                shadow: hash.map(|h| UserShadow {
+                    hashed_password: Some(h.into()),
+                    last_change_days: Some(19000),
+                    ..Default::default()
+                }),
+            },
+            true,
+        ))
     }
 
-    fn plain_group(name: &str, gid: u32, members: &[&str]) -> SourceGroup {
-        let record = GroupRecord {
-            name: name.into(),
-            gid,
-            members: members.iter().map(|m| m.to_string()).collect(),
-            shadow: None,
-        }
-        .to_json();
-        SourceGroup {
-            name: name.into(),
-            gid,
-            record,
-            listed: true,
-        }
+    fn plain_group(name: &str, gid: u32, members: &[&str]) -> Arc<Group> {
+        Arc::new(Group::from_nss(
+            GroupRecord {
+                name: name.into(),
+                gid,
+                members: members.iter().map(|m| m.to_string()).collect(),
+                shadow: None,
+            },
+            true,
+        ))
+    }
+
+    pub(crate) fn resolver_over(sources: Vec<(SourceKind, SourceData)>) -> Resolver {
+        let priority = Priority::new(vec!["files".into(), "dropins".into()]);
+        let loaded = sources
+            .into_iter()
+            .map(|(kind, data)| Loaded {
+                info: SourceInfo::local(kind),
+                data: Arc::new(data),
+                load: LoadReport {
+                    took: std::time::Duration::from_micros(50),
+                    last_error: None,
+                },
+            })
+            .collect();
+        let merged = build(loaded, &priority, 3);
+        let no_services = VarlinkSources::new(
+            "/nonexistent".into(),
+            "/nonexistent".into(),
+            Default::default(),
+        );
+        Resolver::new(
+            Arc::new(SnapshotStore::new(merged.snapshot)),
+            Arc::new(no_services),
+            priority,
+        )
     }
 
     fn service() -> Service {
@@ -388,38 +531,36 @@ mod tests {
             ],
             ..Default::default()
         };
-        let dropins = SourceData {
-            users: vec![SourceUser {
+        let mut bob = User::from_nss(
+            UserRecord {
                 name: "bob".into(),
                 uid: 2000,
-                record: json!({"userName": "bob", "uid": 2000, "service": "io.example.Directory"}),
-                listed: true,
-            }],
+                gid: 2000,
+                gecos: String::new(),
+                home: "/".into(),
+                shell: "/bin/sh".into(),
+                shadow: None,
+            },
+            true,
+        );
+        let mut record = Map::new();
+        record.insert("userName".into(), json!("bob"));
+        record.insert("uid".into(), json!(2000));
+        record.insert("service".into(), json!("io.example.Directory"));
+        bob.json = Some(Box::new(crate::model::JsonRecord::split(record, &[])));
+        let dropins = SourceData {
+            users: vec![Arc::new(bob)],
             groups: vec![plain_group("devs", 500, &["bob"])],
             memberships: vec![
-                ("bob".into(), "wheel".into()),
-                ("alice".into(), "wheel".into()),
+                (Name::from("bob"), Name::from("wheel")),
+                (Name::from("alice"), Name::from("wheel")),
             ],
             problems: Vec::new(),
         };
-        let load = |name: &str, kind, data| LoadedSource {
-            name: name.into(),
-            kind,
-            data,
-            load_time: Duration::from_micros(50),
-        };
-        let merged = merge(
-            vec![
-                load("files", SourceKind::Files, files),
-                load("dropins", SourceKind::DropIns, dropins),
-            ],
-            3,
-        );
-        let resolver = Resolver::local_only(
-            merged.snapshot,
-            Priority::new(vec!["files".into(), "dropins".into()]),
-        );
-        Service::new(resolver)
+        Service::new(resolver_over(vec![
+            (SourceKind::Files, files),
+            (SourceKind::DropIns, dropins),
+        ]))
     }
 
     fn call(
@@ -435,13 +576,13 @@ mod tests {
             more,
             oneway: false,
         };
+        let bytes = service.handle(&call, &peer).into_bytes();
+        let mut frames = FrameBuffer::new(usize::MAX);
+        frames.push(&bytes);
         let mut replies = Vec::new();
-        service
-            .handle(&call, &peer, &mut |r| {
-                replies.push(r);
-                Ok(())
-            })
-            .unwrap();
+        while let Ok(Some(frame)) = frames.next_frame() {
+            replies.push(serde_json::from_slice(&frame).unwrap());
+        }
         replies
     }
 
@@ -535,23 +676,19 @@ mod tests {
     fn privileged_data_only_for_root() {
         let s = service();
         let params = json!({"userName": "root", "service": SVC});
-        let as_root = call(
-            &s,
-            ROOT,
-            api::userdb::GET_USER_RECORD,
-            params.clone(),
-            false,
-        );
-        assert_eq!(
-            record_of(&as_root[0])["privileged"]["hashedPassword"][0],
-            "$6$root"
-        );
-        assert_eq!(as_root[0].parameters.as_ref().unwrap()["incomplete"], false);
-        let as_user = call(&s, USER, api::userdb::GET_USER_RECORD, params, false);
-        let record = record_of(&as_user[0]);
-        assert!(record.get("privileged").is_none());
-        assert!(record.get("lastPasswordChangeUSec").is_none());
-        assert_eq!(as_user[0].parameters.as_ref().unwrap()["incomplete"], true);
+        for method in [api::userdb::GET_USER_RECORD, api::broker::GET_USER_RECORD] {
+            let as_root = call(&s, ROOT, method, params.clone(), false);
+            assert_eq!(
+                record_of(&as_root[0])["privileged"]["hashedPassword"][0],
+                "$6$root"
+            );
+            assert_eq!(as_root[0].parameters.as_ref().unwrap()["incomplete"], false);
+            let as_user = call(&s, USER, method, params.clone(), false);
+            let record = record_of(&as_user[0]);
+            assert!(record.get("privileged").is_none());
+            assert!(record.get("lastPasswordChangeUSec").is_none());
+            assert_eq!(as_user[0].parameters.as_ref().unwrap()["incomplete"], true);
+        }
     }
 
     #[test]
@@ -587,6 +724,29 @@ mod tests {
             true,
         );
         assert_eq!(ignored_on_systemd_api.len(), 3);
+    }
+
+    #[test]
+    fn a_stream_fills_its_budget_and_no_more() {
+        let s = service();
+        let call = Call {
+            method: api::userdb::GET_USER_RECORD.into(),
+            parameters: json!({"service": SVC}),
+            more: true,
+            oneway: false,
+        };
+        let Outcome::Stream(mut stream) = s.handle(&call, &USER) else {
+            panic!("a listing is a stream");
+        };
+        let mut out = Vec::new();
+        assert!(!stream.fill(&mut out, 1));
+        assert_eq!(
+            out.iter().filter(|&&b| b == 0).count(),
+            1,
+            "one reply per step"
+        );
+        assert!(stream.fill(&mut out, usize::MAX));
+        assert_eq!(out.iter().filter(|&&b| b == 0).count(), 3);
     }
 
     #[test]
@@ -655,7 +815,7 @@ mod tests {
                 json!({"userName": "bob", "service": SVC}),
                 true
             )),
-            [p("bob", "devs"), p("bob", "wheel")]
+            [p("bob", "wheel"), p("bob", "devs")]
         );
         assert_eq!(
             pairs(call(

@@ -1,102 +1,81 @@
-//! One immutable, indexed view of every local source. `merge` builds it,
-//! `watch` swaps a new one in whole when a source changes, and every request
-//! reads the one that was current when it started.
+//! One immutable, indexed view of every local source, built by `merge`,
+//! swapped in whole by the watcher, read by every request and published to
+//! the snapshot file.
+//!
+//! Swapping never stalls a reader: the new snapshot is put in place under a
+//! write lock held for one pointer store, and the old one is freed later by
+//! the watcher ([`SnapshotStore::reap`]), never by a request that happened to
+//! hold the last reference.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
-use serde_json::Value;
+use crate::model::{Group, Name, User};
+use crate::sources::{LoadReport, SourceInfo, SourceKind};
 
-use crate::sources::SourceKind;
-
-/// Index of a source in [`Snapshot::sources`], which is priority order.
+/// Index of a source in [`Snapshot::sources`].
 pub type SourceId = usize;
 
-/// A set of sources; sources beyond 63 share the last bit (there are never
-/// that many: the local sources and the Varlink services of one machine).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SourceSet(u64);
-
-impl SourceSet {
-    pub fn insert(&mut self, id: SourceId) {
-        self.0 |= 1 << id.min(63);
-    }
-
-    pub fn contains(self, id: SourceId) -> bool {
-        self.0 & (1 << id.min(63)) != 0
-    }
-
-    /// True when some source in the set is of `kind`.
-    pub fn any_of(self, kind: SourceKind, sources: &[SourceStatus]) -> bool {
-        sources
-            .iter()
-            .enumerate()
-            .any(|(id, s)| s.kind == kind && self.contains(id))
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct UserEntry {
-    pub name: String,
-    pub uid: u32,
-    /// The source whose record won.
-    pub source: SourceId,
-    /// The full record, privileged parts included.
-    pub record: Value,
-    pub listed: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct GroupEntry {
-    pub name: String,
-    pub gid: u32,
-    pub source: SourceId,
-    /// The record without `members`: those come from the membership index.
-    pub record: Value,
-    pub listed: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Membership {
-    pub user: String,
-    pub group: String,
-    /// Every source that states this membership.
-    pub origins: SourceSet,
-}
-
-/// What one source contributed to the snapshot, for status output.
+/// What one source contributed, for status output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceStatus {
-    pub name: String,
-    pub kind: SourceKind,
+    pub info: SourceInfo,
     pub users: usize,
     pub groups: usize,
     pub memberships: usize,
     /// Entries skipped because they were broken.
     pub problems: usize,
-    pub load_time: Duration,
+    pub load: LoadReport,
 }
 
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserEntry {
+    pub user: Arc<User>,
+    /// The source whose record this is.
+    pub source: SourceId,
+}
+
+/// One member of a group as answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub name: Name,
+    /// Listed by the `/etc/group` line the answer comes from: a caller that
+    /// read `/etc/group` itself already has it.
+    pub by_files: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupEntry {
+    pub group: Arc<Group>,
+    pub source: SourceId,
+    /// The merged member list (see `merge`), each name once.
+    pub members: Box<[Member]>,
+}
+
+/// Every index is built once by `merge`; nothing is ever modified.
 #[derive(Debug)]
 pub struct Snapshot {
     pub generation: u64,
     pub built_at: Instant,
     pub sources: Vec<SourceStatus>,
     pub(crate) users: Vec<UserEntry>,
-    pub(crate) user_by_name: HashMap<String, usize>,
-    pub(crate) user_by_uid: HashMap<u32, usize>,
+    pub(crate) user_by_name: HashMap<Name, u32>,
+    pub(crate) user_by_uid: HashMap<u32, u32>,
     pub(crate) groups: Vec<GroupEntry>,
-    pub(crate) group_by_name: HashMap<String, usize>,
-    pub(crate) group_by_gid: HashMap<u32, usize>,
-    pub(crate) memberships: Vec<Membership>,
-    pub(crate) membership_index: HashMap<(String, String), usize>,
-    pub(crate) memberships_by_user: HashMap<String, Vec<usize>>,
-    pub(crate) memberships_by_group: HashMap<String, Vec<usize>>,
+    pub(crate) group_by_name: HashMap<Name, u32>,
+    pub(crate) group_by_gid: HashMap<u32, u32>,
+    /// For each member name, the groups that list it, in group order.
+    pub(crate) groups_of: HashMap<Name, Box<[u32]>>,
+    /// Memberships stated by name (membership drop-ins, `memberOf`), by
+    /// group name and by user name: what a group served by a Varlink
+    /// service gets from the local sources.
+    pub(crate) stated_by_group: HashMap<Name, Vec<Name>>,
+    pub(crate) stated_by_user: HashMap<Name, Vec<Name>>,
 }
 
 impl Snapshot {
-    /// A snapshot with no sources, served until the first build is done.
+    /// A snapshot with no sources.
     pub fn empty() -> Snapshot {
         Snapshot {
             generation: 0,
@@ -108,99 +87,162 @@ impl Snapshot {
             groups: Vec::new(),
             group_by_name: HashMap::new(),
             group_by_gid: HashMap::new(),
-            memberships: Vec::new(),
-            membership_index: HashMap::new(),
-            memberships_by_user: HashMap::new(),
-            memberships_by_group: HashMap::new(),
+            groups_of: HashMap::new(),
+            stated_by_group: HashMap::new(),
+            stated_by_user: HashMap::new(),
         }
     }
 
+    pub fn source(&self, id: SourceId) -> Option<&SourceInfo> {
+        self.sources.get(id).map(|s| &s.info)
+    }
+
+    /// Whether the entry's source serves PID 1's dynamic users.
+    pub fn from_pid1(&self, id: SourceId) -> bool {
+        self.source(id).is_some_and(|s| s.pid1_users)
+    }
+
+    pub fn from_files(&self, id: SourceId) -> bool {
+        self.source(id).is_some_and(|s| s.kind == SourceKind::Files)
+    }
+
     pub fn user_by_name(&self, name: &str) -> Option<&UserEntry> {
-        self.user_by_name.get(name).map(|&i| &self.users[i])
+        self.user_by_name
+            .get(name)
+            .and_then(|&i| self.users.get(i as usize))
     }
 
     pub fn user_by_uid(&self, uid: u32) -> Option<&UserEntry> {
-        self.user_by_uid.get(&uid).map(|&i| &self.users[i])
+        self.user_by_uid
+            .get(&uid)
+            .and_then(|&i| self.users.get(i as usize))
     }
 
     /// Users in enumeration order (source priority, then source order).
     pub fn users(&self) -> impl Iterator<Item = &UserEntry> {
-        self.users.iter().filter(|u| u.listed)
+        self.users.iter().filter(|u| u.user.listed)
+    }
+
+    pub fn all_users(&self) -> &[UserEntry] {
+        &self.users
     }
 
     pub fn group_by_name(&self, name: &str) -> Option<&GroupEntry> {
-        self.group_by_name.get(name).map(|&i| &self.groups[i])
+        self.group_by_name
+            .get(name)
+            .and_then(|&i| self.groups.get(i as usize))
     }
 
     pub fn group_by_gid(&self, gid: u32) -> Option<&GroupEntry> {
-        self.group_by_gid.get(&gid).map(|&i| &self.groups[i])
+        self.group_by_gid
+            .get(&gid)
+            .and_then(|&i| self.groups.get(i as usize))
     }
 
     pub fn groups(&self) -> impl Iterator<Item = &GroupEntry> {
-        self.groups.iter().filter(|g| g.listed)
+        self.groups.iter().filter(|g| g.group.listed)
     }
 
-    /// Every membership in a stable order: by source priority, then the
-    /// order each source states them.
-    pub fn memberships(&self) -> impl Iterator<Item = &Membership> {
-        self.memberships.iter()
+    pub fn all_groups(&self) -> &[GroupEntry] {
+        &self.groups
     }
 
-    pub fn memberships_of_user(&self, user: &str) -> impl Iterator<Item = &Membership> {
-        self.indexed(&self.memberships_by_user, user)
-    }
-
-    pub fn memberships_of_group(&self, group: &str) -> impl Iterator<Item = &Membership> {
-        self.indexed(&self.memberships_by_group, group)
-    }
-
-    pub fn membership(&self, user: &str, group: &str) -> Option<&Membership> {
-        self.membership_index
-            .get(&(user.to_owned(), group.to_owned()))
-            .map(|&i| &self.memberships[i])
-    }
-
-    fn indexed<'a>(
-        &'a self,
-        index: &'a HashMap<String, Vec<usize>>,
-        key: &str,
-    ) -> impl Iterator<Item = &'a Membership> {
-        index
-            .get(key)
+    /// The groups that list `user` as a member, in group order.
+    pub fn groups_of(&self, user: &str) -> impl Iterator<Item = &GroupEntry> {
+        self.groups_of
+            .get(user)
             .into_iter()
-            .flatten()
-            .map(|&i| &self.memberships[i])
+            .flat_map(|list| list.iter())
+            .filter_map(|&i| self.groups.get(i as usize))
     }
 
-    /// Whether `/etc/group` states the membership: a caller that has read
-    /// that file itself already has it, and glibc's merge would repeat it.
-    pub fn stated_by_files(&self, membership: &Membership) -> bool {
-        membership.origins.any_of(SourceKind::Files, &self.sources)
+    /// Members stated by name for a group that no local record holds.
+    pub fn stated_members(&self, group: &str) -> &[Name] {
+        self.stated_by_group.get(group).map_or(&[], Vec::as_slice)
+    }
+
+    /// Groups a user is stated a member of by name.
+    pub fn stated_groups(&self, user: &str) -> &[Name] {
+        self.stated_by_user.get(user).map_or(&[], Vec::as_slice)
+    }
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot::empty()
     }
 }
 
 /// The current snapshot, replaced whole; readers keep the `Arc` they took.
-#[derive(Debug, Clone)]
-pub struct SnapshotStore(Arc<RwLock<Arc<Snapshot>>>);
+#[derive(Debug)]
+pub struct SnapshotStore {
+    current: RwLock<Arc<Snapshot>>,
+    /// Replaced snapshots not yet freed: some reader may still hold them.
+    retired: Mutex<Vec<Arc<Snapshot>>>,
+}
 
 impl SnapshotStore {
     pub fn new(initial: Snapshot) -> Self {
-        SnapshotStore(Arc::new(RwLock::new(Arc::new(initial))))
+        SnapshotStore {
+            current: RwLock::new(Arc::new(initial)),
+            retired: Mutex::new(Vec::new()),
+        }
     }
 
     pub fn current(&self) -> Arc<Snapshot> {
         // A poisoned lock still holds a complete Arc: the swap is one store.
-        match self.0.read() {
+        match self.current.read() {
             Ok(guard) => Arc::clone(&guard),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
     }
 
-    pub fn replace(&self, snapshot: Snapshot) {
-        let new = Arc::new(snapshot);
-        match self.0.write() {
-            Ok(mut guard) => *guard = new,
-            Err(poisoned) => *poisoned.into_inner() = new,
-        }
+    /// Puts `snapshot` in place; the old one is kept for [`Self::reap`].
+    pub fn replace(&self, snapshot: Arc<Snapshot>) {
+        let old = match self.current.write() {
+            Ok(mut guard) => std::mem::replace(&mut *guard, snapshot),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), snapshot),
+        };
+        self.retired_list().push(old);
+    }
+
+    /// Frees the replaced snapshots nobody reads any more, on the calling
+    /// thread (the watcher's). Returns how many are still held by readers.
+    pub fn reap(&self) -> usize {
+        let done: Vec<Arc<Snapshot>> = {
+            let mut retired = self.retired_list();
+            let (done, held) = retired.drain(..).partition(|s| Arc::strong_count(s) == 1);
+            *retired = held;
+            done
+        };
+        drop(done);
+        self.retired_list().len()
+    }
+
+    fn retired_list(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Snapshot>>> {
+        self.retired
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_snapshot_is_freed_by_reap_not_by_its_last_reader() {
+        let store = SnapshotStore::new(Snapshot::empty());
+        let reader = store.current();
+        let mut next = Snapshot::empty();
+        next.generation = 2;
+        store.replace(Arc::new(next));
+        assert_eq!(store.current().generation, 2);
+        assert_eq!(store.reap(), 1, "a reader still holds the old one");
+        let weak = Arc::downgrade(&reader);
+        drop(reader);
+        assert!(weak.upgrade().is_some(), "the reader did not free it");
+        assert_eq!(store.reap(), 0);
+        assert!(weak.upgrade().is_none(), "reap freed it");
     }
 }

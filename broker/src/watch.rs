@@ -1,272 +1,498 @@
-//! Change detection: the local sources are fingerprinted (every file's and
-//! directory's identity, size and times) every poll interval; when the
-//! fingerprint changes, a new snapshot is built off the request path and
-//! swapped in whole.
+//! Keeping the snapshot current: the local sources' directories are watched
+//! with inotify, and a change re-reads only the files it names (each source
+//! decides what depends on them), then a new snapshot is merged off the
+//! request path and swapped in whole. Idle, this costs nothing.
 //!
-//! File times are only as fine as the kernel's coarse clock (a few ms), so
-//! two same-sized writes in a row can leave identical metadata. Files
-//! modified within [`RACY_WINDOW`] are therefore fingerprinted by content
-//! too; older ones by metadata alone, which keeps polling cheap.
+//! - A directory that does not exist yet is noticed through its nearest
+//!   existing parent, and read whole once it appears.
+//! - A lost event (the kernel's queue overflowed), a reload (`SIGHUP`) and
+//!   every `rescan_interval` re-read everything whose `stat` changed: that
+//!   also catches what inotify cannot see (a link's target outside the
+//!   watched directories).
+//! - Without inotify (no instances left), every `poll_interval` is a rescan.
+//! - Each turn also follows the Varlink services (discovery, breaker
+//!   probes) and frees replaced snapshots nobody reads any more.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::fs::Metadata;
-use std::hash::{Hash, Hasher};
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-/// Files modified this recently are fingerprinted by their content as well.
-const RACY_WINDOW: Duration = Duration::from_secs(2);
-/// Larger files are fingerprinted by metadata alone.
-const MAX_CONTENT_HASH: u64 = 16 << 20;
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
-use crate::merge::{merge, LogOnce, Priority};
-use crate::snapshot::SnapshotStore;
+use crate::log_once::LogOnce;
+use crate::merge::{self, Loaded, Priority};
+use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::sources::varlink::VarlinkSources;
-use crate::sources::{dropins, files, load_local};
+use crate::sources::{dynamic, LocalSource};
 
-/// The state of the local sources below a root. Two fingerprints differ
-/// when any file was added, removed, replaced or modified.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fingerprint {
-    metadata: u64,
-    /// Content hashes of the files modified within [`RACY_WINDOW`].
-    recent: HashMap<PathBuf, u64>,
+/// How often the watcher wakes up when nothing happens: Varlink discovery,
+/// probes and freeing old snapshots run at this pace.
+const TICK: Duration = Duration::from_millis(250);
+
+/// After a first event, further events this close are read with it, so a
+/// burst of writes makes one rebuild.
+const SETTLE: Duration = Duration::from_millis(20);
+
+/// What the daemon tells the watcher.
+#[derive(Debug)]
+pub enum Control {
+    /// Re-read everything and merge with this priority.
+    Reload(Priority),
 }
 
-impl Fingerprint {
-    pub fn of(root: &Path) -> Fingerprint {
-        let mut print = Fingerprint {
-            metadata: 0,
-            recent: HashMap::new(),
-        };
-        let mut hasher = DefaultHasher::new();
-        for path in files::paths(root) {
-            print.add_file(&mut hasher, path);
-        }
-        for dir in dropins::dirs(root) {
-            hash_metadata(&mut hasher, std::fs::metadata(&dir).ok());
-            let mut names: Vec<_> = match std::fs::read_dir(&dir) {
-                Ok(entries) => entries.flatten().map(|e| e.file_name()).collect(),
-                Err(_) => continue,
-            };
-            names.sort();
-            for name in names {
-                let path = dir.join(&name);
-                name.hash(&mut hasher);
-                // The link itself and what it points to can change apart.
-                hash_metadata(&mut hasher, std::fs::symlink_metadata(&path).ok());
-                print.add_file(&mut hasher, path);
-            }
-        }
-        print.metadata = hasher.finish();
-        print
-    }
-
-    /// Hashes what `path` resolves to, and notes its content if recent.
-    fn add_file(&mut self, hasher: &mut DefaultHasher, path: PathBuf) {
-        let metadata = std::fs::metadata(&path).ok();
-        let recent = metadata.as_ref().is_some_and(|m| {
-            m.is_file()
-                && m.len() <= MAX_CONTENT_HASH
-                && m.modified()
-                    .ok()
-                    .and_then(|t| SystemTime::now().duration_since(t).ok())
-                    .map(|age| age < RACY_WINDOW)
-                    .unwrap_or(true)
-        });
-        hash_metadata(hasher, metadata);
-        if recent {
-            if let Ok(content) = std::fs::read(&path) {
-                let mut content_hasher = DefaultHasher::new();
-                content.hash(&mut content_hasher);
-                self.recent.insert(path, content_hasher.finish());
-            }
-        }
-    }
-
-    /// A file leaving the recent window is no change; new content is.
-    pub fn differs_from(&self, earlier: &Fingerprint) -> bool {
-        self.metadata != earlier.metadata
-            || self
-                .recent
-                .iter()
-                .any(|(path, hash)| earlier.recent.get(path).is_some_and(|h| h != hash))
-    }
+/// When to look at the sources without an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intervals {
+    /// A full rescan even with inotify working.
+    pub rescan: Duration,
+    /// The rescan interval without inotify.
+    pub poll: Duration,
 }
 
-fn hash_metadata(hasher: &mut DefaultHasher, metadata: Option<Metadata>) {
-    match metadata {
-        None => 0u8.hash(hasher),
-        Some(m) => (
-            m.dev(),
-            m.ino(),
-            m.size(),
-            m.mode(),
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ctime(),
-            m.ctime_nsec(),
-        )
-            .hash(hasher),
-    }
-}
+/// Something to tell whenever a new snapshot is in place (the snapshot
+/// file's publisher).
+pub type OnSwap = Box<dyn FnMut(&Arc<Snapshot>, &VarlinkSources) + Send>;
 
-/// Rebuilds the snapshot in `store` from the sources below `root`, and
-/// keeps the Varlink services up to date.
 pub struct Watcher {
-    root: PathBuf,
+    sources: Vec<Box<dyn LocalSource>>,
     priority: Priority,
-    store: SnapshotStore,
-    varlink: Option<Arc<VarlinkSources>>,
+    store: Arc<SnapshotStore>,
+    varlink: Arc<VarlinkSources>,
+    dynamic_dir: PathBuf,
+    inotify: Option<Inotify>,
+    /// Watched directory by descriptor; `true` for a parent watched only to
+    /// see a missing directory appear.
+    watches: HashMap<WatchDescriptor, (PathBuf, bool)>,
+    intervals: Intervals,
     generation: u64,
-    last_fingerprint: Option<Fingerprint>,
     log: LogOnce,
+    on_swap: Option<OnSwap>,
+}
+
+fn watch_mask() -> WatchMask {
+    WatchMask::CREATE
+        | WatchMask::DELETE
+        | WatchMask::MODIFY
+        | WatchMask::CLOSE_WRITE
+        | WatchMask::MOVED_FROM
+        | WatchMask::MOVED_TO
+        | WatchMask::ATTRIB
+        | WatchMask::DELETE_SELF
+        | WatchMask::MOVE_SELF
+        | WatchMask::ONLYDIR
+}
+
+fn parent_mask() -> WatchMask {
+    WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::DELETE_SELF | WatchMask::ONLYDIR
 }
 
 impl Watcher {
-    pub fn new(root: PathBuf, priority: Priority, store: SnapshotStore) -> Self {
+    pub fn new(
+        root: &Path,
+        sources: Vec<Box<dyn LocalSource>>,
+        priority: Priority,
+        store: Arc<SnapshotStore>,
+        varlink: Arc<VarlinkSources>,
+        intervals: Intervals,
+    ) -> Self {
+        let inotify = match Inotify::init() {
+            Ok(inotify) => Some(inotify),
+            Err(e) => {
+                tracing::warn!(
+                    "inotify is not available ({e}): polling every {:?} instead",
+                    intervals.poll
+                );
+                None
+            }
+        };
         Watcher {
-            root,
+            sources,
             priority,
             store,
-            varlink: None,
+            varlink,
+            dynamic_dir: dynamic::dir(root),
+            inotify,
+            watches: HashMap::new(),
+            intervals,
             generation: 0,
-            last_fingerprint: None,
             log: LogOnce::default(),
+            on_swap: None,
         }
     }
 
-    /// Also discovers services and probes those left out, each poll.
-    pub fn with_varlink(mut self, varlink: Arc<VarlinkSources>) -> Self {
-        varlink.maintain();
-        self.varlink = Some(varlink);
+    pub fn on_swap(mut self, on_swap: OnSwap) -> Self {
+        self.on_swap = Some(on_swap);
         self
     }
 
-    /// Rebuilds if anything changed since the last build (or if there was
-    /// none); returns whether it did. The fingerprint is taken before the
-    /// sources are read, so a change during the read is seen next time.
-    pub fn refresh(&mut self) -> bool {
-        let current = Fingerprint::of(&self.root);
-        if let Some(last) = &self.last_fingerprint {
-            if !current.differs_from(last) {
-                self.last_fingerprint = Some(current);
-                return false;
+    /// Reads every source and puts the first snapshot in place.
+    pub fn load(&mut self) {
+        self.ensure_watches();
+        for source in &mut self.sources {
+            source.refresh(None);
+        }
+        self.rebuild();
+        self.varlink.maintain();
+    }
+
+    /// Watches every source directory, or the nearest existing parent of
+    /// one that does not exist.
+    fn ensure_watches(&mut self) {
+        let Some(inotify) = self.inotify.as_mut() else {
+            return;
+        };
+        let wanted: Vec<PathBuf> = self.sources.iter().flat_map(|s| s.watched()).collect();
+        let mut fresh: HashMap<WatchDescriptor, (PathBuf, bool)> = HashMap::new();
+        for dir in wanted {
+            let (target, parent_only) = match nearest_existing(&dir) {
+                Some(p) if p == dir => (p, false),
+                Some(p) => (p, true),
+                None => continue,
+            };
+            if fresh.values().any(|(p, only)| *p == target && !*only) {
+                continue;
+            }
+            let mask = if parent_only {
+                parent_mask()
+            } else {
+                watch_mask()
+            };
+            match inotify.watches().add(&target, mask) {
+                Ok(wd) => {
+                    let entry = fresh.entry(wd).or_insert((target, parent_only));
+                    entry.1 &= parent_only;
+                }
+                Err(e) => tracing::warn!(
+                    "cannot watch {}: {e}; changes there are seen by the periodic rescan",
+                    target.display()
+                ),
             }
         }
-        self.last_fingerprint = Some(current);
+        for wd in self.watches.keys() {
+            if !fresh.contains_key(wd) {
+                let _ = inotify.watches().remove(wd.clone());
+            }
+        }
+        self.watches = fresh;
+    }
+
+    /// Merges the sources' current data and swaps the result in.
+    fn rebuild(&mut self) {
         self.generation += 1;
-        let merged = merge(load_local(&self.root, &self.priority), self.generation);
+        let loaded = self
+            .sources
+            .iter()
+            .map(|s| Loaded {
+                info: s.info().clone(),
+                data: s.data(),
+                load: s.report(),
+            })
+            .collect();
+        let started = Instant::now();
+        let merged = merge::build(loaded, &self.priority, self.generation);
         for message in self.log.update(merged.messages) {
             tracing::warn!("{message}");
         }
-        let s = &merged.snapshot;
+        let snapshot = Arc::new(merged.snapshot);
         tracing::info!(
-            generation = s.generation,
-            users = s.users().count(),
-            groups = s.groups().count(),
-            memberships = s.memberships().count(),
+            generation = snapshot.generation,
+            users = snapshot.users().count(),
+            groups = snapshot.groups().count(),
+            merge_ms = started.elapsed().as_millis() as u64,
             "snapshot built"
         );
-        self.store.replace(merged.snapshot);
-        true
+        self.varlink
+            .set_dynamic_users_local(self.dynamic_dir.is_dir());
+        self.store.replace(Arc::clone(&snapshot));
+        if let Some(on_swap) = self.on_swap.as_mut() {
+            on_swap(&snapshot, &self.varlink);
+        }
     }
 
-    /// Polls for changes every `interval`, for the life of the process.
-    pub fn spawn(mut self, interval: Duration) -> std::io::Result<std::thread::JoinHandle<()>> {
+    /// Re-reads what `changed` names (everything for `None`); rebuilds if
+    /// any source changed. Returns whether it did.
+    pub fn refresh(&mut self, changed: Option<&[PathBuf]>) -> bool {
+        let mut any = false;
+        for source in &mut self.sources {
+            any |= source.refresh(changed);
+        }
+        if any {
+            self.rebuild();
+        }
+        any
+    }
+
+    /// Runs the watcher on a thread of its own for the life of the process.
+    pub fn spawn(
+        mut self,
+        control: Receiver<Control>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
         std::thread::Builder::new()
             .name("watch".into())
-            .spawn(move || loop {
-                let spent = self.poll();
-                // Huge drop-in directories take long to fingerprint: keep
-                // the watcher under about a fifth of one core.
-                std::thread::sleep(interval.max(spent * 4));
-            })
+            .spawn(move || self.run(&control))
     }
 
-    /// One round: local sources, then Varlink services. Returns its cost.
-    pub fn poll(&mut self) -> Duration {
-        let started = Instant::now();
-        self.refresh();
-        if let Some(varlink) = &self.varlink {
-            varlink.maintain();
+    fn run(&mut self, control: &Receiver<Control>) {
+        let mut last_rescan = Instant::now();
+        loop {
+            let changed = self.wait_for_events(TICK);
+            match changed {
+                Events::Paths(paths) if !paths.is_empty() => {
+                    self.refresh(Some(&paths));
+                }
+                Events::Paths(_) => {}
+                Events::Everything => {
+                    self.ensure_watches();
+                    self.refresh(None);
+                    last_rescan = Instant::now();
+                }
+            }
+            while let Ok(Control::Reload(priority)) = control.try_recv() {
+                self.priority = priority;
+                self.ensure_watches();
+                if !self.refresh(None) {
+                    self.rebuild();
+                }
+                last_rescan = Instant::now();
+            }
+            let interval = if self.inotify.is_some() {
+                self.intervals.rescan
+            } else {
+                self.intervals.poll
+            };
+            if last_rescan.elapsed() >= interval {
+                let started = Instant::now();
+                self.ensure_watches();
+                self.refresh(None);
+                last_rescan = Instant::now();
+                // A rescan of a huge tree must not take more than a fifth
+                // of a core when polling.
+                if self.inotify.is_none() {
+                    std::thread::sleep(started.elapsed() * 4);
+                }
+            }
+            self.varlink.maintain();
+            self.store.reap();
         }
-        started.elapsed()
     }
+
+    /// Waits up to `timeout` for inotify events and turns them into the
+    /// paths they name.
+    fn wait_for_events(&mut self, timeout: Duration) -> Events {
+        let Some(inotify) = self.inotify.as_mut() else {
+            std::thread::sleep(timeout);
+            return Events::Paths(Vec::new());
+        };
+        if !readable(inotify.as_raw_fd(), timeout) {
+            return Events::Paths(Vec::new());
+        }
+        let mut paths = Vec::new();
+        let mut everything = false;
+        let mut buffer = [0u8; 64 * 1024];
+        let settle_until = Instant::now() + SETTLE;
+        loop {
+            match inotify.read_events(&mut buffer) {
+                Ok(events) => {
+                    for event in events {
+                        if event.mask.contains(EventMask::Q_OVERFLOW) {
+                            everything = true;
+                            continue;
+                        }
+                        let Some((dir, parent_only)) = self.watches.get(&event.wd) else {
+                            continue;
+                        };
+                        if *parent_only
+                            || event.mask.intersects(
+                                EventMask::DELETE_SELF | EventMask::MOVE_SELF | EventMask::IGNORED,
+                            )
+                        {
+                            everything = true;
+                            continue;
+                        }
+                        match event.name {
+                            Some(name) => paths.push(dir.join(name)),
+                            None => paths.push(dir.clone()),
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    tracing::warn!("reading inotify events failed: {e}");
+                    everything = true;
+                }
+            }
+            let left = settle_until.saturating_duration_since(Instant::now());
+            if left.is_zero() || !readable(inotify.as_raw_fd(), left) {
+                break;
+            }
+        }
+        // A source directory that appeared (or one of its parents) is not
+        // watched yet: watch it and read everything.
+        let unwatched: Vec<PathBuf> = self
+            .sources
+            .iter()
+            .flat_map(|s| s.watched())
+            .filter(|dir| !self.watches.values().any(|(w, only)| w == dir && !*only))
+            .collect();
+        if everything
+            || paths
+                .iter()
+                .any(|p| unwatched.iter().any(|dir| dir.starts_with(p)))
+        {
+            return Events::Everything;
+        }
+        paths.sort();
+        paths.dedup();
+        Events::Paths(paths)
+    }
+}
+
+enum Events {
+    Paths(Vec<PathBuf>),
+    Everything,
+}
+
+fn nearest_existing(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors().find(|p| p.is_dir()).map(Path::to_path_buf)
+}
+
+/// Whether `fd` becomes readable within `timeout`.
+fn readable(fd: std::os::fd::RawFd, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `pfd` is one valid pollfd that outlives the call.
+    unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
+}
+
+/// A sender for [`Control`] and the receiver the watcher's thread takes.
+pub fn control() -> (Sender<Control>, Receiver<Control>) {
+    std::sync::mpsc::channel()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::VarlinkSettings;
-    use crate::snapshot::Snapshot;
-    use std::os::unix::net::UnixListener;
+    use crate::sources::local_sources;
 
-    #[test]
-    fn polling_follows_services_appearing_and_leaving() {
-        let root =
-            std::env::temp_dir().join(format!("brokerd-watch-varlink-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let dir = crate::sources::varlink::directory(&root);
-        std::fs::create_dir_all(&dir).unwrap();
+    fn intervals() -> Intervals {
+        Intervals {
+            rescan: Duration::from_secs(300),
+            poll: Duration::from_millis(250),
+        }
+    }
+
+    struct Root(PathBuf);
+
+    impl Drop for Root {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn watcher(root: &Path) -> (Watcher, Arc<SnapshotStore>) {
+        let store = Arc::new(SnapshotStore::new(Snapshot::empty()));
         let varlink = Arc::new(VarlinkSources::new(
-            dir.clone(),
+            crate::sources::varlink::directory(root),
             root.join("own.sock"),
             VarlinkSettings::default(),
         ));
-        let store = SnapshotStore::new(Snapshot::empty());
-        let priority = Priority::new(Vec::new());
-        let mut watcher =
-            Watcher::new(root.clone(), priority, store).with_varlink(Arc::clone(&varlink));
-        assert!(varlink.all().is_empty());
-        let listener = UnixListener::bind(dir.join("io.example.Late")).unwrap();
-        watcher.poll();
-        assert_eq!(varlink.all()[0].name, "io.example.Late");
-        drop(listener);
-        std::fs::remove_file(dir.join("io.example.Late")).unwrap();
-        watcher.poll();
-        assert!(varlink.all().is_empty());
-        std::fs::remove_dir_all(&root).unwrap();
+        let watcher = Watcher::new(
+            root,
+            local_sources(root),
+            Priority::new(vec!["files".into(), "dropins".into()]),
+            Arc::clone(&store),
+            varlink,
+            intervals(),
+        );
+        (watcher, store)
+    }
+
+    /// Waits until `check` holds, letting the watcher read its events.
+    fn until(
+        w: &mut Watcher,
+        check: impl Fn(&Snapshot) -> bool,
+        store: &SnapshotStore,
+    ) -> Duration {
+        let started = Instant::now();
+        while !check(&store.current()) {
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "change not seen"
+            );
+            if let Events::Paths(paths) = w.wait_for_events(Duration::from_millis(50)) {
+                w.refresh(Some(&paths));
+            } else {
+                w.ensure_watches();
+                w.refresh(None);
+            }
+        }
+        started.elapsed()
     }
 
     #[test]
-    fn dropin_changes_are_picked_up() {
-        let root = std::env::temp_dir().join(format!("brokerd-watch-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(root.join("etc/userdb")).unwrap();
-        std::fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
-        let store = SnapshotStore::new(Snapshot::empty());
-        let priority = Priority::new(vec!["files".into(), "dropins".into()]);
-        let mut watcher = Watcher::new(root.clone(), priority, store.clone());
-        assert!(watcher.refresh());
-        assert!(!watcher.refresh(), "nothing changed");
+    fn changes_are_seen_through_inotify_including_new_directories() {
+        let root = Root(std::env::temp_dir().join(format!("brokerd-watch-{}", std::process::id())));
+        let _ = std::fs::remove_dir_all(&root.0);
+        std::fs::create_dir_all(root.0.join("etc")).unwrap();
+        std::fs::write(root.0.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+        let (mut w, store) = watcher(&root.0);
+        w.load();
         assert_eq!(store.current().generation, 1);
         assert!(store.current().user_by_name("alice").is_none());
 
-        let dropin = root.join("etc/userdb/alice.user");
+        // etc/userdb did not exist: it is seen through its parent.
+        std::fs::create_dir_all(root.0.join("etc/userdb")).unwrap();
+        let dropin = root.0.join("etc/userdb/alice.user");
         std::fs::write(&dropin, r#"{"userName":"alice","uid":2001}"#).unwrap();
-        assert!(watcher.refresh());
-        assert_eq!(store.current().user_by_name("alice").unwrap().uid, 2001);
-
+        until(&mut w, |s| s.user_by_name("alice").is_some(), &store);
         std::fs::write(&dropin, r#"{"userName":"alice","uid":2002}"#).unwrap();
-        assert!(watcher.refresh());
-        assert_eq!(store.current().user_by_name("alice").unwrap().uid, 2002);
-
+        until(
+            &mut w,
+            |s| s.user_by_name("alice").is_some_and(|u| u.user.uid == 2002),
+            &store,
+        );
         std::fs::remove_file(&dropin).unwrap();
-        assert!(watcher.refresh());
-        assert!(store.current().user_by_name("alice").is_none());
+        until(&mut w, |s| s.user_by_name("alice").is_none(), &store);
 
-        std::fs::write(
-            root.join("etc/passwd"),
-            "root:x:0:0::/root:/bin/sh\nbob:x:5:5::/:/bin/sh\n",
-        )
-        .unwrap();
-        assert!(watcher.refresh());
-        assert_eq!(store.current().user_by_uid(5).unwrap().name, "bob");
-        assert_eq!(store.current().generation, 5);
-        std::fs::remove_dir_all(&root).unwrap();
+        let tmp = root.0.join("etc/passwd.new");
+        std::fs::write(&tmp, "root:x:0:0::/root:/bin/sh\nbob:x:5:5::/:/bin/sh\n").unwrap();
+        std::fs::rename(&tmp, root.0.join("etc/passwd")).unwrap();
+        until(&mut w, |s| s.user_by_uid(5).is_some(), &store);
+
+        // Dynamic users appear with PID 1's directory.
+        let dynamic = root.0.join("run/systemd/dynamic-uid");
+        std::fs::create_dir_all(&dynamic).unwrap();
+        std::os::unix::fs::symlink("61300", dynamic.join("direct:svc")).unwrap();
+        std::os::unix::fs::symlink("svc", dynamic.join("direct:61300")).unwrap();
+        until(&mut w, |s| s.user_by_uid(61300).is_some(), &store);
+    }
+
+    #[test]
+    fn an_idle_watcher_rebuilds_nothing() {
+        let root =
+            Root(std::env::temp_dir().join(format!("brokerd-watch-idle-{}", std::process::id())));
+        let _ = std::fs::remove_dir_all(&root.0);
+        std::fs::create_dir_all(root.0.join("etc")).unwrap();
+        std::fs::write(root.0.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+        let (mut w, store) = watcher(&root.0);
+        w.load();
+        for _ in 0..3 {
+            if let Events::Paths(paths) = w.wait_for_events(Duration::from_millis(20)) {
+                assert!(paths.is_empty());
+            }
+        }
+        assert!(
+            !w.refresh(None),
+            "a rescan without changes rebuilds nothing"
+        );
+        assert_eq!(store.current().generation, 1);
     }
 }

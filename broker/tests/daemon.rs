@@ -77,5 +77,5 @@ fn bad_arguments_are_a_usage_error() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("usage"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("Usage: userdb-brokerd"));
 }

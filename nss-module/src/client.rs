@@ -3,6 +3,7 @@
 //! back-off that makes a hung broker cost one deadline per window instead of
 //! one per call.
 
+use std::collections::HashSet;
 use std::ffi::c_int;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +15,7 @@ use userdb_proto::api::{
     UserQuery,
 };
 use userdb_proto::client::{ClientError, Connection};
+use userdb_proto::peer::Peer;
 use userdb_proto::record::{GroupRecord, UserRecord};
 use userdb_proto::BROKER_SERVICE;
 
@@ -128,6 +130,8 @@ static NSSWITCH: nsswitch::Cache = nsswitch::Cache::new();
 pub struct Host<'a> {
     pub env: &'a dyn Fn(&str) -> Option<String>,
     pub pid: u32,
+    /// The effective uid: a broker run by this uid is believed too.
+    pub euid: u32,
     pub now_ms: fn() -> u64,
 }
 
@@ -135,7 +139,9 @@ pub struct Host<'a> {
 /// deadline. Holds the thread's re-entry mark until dropped.
 pub struct Lookup {
     plan: Plan,
+    started: Instant,
     deadline: Instant,
+    euid: u32,
     now_ms: fn() -> u64,
     _reentry: Reentry,
 }
@@ -149,6 +155,7 @@ fn client_failure(error: &ClientError) -> Failure {
         ClientError::Remote(name) if name == userdb::NO_RECORD_FOUND => Failure::NOT_FOUND,
         ClientError::Absent => Failure::unavail(libc::ENOENT),
         ClientError::Refused => Failure::unavail(libc::ECONNREFUSED),
+        ClientError::Untrusted => Failure::unavail(libc::EPERM),
         ClientError::Timeout => Failure::unavail(libc::ETIMEDOUT),
         ClientError::Oversized => Failure::unavail(libc::EMSGSIZE),
         ClientError::Protocol(_) | ClientError::Remote(_) => Failure::unavail(libc::EPROTO),
@@ -189,10 +196,13 @@ impl Lookup {
             return Err(Failure::BACKING_OFF);
         }
         // The guard bounds the timeout to a minute: no overflow.
-        let deadline = Instant::now() + plan.timeout;
+        let started = Instant::now();
+        let deadline = started + plan.timeout;
         Ok(Lookup {
             plan,
+            started,
             deadline,
+            euid: host.euid,
             now_ms: host.now_ms,
             _reentry: reentry,
         })
@@ -210,8 +220,35 @@ impl Lookup {
         &self,
         exchange: impl FnOnce(&mut Connection) -> Result<T, ClientError>,
     ) -> Result<T, Failure> {
-        let result = Connection::connect(&self.plan.socket, self.deadline)
-            .and_then(|mut connection| exchange(&mut connection));
+        self.talk_until(self.deadline, None, exchange)
+    }
+
+    /// As `talk`, for a listing: it may run until the listing limit as long
+    /// as each reply comes within the call's timeout, so that a long listing
+    /// on a loaded machine completes, and a stalled one fails.
+    fn talk_listing<T>(
+        &self,
+        exchange: impl FnOnce(&mut Connection) -> Result<T, ClientError>,
+    ) -> Result<T, Failure> {
+        // The guard bounds the limit to a minute: no overflow.
+        let deadline = self.started + self.plan.listing_limit;
+        self.talk_until(deadline, Some(self.plan.timeout), exchange)
+    }
+
+    fn talk_until<T>(
+        &self,
+        deadline: Instant,
+        reply_timeout: Option<std::time::Duration>,
+        exchange: impl FnOnce(&mut Connection) -> Result<T, ClientError>,
+    ) -> Result<T, Failure> {
+        let result = Connection::connect(&self.plan.socket, deadline).and_then(|connection| {
+            trusted_listener(&connection, self.euid)?;
+            let mut connection = match reply_timeout {
+                Some(t) => connection.with_reply_timeout(t),
+                None => connection,
+            };
+            exchange(&mut connection)
+        });
         BACKOFF.record(result.as_ref().map(|_| ()), (self.now_ms)());
         result.map_err(|e| client_failure(&e))
     }
@@ -299,7 +336,7 @@ impl Lookup {
         convert: impl Fn(RecordReply) -> Option<T>,
     ) -> Result<Vec<T>, Failure> {
         let mut items = Vec::new();
-        let streamed = self.talk(|c| {
+        let streamed = self.talk_listing(|c| {
             c.call_more(method, query, |params| {
                 if let Ok(reply) = serde_json::from_value::<RecordReply>(params) {
                     items.extend(convert(reply));
@@ -343,16 +380,29 @@ impl Lookup {
     }
 }
 
-/// The gids `initgroups_dyn` adds: in order, without `primary` and without
-/// any already in `present` or seen earlier.
-pub fn new_gids(found: &[u32], primary: u32, present: &[u32]) -> Vec<u32> {
-    let mut out: Vec<u32> = Vec::with_capacity(found.len());
-    for &gid in found {
-        if gid != primary && !present.contains(&gid) && !out.contains(&gid) {
-            out.push(gid);
-        }
+/// Whether the process listening on the broker's socket may be believed:
+/// root's, or this process's own user's (a socket named by
+/// `USERDB_BROKER_SOCKET` that another user runs could forge any record).
+fn trusted_listener(connection: &Connection, euid: u32) -> Result<(), ClientError> {
+    let peer =
+        Peer::of(connection).map_err(|e| ClientError::Os(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    if peer.uid == 0 || peer.uid == euid {
+        Ok(())
+    } else {
+        Err(ClientError::Untrusted)
     }
-    out
+}
+
+/// The gids `initgroups_dyn` adds: in order, without `primary` and without
+/// any already in `present` or seen earlier; linear in their number.
+pub fn new_gids(found: &[u32], primary: u32, present: &[u32]) -> Vec<u32> {
+    let mut seen: HashSet<u32> = present.iter().copied().collect();
+    seen.insert(primary);
+    found
+        .iter()
+        .copied()
+        .filter(|gid| seen.insert(*gid))
+        .collect()
 }
 
 #[cfg(test)]

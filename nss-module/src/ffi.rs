@@ -18,6 +18,13 @@ use crate::client::{new_gids, Failure, Host, Key, Lookup, Status};
 use crate::enumerate::{GROUPS, SHADOW, USERS};
 use crate::nsswitch::Database;
 use crate::pack::{self, PasswdFields, TooSmall};
+use crate::retry::{Retry, RetryKey};
+
+/// The answers kept for glibc's retry with a larger buffer, per database.
+static PASSWD_RETRY: Retry<(UserRecord, bool)> = Retry::new();
+static GROUP_RETRY: Retry<(GroupRecord, bool)> = Retry::new();
+static SHADOW_RETRY: Retry<(UserRecord, bool)> = Retry::new();
+static GSHADOW_RETRY: Retry<(GroupRecord, bool)> = Retry::new();
 
 extern "C" {
     // glibc's secure_getenv (NULL in set-uid/set-gid processes); the libc
@@ -72,9 +79,12 @@ fn monotonic_ms() -> u64 {
 fn start_lookup() -> Result<Lookup, Failure> {
     // SAFETY: getpid has no preconditions and cannot fail.
     let pid = unsafe { libc::getpid() };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
     Lookup::start(&Host {
         env: &env,
         pid: u32::try_from(pid).unwrap_or(0),
+        euid,
         now_ms: monotonic_ms,
     })
 }
@@ -303,8 +313,12 @@ pub unsafe extern "C" fn _nss_broker_getpwnam_r(
 ) -> c_int {
     run(errnop, || {
         let name = name_arg(name)?;
-        let (user, _) = start_lookup()?.user(Key::Name(name), Database::Passwd)?;
-        write_passwd(result, buf, buflen, &user)
+        PASSWD_RETRY.answer(
+            RetryKey::Name(name.to_owned()),
+            monotonic_ms(),
+            || start_lookup()?.user(Key::Name(name), Database::Passwd),
+            |(user, _)| write_passwd(result, buf, buflen, user),
+        )
     })
 }
 
@@ -319,8 +333,12 @@ pub unsafe extern "C" fn _nss_broker_getpwuid_r(
     errnop: *mut c_int,
 ) -> c_int {
     run(errnop, || {
-        let (user, _) = start_lookup()?.user(Key::Id(uid), Database::Passwd)?;
-        write_passwd(result, buf, buflen, &user)
+        PASSWD_RETRY.answer(
+            RetryKey::Id(uid),
+            monotonic_ms(),
+            || start_lookup()?.user(Key::Id(uid), Database::Passwd),
+            |(user, _)| write_passwd(result, buf, buflen, user),
+        )
     })
 }
 
@@ -361,8 +379,12 @@ pub unsafe extern "C" fn _nss_broker_getgrnam_r(
 ) -> c_int {
     run(errnop, || {
         let name = name_arg(name)?;
-        let (group, _) = start_lookup()?.group(Key::Name(name), Database::Group)?;
-        write_group(result, buf, buflen, &group)
+        GROUP_RETRY.answer(
+            RetryKey::Name(name.to_owned()),
+            monotonic_ms(),
+            || start_lookup()?.group(Key::Name(name), Database::Group),
+            |(group, _)| write_group(result, buf, buflen, group),
+        )
     })
 }
 
@@ -377,8 +399,12 @@ pub unsafe extern "C" fn _nss_broker_getgrgid_r(
     errnop: *mut c_int,
 ) -> c_int {
     run(errnop, || {
-        let (group, _) = start_lookup()?.group(Key::Id(gid), Database::Group)?;
-        write_group(result, buf, buflen, &group)
+        GROUP_RETRY.answer(
+            RetryKey::Id(gid),
+            monotonic_ms(),
+            || start_lookup()?.group(Key::Id(gid), Database::Group),
+            |(group, _)| write_group(result, buf, buflen, group),
+        )
     })
 }
 
@@ -497,8 +523,12 @@ pub unsafe extern "C" fn _nss_broker_getspnam_r(
 ) -> c_int {
     run(errnop, || {
         let name = name_arg(name)?;
-        let (user, incomplete) = start_lookup()?.user(Key::Name(name), Database::Shadow)?;
-        write_shadow(result, buf, buflen, &user, incomplete)
+        SHADOW_RETRY.answer(
+            RetryKey::Name(name.to_owned()),
+            monotonic_ms(),
+            || start_lookup()?.user(Key::Name(name), Database::Shadow),
+            |(user, incomplete)| write_shadow(result, buf, buflen, user, *incomplete),
+        )
     })
 }
 
@@ -541,8 +571,12 @@ pub unsafe extern "C" fn _nss_broker_getsgnam_r(
 ) -> c_int {
     run(errnop, || {
         let name = name_arg(name)?;
-        let (group, incomplete) = start_lookup()?.group(Key::Name(name), Database::Gshadow)?;
-        write_gshadow(result, buf, buflen, &group, incomplete)
+        GSHADOW_RETRY.answer(
+            RetryKey::Name(name.to_owned()),
+            monotonic_ms(),
+            || start_lookup()?.group(Key::Name(name), Database::Gshadow),
+            |(group, incomplete)| write_gshadow(result, buf, buflen, group, *incomplete),
+        )
     })
 }
 

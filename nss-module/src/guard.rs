@@ -31,6 +31,9 @@ pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 /// The whole-call budget of a generator: PID 1 waits for it.
 pub const GENERATOR_TIMEOUT: Duration = Duration::from_millis(100);
+/// The longest a listing (`set*ent`) may take as long as replies keep
+/// coming, each within the call's timeout.
+pub const LISTING_LIMIT: Duration = Duration::from_secs(60);
 
 /// Why a call does no I/O at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +52,11 @@ pub enum Refusal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub socket: PathBuf,
+    /// The deadline of one call, and of each wait for the next reply of a
+    /// listing.
     pub timeout: Duration,
+    /// The longest a whole listing may take.
+    pub listing_limit: Duration,
     /// Ask the broker to leave out every source served by PID 1.
     pub dynamic_bypass: bool,
 }
@@ -134,6 +141,8 @@ pub fn plan(env: &dyn Fn(&str) -> Option<String>, pid: u32) -> Result<Plan, Refu
     Ok(Plan {
         socket: PathBuf::from(socket),
         timeout,
+        // A generator's whole listing gets no more than one call: PID 1 waits.
+        listing_limit: if generator { timeout } else { LISTING_LIMIT },
         dynamic_bypass: generator || is_true(env(DYNAMIC_BYPASS_VAR)),
     })
 }
@@ -184,6 +193,7 @@ mod tests {
         let plan = plan(&env_of(&[]), 4242).unwrap();
         assert_eq!(plan.socket, PathBuf::from(DEFAULT_SOCKET_PATH));
         assert_eq!(plan.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(plan.listing_limit, LISTING_LIMIT);
         assert!(!plan.dynamic_bypass);
     }
 
@@ -242,6 +252,7 @@ mod tests {
         ]);
         let plan_g = plan(&generator, 77).unwrap();
         assert_eq!(plan_g.timeout, GENERATOR_TIMEOUT);
+        assert_eq!(plan_g.listing_limit, GENERATOR_TIMEOUT);
         assert!(plan_g.dynamic_bypass);
         let env_generator = env_of(&[("SYSTEMD_EXEC_PID", "77")]);
         assert!(plan(&env_generator, 77).unwrap().dynamic_bypass);

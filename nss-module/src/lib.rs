@@ -22,3 +22,5 @@ mod guard;
 mod nsswitch;
 #[deny(unsafe_code)]
 mod pack;
+#[deny(unsafe_code)]
+mod retry;

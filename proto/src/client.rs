@@ -1,15 +1,23 @@
-//! A small blocking Varlink client over `AF_UNIX`, shared by the NSS module
-//! and `userdb-brokerctl`.
+//! A small blocking Varlink client over `AF_UNIX`, shared by the NSS module,
+//! `userdb-brokerctl` and the broker's Varlink sources.
 //!
 //! Every connection carries one deadline that bounds everything done on it:
 //! the connect (non-blocking, so a full backlog cannot hang it), every send
-//! and every read. Replies are capped per frame and in total, so a broker
-//! that speaks garbage, trickles bytes or sends without end costs at most
-//! the deadline and a bounded amount of memory. No threads, no runtime, no
-//! global state: the socket is opened per connection (with `SOCK_CLOEXEC`)
-//! and closed on drop, which keeps the client correct after `fork()`.
+//! and every read. A streamed answer may also bound each wait for its next
+//! reply ([`Connection::with_reply_timeout`]): a long listing then lives as
+//! long as replies keep coming, up to the overall deadline. Replies are
+//! capped per frame and in total, so a peer that speaks garbage, trickles
+//! bytes or sends without end costs at most the deadline and a bounded
+//! amount of memory. No threads, no runtime, no global state: the socket is
+//! opened per connection (with `SOCK_CLOEXEC`) and closed on drop, which
+//! keeps the client correct after `fork()`.
+//!
+//! For callers that wait on several connections at once (the broker asks
+//! its services concurrently), [`Connection::start`] sends a call and
+//! [`Connection::read_available`] consumes whatever replies have arrived
+//! without waiting; [`Connection::fd`] is what to `poll`.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -19,8 +27,9 @@ use serde_json::Value;
 
 use crate::varlink::{encode, Call, FrameBuffer, Reply};
 
-/// Largest single reply frame accepted by default.
-pub const DEFAULT_MAX_FRAME: usize = 4 << 20;
+/// Largest single reply frame accepted by default: a group of a million
+/// members is about 10 MiB of JSON.
+pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
 /// Largest total of all replies to one `more` call accepted by default.
 pub const DEFAULT_MAX_TOTAL: usize = 256 << 20;
 
@@ -37,6 +46,8 @@ pub enum ClientError {
     Absent,
     /// A socket file exists but nothing listens on it (`ECONNREFUSED`).
     Refused,
+    /// The process listening is not one the caller may believe.
+    Untrusted,
     /// The deadline passed before the answer was complete.
     Timeout,
     /// A reply frame or the whole streamed answer exceeded its cap.
@@ -54,6 +65,7 @@ impl std::fmt::Display for ClientError {
         match self {
             ClientError::Absent => f.write_str("no socket at that path (is the broker running?)"),
             ClientError::Refused => f.write_str("connection refused (stale socket?)"),
+            ClientError::Untrusted => f.write_str("the listening process is not trusted"),
             ClientError::Timeout => f.write_str("timed out"),
             ClientError::Oversized => f.write_str("reply larger than allowed"),
             ClientError::Protocol(what) => write!(f, "protocol error: {what}"),
@@ -86,11 +98,28 @@ impl Default for Limits {
 pub struct Connection {
     fd: OwnedFd,
     deadline: Instant,
+    /// Longest wait for the next reply of a stream, if bounded apart from
+    /// the deadline.
+    reply_timeout: Option<Duration>,
+    /// When the last reply (or the call) completed: the reply timeout runs
+    /// from here.
+    progress_at: Instant,
     frames: FrameBuffer,
     limits: Limits,
+    /// Bytes of every reply frame of the current call.
+    received: usize,
     /// Scratch space for `recv`, kept so that a long stream of replies
     /// does not allocate one per reply.
     chunk: Vec<u8>,
+}
+
+/// Whether a call that was started has had its last reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// More replies are to come.
+    Pending,
+    /// The last reply (one without `continues`) was handed out.
+    Done,
 }
 
 fn last_errno() -> i32 {
@@ -160,9 +189,9 @@ fn connect_error(errno: i32) -> ClientError {
     }
 }
 
-/// The socket, for `SO_PEERCRED` (the broker asks who serves a source).
+/// The socket, for `SO_PEERCRED` (who listens on it) and for `poll`.
 impl AsRawFd for Connection {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+    fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
 }
@@ -218,13 +247,20 @@ impl Connection {
                 errno => return Err(connect_error(errno)),
             }
         }
-        Ok(Connection {
+        Ok(Connection::over(fd, deadline))
+    }
+
+    fn over(fd: OwnedFd, deadline: Instant) -> Connection {
+        Connection {
             fd,
             deadline,
+            reply_timeout: None,
+            progress_at: Instant::now(),
             frames: FrameBuffer::new(Limits::default().max_frame),
             limits: Limits::default(),
+            received: 0,
             chunk: vec![0u8; READ_CHUNK],
-        })
+        }
     }
 
     /// Connects with a deadline `timeout` from now (a timeout too large to
@@ -243,15 +279,32 @@ impl Connection {
         self
     }
 
+    /// Bounds each wait for the next reply by `timeout` as well as by the
+    /// deadline, so that a stream may outlive `timeout` as long as it keeps
+    /// moving.
+    pub fn with_reply_timeout(mut self, timeout: Duration) -> Connection {
+        self.reply_timeout = Some(timeout);
+        self
+    }
+
+    /// The descriptor to `poll` for `POLLIN` while a call is pending.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// When everything done on this connection must be over.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
     /// Calls `method` and returns the parameters of its single reply.
     pub fn call<P: Serialize>(
         &mut self,
         method: &str,
         parameters: &P,
     ) -> Result<Value, ClientError> {
-        self.send_call(method, parameters, false)?;
-        let mut total = 0;
-        let reply = self.read_reply(&mut total)?;
+        self.start(method, parameters, false)?;
+        let reply = self.read_reply(true)?;
         if reply.continues {
             return Err(ClientError::Protocol("unexpected 'continues' reply".into()));
         }
@@ -267,10 +320,9 @@ impl Connection {
         parameters: &P,
         mut each: impl FnMut(Value) -> Result<(), ClientError>,
     ) -> Result<(), ClientError> {
-        self.send_call(method, parameters, true)?;
-        let mut total = 0;
+        self.start(method, parameters, true)?;
         loop {
-            let reply = self.read_reply(&mut total)?;
+            let reply = self.read_reply(true)?;
             each(reply.parameters.unwrap_or(Value::Null))?;
             if !reply.continues {
                 return Ok(());
@@ -278,7 +330,9 @@ impl Connection {
         }
     }
 
-    fn send_call<P: Serialize>(
+    /// Sends a call without waiting for its answer; the replies are then
+    /// taken with [`Connection::read_available`].
+    pub fn start<P: Serialize>(
         &mut self,
         method: &str,
         parameters: &P,
@@ -292,7 +346,44 @@ impl Connection {
             more,
             oneway: false,
         };
-        self.send_all(&encode(&call))
+        self.received = 0;
+        self.send_all(&encode(&call))?;
+        self.progress_at = Instant::now();
+        Ok(())
+    }
+
+    /// Hands every reply that has arrived to `each`, without waiting for
+    /// more; `Done` once the last one was handed out. Errors as for
+    /// [`Connection::call_more`], and `Timeout` once the deadline passed.
+    pub fn read_available(
+        &mut self,
+        mut each: impl FnMut(Value) -> Result<(), ClientError>,
+    ) -> Result<Progress, ClientError> {
+        loop {
+            if self.wait_deadline() <= Instant::now() {
+                return Err(ClientError::Timeout);
+            }
+            match self.next_reply(false)? {
+                Some(reply) => {
+                    each(reply.parameters.unwrap_or(Value::Null))?;
+                    if !reply.continues {
+                        return Ok(Progress::Done);
+                    }
+                }
+                None => return Ok(Progress::Pending),
+            }
+        }
+    }
+
+    /// Until when the next read may wait.
+    fn wait_deadline(&self) -> Instant {
+        match self.reply_timeout {
+            Some(t) => self
+                .progress_at
+                .checked_add(t)
+                .map_or(self.deadline, |d| d.min(self.deadline)),
+            None => self.deadline,
+        }
     }
 
     fn send_all(&mut self, mut bytes: &[u8]) -> Result<(), ClientError> {
@@ -322,26 +413,37 @@ impl Connection {
         Ok(())
     }
 
-    /// Reads the next reply; an error reply becomes `ClientError::Remote`.
-    /// `total` counts the bytes of every frame of the current call.
-    fn read_reply(&mut self, total: &mut usize) -> Result<Reply, ClientError> {
-        let frame = self.read_frame()?;
-        *total = total.saturating_add(frame.len() + 1);
-        if *total > self.limits.max_total {
+    /// Reads the next reply, waiting for it; an error reply becomes
+    /// `ClientError::Remote`.
+    fn read_reply(&mut self, wait: bool) -> Result<Reply, ClientError> {
+        match self.next_reply(wait)? {
+            Some(reply) => Ok(reply),
+            None => Err(ClientError::Timeout),
+        }
+    }
+
+    /// The next reply; `None` when `wait` is false and none is complete yet.
+    fn next_reply(&mut self, wait: bool) -> Result<Option<Reply>, ClientError> {
+        let Some(frame) = self.read_frame(wait)? else {
+            return Ok(None);
+        };
+        self.received = self.received.saturating_add(frame.len() + 1);
+        if self.received > self.limits.max_total {
             return Err(ClientError::Oversized);
         }
+        self.progress_at = Instant::now();
         let reply: Reply = serde_json::from_slice(&frame)
             .map_err(|e| ClientError::Protocol(format!("reply is not a Varlink message: {e}")))?;
         match reply.error {
             Some(name) => Err(ClientError::Remote(name)),
-            None => Ok(reply),
+            None => Ok(Some(reply)),
         }
     }
 
-    fn read_frame(&mut self) -> Result<Vec<u8>, ClientError> {
+    fn read_frame(&mut self, wait: bool) -> Result<Option<Vec<u8>>, ClientError> {
         loop {
             match self.frames.next_frame() {
-                Ok(Some(frame)) => return Ok(frame),
+                Ok(Some(frame)) => return Ok(Some(frame)),
                 Ok(None) => {}
                 Err(_) => return Err(ClientError::Oversized),
             }
@@ -359,7 +461,8 @@ impl Connection {
                 n if n > 0 => self.frames.push(&self.chunk[..n as usize]),
                 _ => match last_errno() {
                     libc::EINTR => continue,
-                    libc::EAGAIN => wait_for(&self.fd, libc::POLLIN, self.deadline)?,
+                    libc::EAGAIN if !wait => return Ok(None),
+                    libc::EAGAIN => wait_for(&self.fd, libc::POLLIN, self.wait_deadline())?,
                     libc::ECONNRESET => {
                         return Err(ClientError::Protocol("peer reset the connection".into()))
                     }
@@ -695,15 +798,88 @@ mod tests {
     }
 
     #[test]
+    fn a_moving_stream_outlives_its_reply_timeout() {
+        let dir = SocketDir::new();
+        let server = serve(&dir.socket(), |s| {
+            for n in 0..10 {
+                let frame = format!("{{\"parameters\":{{\"n\":{n}}},\"continues\":{}}}\0", n < 9);
+                s.write_all(frame.as_bytes()).unwrap();
+                thread::sleep(Duration::from_millis(30));
+            }
+        });
+        let mut conn = Connection::connect_timeout(&dir.socket(), Duration::from_secs(5))
+            .unwrap()
+            .with_reply_timeout(Duration::from_millis(100));
+        let start = Instant::now();
+        let mut seen = 0;
+        conn.call_more(METHOD, &serde_json::json!({}), |_| {
+            seen += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, 10);
+        assert!(start.elapsed() >= Duration::from_millis(250));
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_stalled_stream_fails_at_its_reply_timeout() {
+        let dir = SocketDir::new();
+        let server = serve(&dir.socket(), |s| {
+            s.write_all(b"{\"parameters\":{},\"continues\":true}\0")
+                .unwrap();
+            thread::sleep(Duration::from_millis(400));
+        });
+        let mut conn = Connection::connect_timeout(&dir.socket(), Duration::from_secs(5))
+            .unwrap()
+            .with_reply_timeout(Duration::from_millis(100));
+        let start = Instant::now();
+        let mut seen = 0;
+        let err = conn
+            .call_more(METHOD, &serde_json::json!({}), |_| {
+                seen += 1;
+                Ok(())
+            })
+            .unwrap_err();
+        assert_eq!((err, seen), (ClientError::Timeout, 1));
+        elapsed_between(
+            start,
+            Duration::from_millis(100),
+            Duration::from_millis(250),
+        );
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn read_available_takes_what_arrived_without_waiting() {
+        let (client, mut server) = UnixStream::pair().unwrap();
+        let mut conn = Connection::over(
+            OwnedFd::from(client),
+            Instant::now() + Duration::from_secs(5),
+        );
+        conn.start(METHOD, &serde_json::json!({}), true).unwrap();
+        let mut got = Vec::new();
+        let mut take = |v: Value| {
+            got.push(v["n"].as_u64().unwrap_or(0));
+            Ok(())
+        };
+        assert_eq!(conn.read_available(&mut take).unwrap(), Progress::Pending);
+        server
+            .write_all(b"{\"parameters\":{\"n\":1},\"continues\":true}\0{\"param")
+            .unwrap();
+        assert_eq!(conn.read_available(&mut take).unwrap(), Progress::Pending);
+        server.write_all(b"eters\":{\"n\":2}}\0").unwrap();
+        assert_eq!(conn.read_available(&mut take).unwrap(), Progress::Done);
+        assert_eq!(got, [1, 2]);
+    }
+
+    #[test]
     fn the_call_is_one_nul_terminated_varlink_message() {
         let (client, mut server) = UnixStream::pair().unwrap();
-        let mut conn = Connection {
-            fd: OwnedFd::from(client),
-            deadline: Instant::now() + Duration::from_secs(5),
-            frames: FrameBuffer::new(DEFAULT_MAX_FRAME),
-            limits: Limits::default(),
-            chunk: vec![0u8; READ_CHUNK],
-        };
+        let mut conn = Connection::over(
+            OwnedFd::from(client),
+            Instant::now() + Duration::from_secs(5),
+        );
         server.write_all(b"{\"parameters\":{}}\0").unwrap();
         conn.call(METHOD, &serde_json::json!({"uid": 0})).unwrap();
         drop(conn);

@@ -1,14 +1,17 @@
 //! Shared by both ends of userdb-broker: the Varlink framing, the
-//! `io.systemd.UserDatabase` / `io.userdb.Broker` message types, and the
-//! NSS view of a user/group record with the validation both ends apply.
+//! `io.systemd.UserDatabase` / `io.userdb.Broker` message types, the NSS
+//! view of a user/group record with the validation both ends apply, and the
+//! small blocking Varlink client (`client`, `peer`: the only modules with
+//! socket system calls, each `unsafe` block with its reason).
 //!
-//! No I/O lives here: the module links this crate into every process, so it
-//! must stay free of runtimes, threads and global state.
+//! The module links this crate into every process, so it stays free of
+//! runtimes, threads and global state.
 
 pub mod api;
 pub mod client;
 pub mod names;
 pub mod nsswitch;
+pub mod peer;
 pub mod record;
 pub mod varlink;
 

@@ -30,9 +30,11 @@ pub fn valid_gecos(gecos: &str) -> bool {
     gecos.len() <= MAX_FIELD_LEN && !gecos.chars().any(|c| c.is_control() || c == ':')
 }
 
-/// A home directory or shell: absolute, and no `:` or control characters.
+/// A home directory or shell: not empty, no `:` or control characters. A
+/// relative path is allowed: glibc's `files` serves one as it is written,
+/// and it cannot corrupt a passwd line.
 pub fn valid_path(path: &str) -> bool {
-    path.starts_with('/')
+    !path.is_empty()
         && path.len() <= MAX_FIELD_LEN
         && !path.chars().any(|c| c.is_control() || c == ':')
 }
@@ -73,7 +75,7 @@ mod tests {
         assert!(!valid_gecos("a\nb"));
         assert!(!valid_gecos("a\0b"));
         assert!(valid_path("/home/alice"));
-        assert!(!valid_path("home"));
+        assert!(valid_path("home"));
         assert!(!valid_path("/a:b"));
         assert!(!valid_path(""));
     }

@@ -336,7 +336,7 @@ mod tests {
             json!({"userName": "a\u{0}b", "uid": 1}),
             json!({"userName": "a", "uid": 1, "realName": "x:0:0:"}),
             json!({"userName": "a", "uid": 1, "realName": "x\u{0}"}),
-            json!({"userName": "a", "uid": 1, "homeDirectory": "relative"}),
+            json!({"userName": "a", "uid": 1, "homeDirectory": ""}),
             json!({"userName": "a", "uid": 1, "shell": "/bin/sh\n"}),
             json!({"userName": "a", "uid": 1, "privileged": {"hashedPassword": ["a:b"]}}),
             json!({"userName": "a", "uid": 1, "privileged": "x"}),

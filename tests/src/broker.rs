@@ -72,9 +72,17 @@ impl Broker {
             "--socket".into(),
             socket.into(),
         ];
-        if let Some(config) = config {
-            argv.extend(["--config".into(), config.into()]);
-        }
+        // Always a file of the test's own, so that the host's
+        // /etc/userdb-broker/userdb-brokerd.toml never applies.
+        let empty = scratch.join("empty.toml");
+        let config = match config {
+            Some(config) => config.to_path_buf(),
+            None => {
+                fs::write(&empty, "").unwrap_or_else(|e| panic!("write {}: {e}", empty.display()));
+                empty
+            }
+        };
+        argv.extend(["--config".into(), config.into()]);
         let mut command = match nss {
             Some(nss) => nss.command(&argv),
             None => {

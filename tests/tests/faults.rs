@@ -297,8 +297,8 @@ fn garbage_or_oversized_reply_fails_cleanly_within_the_deadline() {
     for (row, behaviour) in [
         ("garbage reply", Behaviour::Garbage),
         (
-            "oversized reply (32 MiB, no terminator)",
-            Behaviour::Oversized { bytes: 32 << 20 },
+            "oversized reply (96 MiB, no terminator; cap 64 MiB a frame)",
+            Behaviour::Oversized { bytes: 96 << 20 },
         ),
         (
             "connection closed mid-reply (broker killed)",
@@ -1008,7 +1008,7 @@ fn lookups_under_valgrind_show_no_invalid_access_or_definite_leak() {
     }
     for behaviour in [
         Behaviour::Garbage,
-        Behaviour::Oversized { bytes: 32 << 20 },
+        Behaviour::Oversized { bytes: 96 << 20 },
         Behaviour::NeverAnswer,
         Behaviour::CloseMidReply,
     ] {

@@ -682,12 +682,13 @@ fn brokerctl_status_shows_each_source_and_its_state() {
         ("files", "files", "ok"),
         ("dropins", "dropins", "ok"),
         (DIRECTORY, "varlink", "ok"),
-        (DYNAMIC_USER, "varlink", "open"),
+        (DYNAMIC_USER, "varlink", "failing, next try in "),
     ] {
         let s = state_of(name);
-        assert_eq!(
-            (s["kind"].as_str(), s["state"].as_str()),
-            (Some(kind), Some(state)),
+        assert_eq!(s["kind"].as_str(), Some(kind), "{s}");
+        let said = s["state"].as_str().unwrap_or_default();
+        assert!(
+            said == state || (state.ends_with(' ') && said.starts_with(state)),
             "{s}"
         );
     }
@@ -707,7 +708,7 @@ fn brokerctl_status_shows_each_source_and_its_state() {
     };
     let hung_line = line_of(DYNAMIC_USER);
     assert!(
-        hung_line.contains("open, retry in") && hung_line.contains("PID 1"),
+        hung_line.contains("failing, next try in") && hung_line.contains("PID 1"),
         "{hung_line}"
     );
     assert!(

@@ -1,7 +1,7 @@
 //! userdb-brokerctl: look-ups and status against a running userdb-brokerd,
-//! and the nsswitch.conf commands `check`, `enable` and `disable`.
+//! and the nsswitch.conf commands `check`, `enable`, `disable` and
+//! `is-enabled`.
 
 fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    userdb_broker::nsswitch_config::main(&args).unwrap_or_else(|| userdb_broker::ctl::main(&args))
+    userdb_broker::ctl::main()
 }

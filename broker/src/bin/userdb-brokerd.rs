@@ -2,32 +2,36 @@
 
 use std::process::ExitCode;
 
-use userdb_broker::config::{Command, Config, USAGE};
+use clap::Parser;
+use userdb_broker::cli::{self, Brokerd, EXIT_FAILURE};
+use userdb_broker::config::Config;
 use userdb_broker::daemon;
 
 fn main() -> ExitCode {
     daemon::set_own_bypass();
     if daemon::is_pid1() {
         eprintln!("userdb-brokerd: refusing to run as PID 1: the broker must never be init (it would answer init's own look-ups)");
-        return ExitCode::from(1);
+        return ExitCode::from(EXIT_FAILURE);
     }
-    let config = match Config::from_args(std::env::args().skip(1)) {
-        Ok(Command::Run(config)) => *config,
-        Ok(Command::Help) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
+    let cli = match Brokerd::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return cli::parse_failure(&e),
+    };
+    let config = match Config::from_cli(&cli) {
+        Ok(config) => config,
         Err(e) => {
             eprintln!("userdb-brokerd: {e}");
-            return ExitCode::from(64);
+            return ExitCode::from(EXIT_FAILURE);
         }
     };
     daemon::init_logging(&config.log_level);
-    match daemon::run(config) {
+    // A reload reads the same command line and configuration file again.
+    let reload = Box::new(move || Config::from_cli(&cli).map_err(|e| e.to_string()));
+    match daemon::run(config, reload) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
-            ExitCode::from(1)
+            ExitCode::from(EXIT_FAILURE)
         }
     }
 }

@@ -1,73 +1,245 @@
 //! The classic databases: `etc/passwd`, `etc/shadow`, `etc/group` and
 //! `etc/gshadow` below the root, parsed here (never through NSS, which could
-//! lead back into the broker).
+//! lead back into the broker), as leniently as glibc's `files` module reads
+//! them:
 //!
-//! Comments, blank lines and NIS compat lines (`+`/`-`) are skipped, an
-//! invalid line is skipped and reported, a missing file is an empty source.
-//! Shadow data becomes the privileged part of the records.
+//! - comments, blank lines and NIS compat lines (`+`/`-`) are skipped;
+//! - a line that cannot be an entry (wrong field count, an id that is not a
+//!   number, an invalid name, bytes that are not UTF-8) is skipped and
+//!   reported; an invalid member name drops that member, not the group;
+//! - duplicate names or ids are kept in file order: the merge gives each
+//!   key to the first line that has it, as `files` does;
+//! - shadow data become the privileged part of the records.
+//!
+//! Each file is read through `read` (regular files only, at most
+//! [`MAX_FILE_SIZE`]); a file that cannot be read keeps its last good
+//! content, and only a file that is gone counts as empty.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
 
+use userdb_proto::names::valid_name;
 use userdb_proto::record::{GroupRecord, GroupShadow, UserRecord, UserShadow};
 
-use super::{SourceData, SourceGroup, SourceUser};
+use super::read::{self, Identity};
+use super::{quote, LoadReport, LocalSource, SourceData, SourceInfo, SourceKind};
+use crate::model::{Group, User};
 
-/// The four files of this source below `root`, in the order they are read.
-pub fn paths(root: &Path) -> [PathBuf; 4] {
-    ["passwd", "shadow", "group", "gshadow"].map(|f| root.join("etc").join(f))
+/// Largest `/etc` database read: a million users is about 70 MiB.
+pub const MAX_FILE_SIZE: u64 = 128 << 20;
+
+/// One file's last good content, parsed.
+struct FileState<T> {
+    path: PathBuf,
+    identity: Option<Identity>,
+    /// Whether `parsed` came from a read (and so is gone with the file).
+    read: bool,
+    parsed: T,
+    problems: Vec<String>,
 }
 
-/// Reads the source below `root`.
-pub fn load(root: &Path) -> SourceData {
-    let [passwd, shadow, group, gshadow] = paths(root);
-    let mut data = SourceData::default();
-    let shadows = parse_shadow(
-        &read(&shadow, &mut data.problems),
-        &shadow,
-        &mut data.problems,
-    );
-    data.users = parse_passwd(
-        &read(&passwd, &mut data.problems),
-        &passwd,
-        &shadows,
-        &mut data.problems,
-    );
-    let gshadows = parse_gshadow(
-        &read(&gshadow, &mut data.problems),
-        &gshadow,
-        &mut data.problems,
-    );
-    data.groups = parse_group(
-        &read(&group, &mut data.problems),
-        &group,
-        &gshadows,
-        &mut data.problems,
-    );
-    data
-}
+impl<T: Default> FileState<T> {
+    fn new(path: PathBuf) -> Self {
+        FileState {
+            path,
+            identity: None,
+            read: false,
+            parsed: T::default(),
+            problems: Vec::new(),
+        }
+    }
 
-/// The file's text; missing is empty, unreadable is empty and reported.
-fn read(path: &Path, problems: &mut Vec<String>) -> String {
-    match std::fs::read(path) {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => {
-            problems.push(format!("{}: cannot read: {e}", path.display()));
-            String::new()
+    /// Reads the file again if it changed; keeps the last good content when
+    /// it cannot be read. Returns whether the content changed, and the
+    /// failure to report, if any.
+    fn refresh(
+        &mut self,
+        parse: impl Fn(&[u8], &Path, &mut Vec<String>) -> T,
+    ) -> (bool, Option<String>) {
+        let current = read::stat(&self.path).ok().map(|m| Identity::of(&m));
+        if current.is_some() && current == self.identity {
+            return (false, None);
+        }
+        match read::read(&self.path, MAX_FILE_SIZE) {
+            Ok((bytes, identity)) => {
+                let mut problems = Vec::new();
+                self.parsed = parse(&bytes, &self.path, &mut problems);
+                self.problems = problems;
+                self.identity = Some(identity);
+                self.read = true;
+                (true, None)
+            }
+            Err(e) if !e.keeps_last_good() => {
+                self.identity = None;
+                let had = std::mem::replace(&mut self.read, false);
+                self.parsed = T::default();
+                self.problems.clear();
+                (had, None)
+            }
+            Err(e) => {
+                // The identity is forgotten so that the next refresh tries again.
+                self.identity = None;
+                let message = format!(
+                    "{}: {e}; keeping its last good content",
+                    self.path.display()
+                );
+                (false, Some(message))
+            }
         }
     }
 }
 
-/// The lines that carry entries, numbered from 1, split on `:`.
-fn entries(text: &str) -> impl Iterator<Item = (usize, Vec<&str>)> {
-    text.lines().enumerate().filter_map(|(i, line)| {
-        let skip = line.trim().is_empty()
-            || line.starts_with('#')
-            || line.starts_with('+')
-            || line.starts_with('-');
-        (!skip).then(|| (i + 1, line.split(':').collect()))
-    })
+/// The `files` source.
+pub struct Files {
+    info: SourceInfo,
+    dir: PathBuf,
+    passwd: FileState<Vec<UserRecord>>,
+    shadow: FileState<HashMap<String, UserShadow>>,
+    group: FileState<Vec<GroupRecord>>,
+    gshadow: FileState<HashMap<String, GroupShadow>>,
+    data: Arc<SourceData>,
+    report: LoadReport,
+}
+
+impl Files {
+    pub fn new(root: &Path) -> Files {
+        let dir = root.join("etc");
+        Files {
+            info: SourceInfo::local(SourceKind::Files),
+            passwd: FileState::new(dir.join("passwd")),
+            shadow: FileState::new(dir.join("shadow")),
+            group: FileState::new(dir.join("group")),
+            gshadow: FileState::new(dir.join("gshadow")),
+            dir,
+            data: Arc::default(),
+            report: LoadReport::default(),
+        }
+    }
+
+    fn rebuild(&mut self, failures: Vec<String>) {
+        let users = self
+            .passwd
+            .parsed
+            .iter()
+            .map(|u| {
+                let mut record = u.clone();
+                record.shadow = self
+                    .shadow
+                    .parsed
+                    .get(&record.name)
+                    .cloned()
+                    .or(record.shadow);
+                Arc::new(User::from_nss(record, true))
+            })
+            .collect();
+        let groups = self
+            .group
+            .parsed
+            .iter()
+            .map(|g| {
+                let mut record = g.clone();
+                record.shadow = self
+                    .gshadow
+                    .parsed
+                    .get(&record.name)
+                    .cloned()
+                    .or(record.shadow);
+                Arc::new(Group::from_nss(record, true))
+            })
+            .collect();
+        let problems = [
+            &self.passwd.problems,
+            &self.shadow.problems,
+            &self.group.problems,
+            &self.gshadow.problems,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .chain(failures)
+        .collect();
+        self.data = Arc::new(SourceData {
+            users,
+            groups,
+            memberships: Vec::new(),
+            problems,
+        });
+    }
+}
+
+impl LocalSource for Files {
+    fn info(&self) -> &SourceInfo {
+        &self.info
+    }
+
+    fn watched(&self) -> Vec<PathBuf> {
+        vec![self.dir.clone()]
+    }
+
+    fn refresh(&mut self, changed: Option<&[PathBuf]>) -> bool {
+        let started = Instant::now();
+        let wanted = |path: &Path| changed.is_none_or(|c| c.iter().any(|p| p == path));
+        let mut any = false;
+        let mut failures = Vec::new();
+        let mut note = |(changed, failure): (bool, Option<String>)| {
+            any |= changed;
+            failures.extend(failure);
+        };
+        if wanted(&self.passwd.path) {
+            note(self.passwd.refresh(parse_passwd));
+        }
+        if wanted(&self.shadow.path) {
+            note(self.shadow.refresh(parse_shadow));
+        }
+        if wanted(&self.group.path) {
+            note(self.group.refresh(parse_group));
+        }
+        if wanted(&self.gshadow.path) {
+            note(self.gshadow.refresh(parse_gshadow));
+        }
+        let failed = !failures.is_empty();
+        if any || failed {
+            self.report.last_error = failures.last().cloned().or(self.report.last_error.take());
+            self.rebuild(failures);
+        }
+        self.report.took = started.elapsed();
+        any || failed
+    }
+
+    fn data(&self) -> Arc<SourceData> {
+        Arc::clone(&self.data)
+    }
+
+    fn report(&self) -> LoadReport {
+        self.report.clone()
+    }
+}
+
+/// The lines that carry entries, numbered from 1, split on `:`; a line that
+/// is not UTF-8 is reported and skipped.
+fn entries<'a>(
+    text: &'a [u8],
+    path: &'a Path,
+    problems: &'a mut Vec<String>,
+) -> impl Iterator<Item = (usize, Vec<&'a str>)> + 'a {
+    text.split(|&b| b == b'\n')
+        .enumerate()
+        .filter_map(move |(i, line)| {
+            let line = match std::str::from_utf8(line) {
+                Ok(line) => line,
+                Err(_) => {
+                    bad_line(problems, path, i + 1, "not UTF-8");
+                    return None;
+                }
+            };
+            let skip = line.trim().is_empty()
+                || line.starts_with('#')
+                || line.starts_with('+')
+                || line.starts_with('-');
+            (!skip).then(|| (i + 1, line.split(':').collect()))
+        })
 }
 
 fn bad_line(problems: &mut Vec<String>, path: &Path, line: usize, why: impl std::fmt::Display) {
@@ -86,7 +258,7 @@ fn parse_days(field: &str) -> Result<Option<i64>, String> {
         field
             .parse()
             .map(Some)
-            .map_err(|_| format!("{field:?} is not a number of days"))
+            .map_err(|_| format!("{} is not a number of days", quote(field)))
     }
 }
 
@@ -97,19 +269,15 @@ fn inline_hash(field: &str) -> Option<String> {
 
 /// `name:hash:lastchg:min:max:warn:inactive:expire:reserved`.
 pub fn parse_shadow(
-    text: &str,
+    text: &[u8],
     path: &Path,
     problems: &mut Vec<String>,
 ) -> HashMap<String, UserShadow> {
     let mut out = HashMap::new();
-    for (line, fields) in entries(text) {
+    let mut bad = Vec::new();
+    for (line, fields) in entries(text, path, problems) {
         if fields.len() != 9 {
-            bad_line(
-                problems,
-                path,
-                line,
-                format!("{} fields instead of 9", fields.len()),
-            );
+            bad.push((line, format!("{} fields instead of 9", fields.len())));
             continue;
         }
         let days: Result<Vec<Option<i64>>, String> =
@@ -126,40 +294,28 @@ pub fn parse_shadow(
                     expire_days: d[5],
                 });
             }
-            Err(why) => bad_line(problems, path, line, why),
+            Err(why) => bad.push((line, why)),
         }
+    }
+    for (line, why) in bad {
+        bad_line(problems, path, line, why);
     }
     out
 }
 
-/// `name:password:uid:gid:gecos:home:shell`, with shadow data attached.
-pub fn parse_passwd(
-    text: &str,
-    path: &Path,
-    shadows: &HashMap<String, UserShadow>,
-    problems: &mut Vec<String>,
-) -> Vec<SourceUser> {
+/// `name:password:uid:gid:gecos:home:shell`.
+pub fn parse_passwd(text: &[u8], path: &Path, problems: &mut Vec<String>) -> Vec<UserRecord> {
     let mut out = Vec::new();
-    for (line, f) in entries(text) {
+    let mut bad = Vec::new();
+    for (line, f) in entries(text, path, problems) {
         if f.len() != 7 {
-            bad_line(
-                problems,
-                path,
-                line,
-                format!("{} fields instead of 7", f.len()),
-            );
+            bad.push((line, format!("{} fields instead of 7", f.len())));
             continue;
         }
         let (Some(uid), Some(gid)) = (parse_id(f[2]), parse_id(f[3])) else {
-            bad_line(problems, path, line, "uid or gid is not a number");
+            bad.push((line, "uid or gid is not a number".to_owned()));
             continue;
         };
-        let shadow = shadows.get(f[0]).cloned().or_else(|| {
-            inline_hash(f[1]).map(|hash| UserShadow {
-                hashed_password: Some(hash),
-                ..UserShadow::default()
-            })
-        });
         // glibc reads an empty home as "/" and an empty shell as /bin/sh.
         let user = UserRecord {
             name: f[0].to_owned(),
@@ -168,108 +324,103 @@ pub fn parse_passwd(
             gecos: f[4].to_owned(),
             home: if f[5].is_empty() { "/" } else { f[5] }.to_owned(),
             shell: if f[6].is_empty() { "/bin/sh" } else { f[6] }.to_owned(),
-            shadow,
-        };
-        // Validate exactly as records from any other source are validated.
-        let record = user.to_json();
-        match UserRecord::from_json(&record) {
-            Ok(_) => out.push(SourceUser {
-                name: user.name,
-                uid,
-                record,
-                listed: true,
+            shadow: inline_hash(f[1]).map(|hash| UserShadow {
+                hashed_password: Some(hash),
+                ..UserShadow::default()
             }),
-            Err(why) => bad_line(problems, path, line, why),
+        };
+        // Validated exactly as records from any other source are.
+        match UserRecord::from_json(&user.to_json()) {
+            Ok(_) => out.push(user),
+            Err(why) => bad.push((line, why.to_string())),
         }
+    }
+    for (line, why) in bad {
+        bad_line(problems, path, line, why);
     }
     out
 }
 
 /// `name:hash:administrators:members`.
 pub fn parse_gshadow(
-    text: &str,
+    text: &[u8],
     path: &Path,
     problems: &mut Vec<String>,
 ) -> HashMap<String, GroupShadow> {
     let mut out = HashMap::new();
-    for (line, f) in entries(text) {
+    let mut bad = Vec::new();
+    for (line, f) in entries(text, path, problems) {
         if f.len() != 4 {
-            bad_line(
-                problems,
-                path,
-                line,
-                format!("{} fields instead of 4", f.len()),
-            );
+            bad.push((line, format!("{} fields instead of 4", f.len())));
             continue;
         }
+        let administrators = f[2]
+            .split(',')
+            .filter(|m| valid_name(m))
+            .map(str::to_owned)
+            .collect();
         out.entry(f[0].to_owned()).or_insert(GroupShadow {
             hashed_password: Some(f[1].to_owned()),
-            administrators: name_list(f[2]),
+            administrators,
         });
+    }
+    for (line, why) in bad {
+        bad_line(problems, path, line, why);
     }
     out
 }
 
-fn name_list(field: &str) -> Vec<String> {
-    field
-        .split(',')
-        .filter(|m| !m.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
-/// `name:password:gid:member,member,...`, with gshadow data attached.
-pub fn parse_group(
-    text: &str,
-    path: &Path,
-    gshadows: &HashMap<String, GroupShadow>,
-    problems: &mut Vec<String>,
-) -> Vec<SourceGroup> {
+/// `name:password:gid:member,member,...`; an invalid member is left out and
+/// reported, the group kept.
+pub fn parse_group(text: &[u8], path: &Path, problems: &mut Vec<String>) -> Vec<GroupRecord> {
     let mut out = Vec::new();
-    for (line, f) in entries(text) {
+    let mut bad = Vec::new();
+    let mut left_out = Vec::new();
+    for (line, f) in entries(text, path, problems) {
         if f.len() != 4 {
-            bad_line(
-                problems,
-                path,
-                line,
-                format!("{} fields instead of 4", f.len()),
-            );
+            bad.push((line, format!("{} fields instead of 4", f.len())));
             continue;
         }
         let Some(gid) = parse_id(f[2]) else {
-            bad_line(problems, path, line, "gid is not a number");
+            bad.push((line, "gid is not a number".to_owned()));
             continue;
         };
-        let shadow = gshadows.get(f[0]).cloned().or_else(|| {
-            inline_hash(f[1]).map(|hash| GroupShadow {
-                hashed_password: Some(hash),
-                administrators: Vec::new(),
-            })
-        });
+        let mut members = Vec::new();
+        for member in f[3].split(',').filter(|m| !m.is_empty()) {
+            if valid_name(member) {
+                members.push(member.to_owned());
+            } else {
+                left_out.push(format!(
+                    "{}:{line}: member {} left out: not a valid name",
+                    path.display(),
+                    quote(member)
+                ));
+            }
+        }
         let group = GroupRecord {
             name: f[0].to_owned(),
             gid,
-            members: name_list(f[3]),
-            shadow,
-        };
-        let record = group.to_json();
-        match GroupRecord::from_json(&record) {
-            Ok(_) => out.push(SourceGroup {
-                name: group.name,
-                gid,
-                record,
-                listed: true,
+            members,
+            shadow: inline_hash(f[1]).map(|hash| GroupShadow {
+                hashed_password: Some(hash),
+                administrators: Vec::new(),
             }),
-            Err(why) => bad_line(problems, path, line, why),
+        };
+        match GroupRecord::from_json(&group.to_json()) {
+            Ok(_) => out.push(group),
+            Err(why) => bad.push((line, why.to_string())),
         }
     }
+    for (line, why) in bad {
+        bad_line(problems, path, line, why);
+    }
+    problems.extend(left_out);
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn p() -> &'static Path {
         Path::new("/etc/x")
@@ -278,24 +429,22 @@ mod tests {
     #[test]
     fn passwd_lines_with_shadow() {
         let mut problems = Vec::new();
-        let shadows = parse_shadow("alice:$6$salt$h:19000:0:99999:7:::\n", p(), &mut problems);
+        let shadows = parse_shadow(b"alice:$6$salt$h:19000:0:99999:7:::\n", p(), &mut problems);
         let users = parse_passwd(
-            "# comment\n\nroot:x:0:0:root:/root:/bin/bash\n+nisuser::::::\n-other\nalice:x:1000:1000:Alice,,,:/home/alice:\n",
+            b"# comment\n\nroot:x:0:0:root:/root:/bin/bash\n+nisuser::::::\n-other\nalice:x:1000:1000:Alice,,,:/home/alice:\n",
             p(),
-            &shadows,
             &mut problems,
         );
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(users.len(), 2);
-        assert_eq!(users[0].record["homeDirectory"], "/root");
-        assert!(users[0].record.get("privileged").is_none());
-        let alice = UserRecord::from_json(&users[1].record).unwrap();
+        assert_eq!(users[0].home, "/root");
+        assert_eq!(users[0].shadow, None);
         assert_eq!(
-            (alice.uid, alice.gid, alice.gecos.as_str()),
+            (users[1].uid, users[1].gid, users[1].gecos.as_str()),
             (1000, 1000, "Alice,,,")
         );
-        assert_eq!(alice.shell, "/bin/sh");
-        let shadow = alice.shadow.unwrap();
+        assert_eq!(users[1].shell, "/bin/sh");
+        let shadow = &shadows["alice"];
         assert_eq!(shadow.hashed_password.as_deref(), Some("$6$salt$h"));
         assert_eq!(
             (
@@ -308,38 +457,45 @@ mod tests {
     }
 
     #[test]
-    fn invalid_passwd_lines_are_reported_and_skipped() {
+    fn invalid_passwd_lines_are_reported_and_skipped_relative_homes_kept() {
         let mut problems = Vec::new();
         let users = parse_passwd(
-            "short:x:1\nbad:x:uid:1:::/bin/sh\nneg:x:-1:1::/:/bin/sh\nbad name:x:5:5::/:/bin/sh\nhome:x:6:6::rel:/bin/sh\nok:x:7:7::/:/bin/sh\n",
+            b"short:x:1\nbad:x:uid:1:::/bin/sh\nneg:x:-1:1::/:/bin/sh\nbad name:x:5:5::/:/bin/sh\nhome:x:6:6::rel:/bin/sh\nok:x:7:7::/:/bin/sh\nlatin\xe9:x:8:8::/:/bin/sh\n",
             p(),
-            &HashMap::new(),
             &mut problems,
         );
         assert_eq!(
             users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
-            ["bad name", "ok"]
+            ["bad name", "home", "ok"]
         );
+        assert_eq!(users[1].home, "rel");
         assert_eq!(problems.len(), 4, "{problems:?}");
-        assert!(
-            problems[0].starts_with("/etc/x:1: skipped"),
-            "{}",
-            problems[0]
+        assert!(problems
+            .iter()
+            .any(|p| p.starts_with("/etc/x:7: skipped: not UTF-8")));
+        assert!(problems.iter().any(|p| p.starts_with("/etc/x:1: skipped")));
+    }
+
+    #[test]
+    fn duplicate_lines_are_all_kept_in_file_order() {
+        let users = parse_passwd(
+            b"dup:x:1:1::/:/bin/sh\ndup:x:2:2::/:/bin/sh\nother:x:1:1::/:/bin/sh\n",
+            p(),
+            &mut Vec::new(),
         );
-        assert!(problems[3].starts_with("/etc/x:5:"), "{}", problems[3]);
+        let keys: Vec<(&str, u32)> = users.iter().map(|u| (u.name.as_str(), u.uid)).collect();
+        assert_eq!(keys, [("dup", 1), ("dup", 2), ("other", 1)]);
     }
 
     #[test]
     fn inline_passwd_hash_is_privileged() {
-        let users = parse_passwd(
-            "old:$1$abc:9:9::/:/bin/sh\n",
-            p(),
-            &HashMap::new(),
-            &mut Vec::new(),
-        );
+        let users = parse_passwd(b"old:$1$abc:9:9::/:/bin/sh\n", p(), &mut Vec::new());
         assert_eq!(
-            users[0].record["privileged"],
-            json!({"hashedPassword": ["$1$abc"]})
+            users[0]
+                .shadow
+                .as_ref()
+                .and_then(|s| s.hashed_password.as_deref()),
+            Some("$1$abc")
         );
     }
 
@@ -347,7 +503,7 @@ mod tests {
     fn shadow_with_bad_days_is_skipped() {
         let mut problems = Vec::new();
         let s = parse_shadow(
-            "a:x:soon:0:0:0:::\nb:*:1:2:3:4:5:6:\nc:x\n",
+            b"a:x:soon:0:0:0:::\nb:*:1:2:3:4:5:6:\nc:x\n",
             p(),
             &mut problems,
         );
@@ -357,31 +513,69 @@ mod tests {
     }
 
     #[test]
-    fn group_lines_with_gshadow() {
+    fn an_invalid_member_is_left_out_the_group_kept() {
         let mut problems = Vec::new();
-        let gshadows = parse_gshadow("wheel:!:alice:alice,bob\nbroken\n", p(), &mut problems);
+        let gshadows = parse_gshadow(b"wheel:!:alice:alice,bob\nbroken\n", p(), &mut problems);
         let groups = parse_group(
-            "wheel:x:10:alice,bob\nempty:x:11:\nbad:x:ten:\nbadmember:x:12:a:b\n",
+            b"wheel:x:10:alice,bob\nempty:x:11:\nbad:x:ten:\nodd:x:12:ok,-bad,also\n",
             p(),
-            &gshadows,
             &mut problems,
         );
         assert_eq!(problems.len(), 3, "{problems:?}");
-        assert_eq!(groups.len(), 2);
-        let wheel = GroupRecord::from_json(&groups[0].record).unwrap();
-        assert_eq!(wheel.members, ["alice", "bob"]);
-        let shadow = wheel.shadow.unwrap();
+        assert_eq!(groups.len(), 3);
+        assert_eq!(groups[0].members, ["alice", "bob"]);
+        assert_eq!(groups[2].members, ["ok", "also"]);
+        let shadow = &gshadows["wheel"];
         assert_eq!(
-            (shadow.hashed_password.as_deref(), shadow.administrators),
+            (
+                shadow.hashed_password.as_deref(),
+                shadow.administrators.clone()
+            ),
             (Some("!"), vec!["alice".to_owned()])
         );
-        assert!(groups[1].record.get("members").is_none());
-        assert!(groups[1].record.get("privileged").is_none());
+    }
+
+    struct Root(PathBuf);
+
+    impl Drop for Root {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn root(tag: &str) -> Root {
+        let dir = std::env::temp_dir().join(format!("brokerd-files-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("etc")).unwrap();
+        Root(dir)
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_read_keeps_its_last_good_content() {
+        let root = root("lastgood");
+        let passwd = root.0.join("etc/passwd");
+        std::fs::write(&passwd, "root:x:0:0::/root:/bin/sh\n").unwrap();
+        let mut files = Files::new(&root.0);
+        assert!(files.refresh(None));
+        assert_eq!(files.data().users.len(), 1);
+        std::fs::remove_file(&passwd).unwrap();
+        let status = std::process::Command::new("mkfifo")
+            .arg(&passwd)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        files.refresh(Some(std::slice::from_ref(&passwd)));
+        assert_eq!(files.data().users[0].name.as_ref(), "root");
+        assert!(files.report().last_error.unwrap().contains("FIFO"));
+        std::fs::remove_file(&passwd).unwrap();
+        assert!(files.refresh(Some(&[passwd])));
+        assert!(files.data().users.is_empty(), "a removed file is empty");
     }
 
     #[test]
     fn missing_root_is_an_empty_source() {
-        let data = load(Path::new("/nonexistent-root"));
-        assert_eq!(data, SourceData::default());
+        let mut files = Files::new(Path::new("/nonexistent-root"));
+        files.refresh(None);
+        assert_eq!(*files.data(), SourceData::default());
     }
 }

@@ -1,24 +1,29 @@
 //! Varlink `io.systemd.UserDatabase` services in `run/systemd/userdb/`,
-//! queried per request.
+//! asked per request.
 //!
 //! - Discovery follows the directory (services appearing and leaving). It
 //!   never uses systemd-userdbd's multiplexer sockets (`io.systemd.Multiplexer`,
 //!   `io.systemd.NameServiceSwitch`, `io.systemd.DropIn`: they may call NSS
 //!   and so the broker), nor the broker's own socket under any name: sockets
-//!   are compared by device and inode, not only by name.
-//! - A service is "served by PID 1" when it is `io.systemd.DynamicUser` (not
-//!   contacted to find out) or when the process listening on it is PID 1
-//!   (`SO_PEERCRED`, checked once per socket). Requests with the dynamic
-//!   bypass leave those out.
-//! - Every call has a deadline. A timeout opens the source's circuit
-//!   breaker: it is left out for a back-off (doubling from the minimum to
-//!   the maximum), probed off the request path, and restored when it answers.
-//! - Answers are cached (found and not found, each with its own TTL).
+//!   are compared by device and inode, not only by name. When PID 1's
+//!   dynamic users are read from its links (`dynamic`), its
+//!   `io.systemd.DynamicUser` socket is never used either.
+//! - A service serves PID 1's dynamic users when it is
+//!   `io.systemd.DynamicUser` (not contacted to find out) or when the process
+//!   listening on it is PID 1 (`SO_PEERCRED`, checked once per socket).
+//! - The services of one request are asked at once, over non-blocking
+//!   connections waited on together, each within its deadline: no thread
+//!   per request, and a hung service costs one deadline, not one each.
+//! - A timeout opens the service's circuit breaker: it is left out for a
+//!   back-off (doubling from the minimum to the maximum), probed by the
+//!   watcher (off the request path), and restored when it answers.
+//! - Answers are cached (found and not found, each with its own TTL) and
+//!   shared by every request that asks the same.
 //! - What a service sends is checked: a record must be valid, carry the
 //!   service's own name in `service` and match the key asked for; anything
 //!   else is ignored with a log line (once per message).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -26,13 +31,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use userdb_proto::api::userdb;
-use userdb_proto::client::{ClientError, Connection};
+use userdb_proto::client::{ClientError, Connection, Limits, Progress};
 use userdb_proto::names::valid_name;
+use userdb_proto::peer::Peer;
 use userdb_proto::record::{GroupRecord, UserRecord};
 use userdb_proto::BROKER_SERVICE;
 
+use super::{SourceData, SourceInfo, SourceKind};
 use crate::config::VarlinkSettings;
-use crate::peer::Peer;
+use crate::log_once::LogOnce;
+use crate::model::{Group, JsonRecord, Name, User};
 
 /// Sockets in the userdb directory that belong to systemd-userdbd's
 /// multiplexer, which may resolve through NSS and so call the broker.
@@ -45,6 +53,12 @@ pub const NEVER_QUERIED: [&str; 4] = [
 
 /// PID 1's own userdb service.
 pub const DYNAMIC_USER: &str = "io.systemd.DynamicUser";
+
+/// Largest reply frame and whole answer taken from a service.
+const LIMITS: Limits = Limits {
+    max_frame: 64 << 20,
+    max_total: 256 << 20,
+};
 
 /// The userdb service directory below `root`.
 pub fn directory(root: &Path) -> PathBuf {
@@ -122,59 +136,87 @@ impl Request {
     }
 }
 
-/// Why one reply of a service is not used, in words for the log.
-fn check_reply(service: &str, request: &Request, reply: &Value) -> Result<Value, String> {
+/// The record of a reply, its privileged section kept apart.
+fn json_of(record: &Value) -> Option<Box<JsonRecord>> {
+    match record {
+        Value::Object(map) => Some(Box::new(JsonRecord::split(map.clone(), &[]))),
+        _ => None,
+    }
+}
+
+/// Checks one reply of a service and adds it to `answer`; `Err` says why
+/// it is not used, in words for the log.
+fn take_reply(
+    service: &str,
+    request: &Request,
+    reply: &Value,
+    answer: &mut SourceData,
+) -> Result<(), String> {
     if let Request::Memberships { user, group } = request {
         let (Some(u), Some(g)) = (reply["userName"].as_str(), reply["groupName"].as_str()) else {
             return Err("membership reply without userName and groupName".into());
         };
         if !valid_name(u) || !valid_name(g) {
-            return Err(format!("membership with an invalid name: {u:?}:{g:?}"));
+            return Err(format!(
+                "membership with an invalid name: {}:{}",
+                super::quote(u),
+                super::quote(g)
+            ));
         }
         if user.as_deref().is_some_and(|x| x != u) || group.as_deref().is_some_and(|x| x != g) {
             return Err(format!("membership {u}:{g} does not match the query"));
         }
-        return Ok(json!({ "userName": u, "groupName": g }));
+        answer.memberships.push((Name::from(u), Name::from(g)));
+        return Ok(());
     }
     let record = &reply["record"];
     match record.get("service").and_then(Value::as_str) {
         Some(s) if s == service => {}
         other => return Err(format!("record carries service {other:?}, not {service:?}")),
     }
-    let (name, id) = match request {
+    let matches = |name: &str, id: u32| match request {
+        Request::UserByName(n) | Request::GroupByName(n) => n == name,
+        Request::UserById(i) | Request::GroupById(i) => *i == id,
+        _ => true,
+    };
+    match request {
         Request::UserByName(_) | Request::UserById(_) | Request::AllUsers => {
             let u =
                 UserRecord::from_json(record).map_err(|e| format!("invalid user record: {e}"))?;
-            (u.name, u.uid)
+            if !matches(&u.name, u.uid) {
+                return Err(format!(
+                    "record {}:{} does not match the query {request:?}",
+                    u.name, u.uid
+                ));
+            }
+            let mut user = User::from_nss(u, true);
+            user.json = json_of(record);
+            answer.users.push(Arc::new(user));
         }
         _ => {
             let g =
                 GroupRecord::from_json(record).map_err(|e| format!("invalid group record: {e}"))?;
-            (g.name, g.gid)
+            if !matches(&g.name, g.gid) {
+                return Err(format!(
+                    "record {}:{} does not match the query {request:?}",
+                    g.name, g.gid
+                ));
+            }
+            let mut group = Group::from_nss(g, true);
+            group.json = json_of(record);
+            answer.groups.push(Arc::new(group));
         }
-    };
-    let matches = match request {
-        Request::UserByName(n) | Request::GroupByName(n) => *n == name,
-        Request::UserById(i) | Request::GroupById(i) => *i == id,
-        _ => true,
-    };
-    if !matches {
-        return Err(format!(
-            "record {name}:{id} does not match the query {request:?}"
-        ));
     }
-    Ok(record.clone())
+    Ok(())
 }
 
-/// The circuit breaker of one source.
+/// The circuit breaker of one service.
 #[derive(Debug, Default)]
 struct Breaker {
-    /// Set while the source is left out.
+    /// Set while the service is left out.
     open_since: Option<Instant>,
     /// The current back-off; zero while closed.
     backoff: Duration,
-    /// A probe is under way.
-    probing: bool,
 }
 
 impl Breaker {
@@ -192,28 +234,43 @@ impl Breaker {
     }
 
     fn probe_due(&self) -> bool {
-        !self.probing && self.open_since.is_some_and(|t| t.elapsed() >= self.backoff)
+        self.open_since.is_some_and(|t| t.elapsed() >= self.backoff)
+    }
+
+    /// The state in words, for status.
+    fn describe(&self) -> String {
+        match self.open_since {
+            None => "ok".to_owned(),
+            Some(since) => {
+                let left = self.backoff.saturating_sub(since.elapsed());
+                if left.is_zero() {
+                    "failing, probed now".to_owned()
+                } else {
+                    format!("failing, next try in {} s", left.as_secs().max(1))
+                }
+            }
+        }
     }
 }
 
-/// Cached answers of one source.
+/// Cached answers of one service.
 #[derive(Debug, Default)]
 struct Cache {
-    entries: HashMap<Request, (Instant, Arc<Vec<Value>>)>,
+    entries: HashMap<Request, (Instant, Arc<SourceData>)>,
 }
 
-/// Entries kept per source before expired ones are dropped.
+/// Entries kept per service before expired ones are dropped.
 const CACHE_CAP: usize = 4096;
 
 impl Cache {
-    fn get(&self, request: &Request) -> Option<Arc<Vec<Value>>> {
+    fn get(&self, request: &Request) -> Option<Arc<SourceData>> {
         self.entries
             .get(request)
             .filter(|(expires, _)| Instant::now() < *expires)
             .map(|(_, answer)| Arc::clone(answer))
     }
 
-    fn put(&mut self, request: Request, answer: Arc<Vec<Value>>, ttl: Duration) {
+    fn put(&mut self, request: Request, answer: Arc<SourceData>, ttl: Duration) {
         if self.entries.len() >= CACHE_CAP {
             let now = Instant::now();
             self.entries.retain(|_, (expires, _)| now < *expires);
@@ -225,7 +282,7 @@ impl Cache {
     }
 }
 
-/// How a source did lately, for status output.
+/// How a service did lately, for status output.
 #[derive(Debug, Default, Clone)]
 struct Health {
     last_latency: Option<Duration>,
@@ -235,92 +292,120 @@ struct Health {
 /// One discovered service.
 #[derive(Debug)]
 pub struct VarlinkSource {
-    pub name: String,
+    pub info: SourceInfo,
     pub path: PathBuf,
-    pub served_by_pid1: bool,
     identity: (u64, u64),
     breaker: Mutex<Breaker>,
     cache: Mutex<Cache>,
     health: Mutex<Health>,
     /// Messages already logged, so a misbehaving service does not flood.
-    logged: Mutex<HashSet<String>>,
+    logged: Mutex<LogOnce>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Distinct messages remembered per source before the memory is reset.
-const LOGGED_CAP: usize = 1024;
-
 impl VarlinkSource {
-    fn log_once(&self, message: String) {
-        let mut logged = lock(&self.logged);
-        if logged.len() >= LOGGED_CAP {
-            logged.clear();
-        }
-        if logged.insert(message.clone()) {
-            tracing::warn!(source = %self.name, "{message}");
+    fn new(name: String, path: PathBuf, identity: (u64, u64), pid1_users: bool) -> Self {
+        VarlinkSource {
+            info: SourceInfo {
+                name,
+                kind: SourceKind::Varlink,
+                pid1_users,
+            },
+            path,
+            identity,
+            breaker: Mutex::default(),
+            cache: Mutex::default(),
+            health: Mutex::default(),
+            logged: Mutex::default(),
         }
     }
 
-    /// Whether requests currently use this source.
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    fn log_once(&self, message: String) {
+        if lock(&self.logged).first(&message) {
+            tracing::warn!(source = %self.info.name, "{message}");
+        }
+    }
+
+    /// Whether requests currently use this service.
     pub fn available(&self) -> bool {
         lock(&self.breaker).open_since.is_none()
     }
 
     /// The cached answer, if it is still fresh.
-    pub fn cached(&self, request: &Request) -> Option<Arc<Vec<Value>>> {
+    pub fn cached(&self, request: &Request) -> Option<Arc<SourceData>> {
         lock(&self.cache).get(request)
     }
 
-    /// Asks the service (or the cache); what could not be had is empty.
-    pub fn fetch(&self, request: &Request, settings: &VarlinkSettings) -> Arc<Vec<Value>> {
-        if let Some(answer) = self.cached(request) {
-            return answer;
-        }
-        let timeout = if request.is_listing() {
-            settings.enumeration_timeout
-        } else {
-            settings.timeout
-        };
-        let started = Instant::now();
-        let result = self.call(request, timeout);
-        let answer = match result {
+    /// Drops every cached answer.
+    pub fn flush(&self) {
+        lock(&self.cache).entries.clear();
+    }
+
+    /// Opens a connection and sends the request.
+    fn begin(&self, request: &Request, timeout: Duration) -> Result<Connection, ClientError> {
+        let mut connection = Connection::connect_timeout(&self.path, timeout)?.with_limits(LIMITS);
+        connection.start(
+            request.method(),
+            &request.parameters(&self.info.name),
+            request.more(),
+        )?;
+        Ok(connection)
+    }
+
+    /// Records the outcome of one exchange and returns what to use of it.
+    fn settle(
+        &self,
+        request: &Request,
+        outcome: Result<Vec<Value>, ClientError>,
+        started: Instant,
+        settings: &VarlinkSettings,
+    ) -> Arc<SourceData> {
+        let error = match outcome {
             Ok(replies) => {
                 lock(&self.breaker).close();
                 *lock(&self.health) = Health {
                     last_latency: Some(started.elapsed()),
                     last_error: None,
                 };
-                let checked: Vec<Value> = replies
-                    .iter()
-                    .filter_map(|reply| match check_reply(&self.name, request, reply) {
-                        Ok(v) => Some(v),
-                        Err(why) => {
-                            self.log_once(format!("reply ignored: {why}"));
-                            None
-                        }
-                    })
-                    .collect();
-                let ttl = if checked.is_empty() {
+                let mut answer = SourceData::default();
+                for reply in &replies {
+                    if let Err(why) = take_reply(&self.info.name, request, reply, &mut answer) {
+                        self.log_once(format!("reply ignored: {why}"));
+                    }
+                }
+                let empty = answer.users.is_empty()
+                    && answer.groups.is_empty()
+                    && answer.memberships.is_empty();
+                let ttl = if empty {
                     settings.negative_cache_ttl
                 } else {
                     settings.cache_ttl
                 };
-                let answer = Arc::new(checked);
+                let answer = Arc::new(answer);
                 lock(&self.cache).put(request.clone(), Arc::clone(&answer), ttl);
                 return answer;
             }
             Err(e) => e,
         };
-        lock(&self.health).last_error = Some(answer.to_string());
-        match answer {
+        lock(&self.health).last_error = Some(error.to_string());
+        match error {
             ClientError::Timeout => {
+                let timeout = if request.is_listing() {
+                    settings.enumeration_timeout
+                } else {
+                    settings.timeout
+                };
                 let mut breaker = lock(&self.breaker);
                 breaker.trip(settings);
                 tracing::warn!(
-                    source = %self.name,
+                    source = %self.info.name,
                     "no answer within {timeout:?}: left out for {:?}",
                     breaker.backoff
                 );
@@ -329,87 +414,105 @@ impl VarlinkSource {
                 // A service that cannot enumerate, or is not ready: nothing
                 // to use, and no reason to ask again at once.
                 self.log_once(format!("answered {name}"));
-                lock(&self.cache).put(
-                    request.clone(),
-                    Arc::new(Vec::new()),
-                    settings.negative_cache_ttl,
-                );
+                lock(&self.cache).put(request.clone(), Arc::default(), settings.negative_cache_ttl);
             }
             other => self.log_once(format!("query failed: {other}")),
         }
-        Arc::new(Vec::new())
+        Arc::default()
     }
 
-    /// One call; `NoRecordFound` is an empty answer, not an error.
-    fn call(&self, request: &Request, timeout: Duration) -> Result<Vec<Value>, ClientError> {
-        let mut connection = Connection::connect_timeout(&self.path, timeout)?;
-        let parameters = request.parameters(&self.name);
-        let mut replies = Vec::new();
-        let result = if request.more() {
-            connection.call_more(request.method(), &parameters, |reply| {
-                replies.push(reply);
-                Ok(())
-            })
-        } else {
-            connection
-                .call(request.method(), &parameters)
-                .map(|reply| replies.push(reply))
-        };
-        match result {
-            Ok(()) => Ok(replies),
-            Err(ClientError::Remote(name)) if name == userdb::NO_RECORD_FOUND => Ok(replies),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Tries a source whose breaker is open; closes it on any answer.
+    /// Tries a service whose breaker is open; closes it on any answer.
     fn probe(&self, settings: &VarlinkSettings) {
         let started = Instant::now();
-        let answered = match self.call(&Request::UserById(0), settings.timeout) {
-            Ok(_) | Err(ClientError::Remote(_)) => true,
+        let request = Request::UserById(0);
+        let answered = match self.begin(&request, settings.timeout).and_then(|mut c| {
+            c.read_available(|_| Ok(()))?;
+            finish(&mut c, |_| Ok(()))
+        }) {
+            Ok(()) | Err(ClientError::Remote(_)) => true,
             Err(_) => false,
         };
         let mut breaker = lock(&self.breaker);
-        breaker.probing = false;
         if answered {
             breaker.close();
             lock(&self.health).last_latency = Some(started.elapsed());
-            tracing::info!(source = %self.name, "answers again: restored");
+            tracing::info!(source = %self.info.name, "answers again: restored");
         } else {
             breaker.trip(settings);
-            tracing::warn!(source = %self.name, "probe failed: left out for {:?}", breaker.backoff);
+            tracing::warn!(source = %self.info.name, "probe failed: left out for {:?}", breaker.backoff);
         }
     }
 
     pub fn status(&self) -> Value {
         let breaker = lock(&self.breaker);
         let health = lock(&self.health).clone();
-        let state = match (breaker.open_since, breaker.probing) {
-            (None, _) => "ok",
-            (Some(_), true) => "probing",
-            (Some(_), false) => "open",
-        };
-        let retry_in = breaker
-            .open_since
-            .map(|t| breaker.backoff.saturating_sub(t.elapsed()).as_micros() as u64);
         json!({
-            "name": self.name,
-            "kind": "varlink",
-            "state": state,
-            "servedByPid1": self.served_by_pid1,
+            "name": self.info.name,
+            "kind": SourceKind::Varlink.name(),
+            "state": breaker.describe(),
+            "servedByPid1": self.info.pid1_users,
             "latencyUSec": health.last_latency.map(|d| d.as_micros() as u64),
-            "retryInUSec": retry_in,
             "lastError": health.last_error,
         })
     }
 }
 
+/// Waits for the rest of a started call's replies until its deadline.
+fn finish(
+    connection: &mut Connection,
+    mut each: impl FnMut(Value) -> Result<(), ClientError>,
+) -> Result<(), ClientError> {
+    loop {
+        if connection.read_available(&mut each)? == Progress::Done {
+            return Ok(());
+        }
+        wait_readable(&[connection.fd()], connection.deadline())?;
+    }
+}
+
+/// Waits until one of `fds` is readable or `deadline` passes.
+fn wait_readable(fds: &[std::os::fd::RawFd], deadline: Instant) -> Result<(), ClientError> {
+    let mut polled: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ClientError::Timeout);
+        }
+        let ms = libc::c_int::try_from(left.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `polled` is a valid array of `polled.len()` pollfds that
+        // outlives the call.
+        let n = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, ms) };
+        match n {
+            0 => return Err(ClientError::Timeout),
+            n if n > 0 => return Ok(()),
+            _ => match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) => continue,
+                errno => return Err(ClientError::Os(errno.unwrap_or(libc::EIO))),
+            },
+        }
+    }
+}
+
+/// Every answer of one request: for each service asked, one answer per
+/// request, in the order asked.
+pub type Answers = Vec<(Arc<VarlinkSource>, Vec<Arc<SourceData>>)>;
+
 /// The services currently in the userdb directory.
 pub struct VarlinkSources {
     directory: PathBuf,
     own_socket: PathBuf,
-    pub settings: VarlinkSettings,
+    settings: RwLock<VarlinkSettings>,
     current: RwLock<Vec<Arc<VarlinkSource>>>,
+    /// Set while PID 1's dynamic users are read from its links: then its
+    /// `io.systemd.DynamicUser` socket is not a source.
+    dynamic_users_local: std::sync::atomic::AtomicBool,
 }
 
 impl VarlinkSources {
@@ -417,12 +520,33 @@ impl VarlinkSources {
         VarlinkSources {
             directory,
             own_socket,
-            settings,
+            settings: RwLock::new(settings),
             current: RwLock::new(Vec::new()),
+            dynamic_users_local: Default::default(),
         }
     }
 
-    /// Every known source, in name order.
+    pub fn settings(&self) -> VarlinkSettings {
+        match self.settings.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn set_settings(&self, settings: VarlinkSettings) {
+        match self.settings.write() {
+            Ok(mut s) => *s = settings,
+            Err(poisoned) => *poisoned.into_inner() = settings,
+        }
+    }
+
+    /// Tells discovery whether PID 1's dynamic users are read locally.
+    pub fn set_dynamic_users_local(&self, local: bool) {
+        self.dynamic_users_local
+            .store(local, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Every known service, in name order.
     pub fn all(&self) -> Vec<Arc<VarlinkSource>> {
         match self.current.read() {
             Ok(list) => list.clone(),
@@ -430,35 +554,119 @@ impl VarlinkSources {
         }
     }
 
-    /// The sources a request may use now.
+    /// The services a request may use now.
     pub fn usable(&self, dynamic_bypass: bool) -> Vec<Arc<VarlinkSource>> {
         self.all()
             .into_iter()
-            .filter(|s| s.available() && !(dynamic_bypass && s.served_by_pid1))
+            .filter(|s| s.available() && !(dynamic_bypass && s.info.pid1_users))
             .collect()
     }
 
-    /// Re-reads the directory and starts probes that are due. Called from
-    /// the watcher, never on the request path.
-    pub fn maintain(self: &Arc<Self>) {
-        self.discover();
+    /// Whether any service would be asked for a request with these options
+    /// (breakers aside): if not, the local snapshot is the whole answer.
+    pub fn any_for(&self, dynamic_bypass: bool) -> bool {
+        self.all()
+            .iter()
+            .any(|s| !(dynamic_bypass && s.info.pid1_users))
+    }
+
+    /// Drops every service's cached answers.
+    pub fn flush(&self) {
         for source in self.all() {
-            let due = {
-                let mut breaker = lock(&source.breaker);
-                let due = breaker.probe_due();
-                if due {
-                    breaker.probing = true;
+            source.flush();
+        }
+    }
+
+    /// Asks every service all `requests` at once; each service's answers
+    /// come back in request order (empty where nothing could be had).
+    pub fn ask(&self, sources: Vec<Arc<VarlinkSource>>, requests: &[Request]) -> Answers {
+        let settings = self.settings();
+        let mut answers: Answers = sources
+            .iter()
+            .map(|s| {
+                (
+                    Arc::clone(s),
+                    vec![Arc::<SourceData>::default(); requests.len()],
+                )
+            })
+            .collect();
+        struct Pending {
+            source: usize,
+            request: usize,
+            connection: Connection,
+            replies: Vec<Value>,
+            started: Instant,
+        }
+        let mut pending = Vec::new();
+        for (si, (source, slots)) in answers.iter_mut().enumerate() {
+            for (ri, request) in requests.iter().enumerate() {
+                if let Some(cached) = source.cached(request) {
+                    slots[ri] = cached;
+                    continue;
                 }
-                due
-            };
+                if !source.available() {
+                    continue;
+                }
+                let timeout = if request.is_listing() {
+                    settings.enumeration_timeout
+                } else {
+                    settings.timeout
+                };
+                let started = Instant::now();
+                match source.begin(request, timeout) {
+                    Ok(connection) => pending.push(Pending {
+                        source: si,
+                        request: ri,
+                        connection,
+                        replies: Vec::new(),
+                        started,
+                    }),
+                    Err(e) => slots[ri] = source.settle(request, Err(e), started, &settings),
+                }
+            }
+        }
+        while !pending.is_empty() {
+            let mut still = Vec::with_capacity(pending.len());
+            for mut p in pending {
+                let replies = &mut p.replies;
+                let outcome = p.connection.read_available(|v| {
+                    replies.push(v);
+                    Ok(())
+                });
+                let outcome = match outcome {
+                    Ok(Progress::Pending) => {
+                        still.push(p);
+                        continue;
+                    }
+                    Ok(Progress::Done) => Ok(std::mem::take(&mut p.replies)),
+                    Err(ClientError::Remote(name)) if name == userdb::NO_RECORD_FOUND => {
+                        Ok(std::mem::take(&mut p.replies))
+                    }
+                    Err(e) => Err(e),
+                };
+                let (source, slots) = &mut answers[p.source];
+                slots[p.request] =
+                    source.settle(&requests[p.request], outcome, p.started, &settings);
+            }
+            pending = still;
+            if let Some(deadline) = pending.iter().map(|p| p.connection.deadline()).min() {
+                let fds: Vec<_> = pending.iter().map(|p| p.connection.fd()).collect();
+                // A timeout here is noticed per connection on the next round.
+                let _ = wait_readable(&fds, deadline);
+            }
+        }
+        answers
+    }
+
+    /// Re-reads the directory and probes the services whose back-off is
+    /// over. Called from the watcher, never on the request path.
+    pub fn maintain(&self) {
+        self.discover();
+        let settings = self.settings();
+        for source in self.all() {
+            let due = lock(&source.breaker).probe_due();
             if due {
-                let sources = Arc::clone(self);
-                let spawned = std::thread::Builder::new()
-                    .name("probe".into())
-                    .spawn(move || source.probe(&sources.settings));
-                if let Err(e) = spawned {
-                    tracing::warn!("cannot start a probe: {e}");
-                }
+                source.probe(&settings);
             }
         }
     }
@@ -467,18 +675,23 @@ impl VarlinkSources {
         let own = std::fs::metadata(&self.own_socket)
             .ok()
             .map(|m| (m.dev(), m.ino()));
+        let dynamic_local = self
+            .dynamic_users_local
+            .load(std::sync::atomic::Ordering::Relaxed);
         let previous = self.all();
         let mut found = Vec::new();
         let mut entries: Vec<(String, PathBuf)> = match std::fs::read_dir(&self.directory) {
             Ok(entries) => entries
                 .flatten()
+                .take(1024)
                 .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
                 .collect(),
             Err(_) => Vec::new(),
         };
         entries.sort();
+        let timeout = self.settings().timeout;
         for (name, path) in entries {
-            if NEVER_QUERIED.contains(&name.as_str()) {
+            if NEVER_QUERIED.contains(&name.as_str()) || (dynamic_local && name == DYNAMIC_USER) {
                 continue;
             }
             let Ok(meta) = std::fs::metadata(&path) else {
@@ -490,23 +703,16 @@ impl VarlinkSources {
             }
             let known = previous
                 .iter()
-                .find(|s| s.name == name && s.identity == identity);
+                .find(|s| s.info.name == name && s.identity == identity);
             found.push(match known {
                 Some(s) => Arc::clone(s),
                 None => {
-                    let served_by_pid1 =
-                        name == DYNAMIC_USER || listener_is_pid1(&path, self.settings.timeout);
-                    tracing::info!(source = %name, served_by_pid1, "userdb service appeared");
-                    Arc::new(VarlinkSource {
-                        name,
-                        path,
-                        served_by_pid1,
-                        identity,
-                        breaker: Mutex::default(),
-                        cache: Mutex::default(),
-                        health: Mutex::default(),
-                        logged: Mutex::default(),
-                    })
+                    let pid1 = name == DYNAMIC_USER || listener_is_pid1(&path, timeout);
+                    if pid1 && dynamic_local {
+                        continue;
+                    }
+                    tracing::info!(source = %name, served_by_pid1 = pid1, "userdb service appeared");
+                    Arc::new(VarlinkSource::new(name, path, identity, pid1))
                 }
             });
         }
@@ -514,7 +720,7 @@ impl VarlinkSources {
             .iter()
             .filter(|p| !found.iter().any(|f| Arc::ptr_eq(f, p)))
         {
-            tracing::info!(source = %gone.name, "userdb service went away");
+            tracing::info!(source = %gone.info.name, "userdb service went away");
         }
         match self.current.write() {
             Ok(mut list) => *list = found,
@@ -562,8 +768,13 @@ mod tests {
     fn replies_are_checked() {
         let user = |record: Value| json!({ "record": record, "incomplete": false });
         let by_name = Request::UserByName("alice".into());
-        let good = user(json!({"userName": "alice", "uid": 5000, "service": SVC}));
-        assert!(check_reply(SVC, &by_name, &good).is_ok());
+        let good = user(json!({"userName": "alice", "uid": 5000, "service": SVC,
+                                "privileged": {"hashedPassword": ["$6$x"]}}));
+        let mut answer = SourceData::default();
+        assert!(take_reply(SVC, &by_name, &good, &mut answer).is_ok());
+        let alice = &answer.users[0];
+        let (public, withheld) = alice.userdb_json(false);
+        assert!(withheld && public.get("privileged").is_none());
         for bad in [
             user(json!({"userName": "alice", "uid": 5000})),
             user(json!({"userName": "alice", "uid": 5000, "service": "io.other"})),
@@ -571,43 +782,34 @@ mod tests {
             user(json!({"userName": "alice", "uid": 5000, "realName": "a:b", "service": SVC})),
             json!({"garbage": true}),
         ] {
-            assert!(check_reply(SVC, &by_name, &bad).is_err(), "{bad}");
+            assert!(
+                take_reply(SVC, &by_name, &bad, &mut answer).is_err(),
+                "{bad}"
+            );
         }
-        assert!(check_reply(SVC, &Request::UserById(5001), &good).is_err());
+        assert!(take_reply(SVC, &Request::UserById(5001), &good, &mut answer).is_err());
         let group = json!({"record": {"groupName": "devs", "gid": 700, "service": SVC}});
-        assert!(check_reply(SVC, &Request::GroupById(700), &group).is_ok());
+        assert!(take_reply(SVC, &Request::GroupById(700), &group, &mut answer).is_ok());
         let memberships = Request::Memberships {
             user: Some("alice".into()),
             group: None,
         };
-        assert!(check_reply(
-            SVC,
-            &memberships,
-            &json!({"userName": "alice", "groupName": "devs"})
-        )
-        .is_ok());
-        assert!(check_reply(
-            SVC,
-            &memberships,
-            &json!({"userName": "bob", "groupName": "devs"})
-        )
-        .is_err());
-        assert!(check_reply(
-            SVC,
-            &memberships,
-            &json!({"userName": "alice", "groupName": "a,b"})
-        )
-        .is_err());
+        let pair = |u: &str, g: &str| json!({"userName": u, "groupName": g});
+        assert!(take_reply(SVC, &memberships, &pair("alice", "devs"), &mut answer).is_ok());
+        assert!(take_reply(SVC, &memberships, &pair("bob", "devs"), &mut answer).is_err());
+        assert!(take_reply(SVC, &memberships, &pair("alice", "a,b"), &mut answer).is_err());
+        assert_eq!(answer.memberships.len(), 1);
     }
 
     #[test]
-    fn breaker_backoff_doubles_up_to_the_maximum() {
+    fn breaker_backoff_doubles_up_to_the_maximum_and_says_so_in_words() {
         let settings = VarlinkSettings {
             min_backoff: Duration::from_secs(5),
             max_backoff: Duration::from_secs(60),
             ..VarlinkSettings::default()
         };
         let mut b = Breaker::default();
+        assert_eq!(b.describe(), "ok");
         let backoffs: Vec<u64> = (0..6)
             .map(|_| {
                 b.trip(&settings);
@@ -616,6 +818,7 @@ mod tests {
             .collect();
         assert_eq!(backoffs, [5, 10, 20, 40, 60, 60]);
         assert!(!b.probe_due());
+        assert_eq!(b.describe(), "failing, next try in 59 s");
         b.close();
         assert!(b.open_since.is_none() && b.backoff.is_zero());
     }
@@ -624,12 +827,8 @@ mod tests {
     fn cache_honours_ttl() {
         let mut cache = Cache::default();
         let r = Request::UserById(1);
-        cache.put(
-            r.clone(),
-            Arc::new(vec![json!(1)]),
-            Duration::from_millis(30),
-        );
-        assert_eq!(cache.get(&r).unwrap().len(), 1);
+        cache.put(r.clone(), Arc::default(), Duration::from_millis(30));
+        assert!(cache.get(&r).is_some());
         std::thread::sleep(Duration::from_millis(40));
         assert!(cache.get(&r).is_none());
     }

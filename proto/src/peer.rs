@@ -1,5 +1,8 @@
 //! Who is on the other end of a Unix socket, from the kernel (`SO_PEERCRED`),
-//! not from anything the peer says.
+//! not from anything the peer says: the broker asks it of its clients (who
+//! may see privileged data) and of the services it queries (which are served
+//! by PID 1), the module of the broker it connected to (only root's, or the
+//! caller's own, is believed).
 
 use std::io;
 use std::os::fd::AsRawFd;
