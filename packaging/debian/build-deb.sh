@@ -35,6 +35,10 @@ config=$repo/packaging/userdb-brokerd.toml
 if [[ ${NO_BUILD:-0} != 1 ]]; then
     (cd "$repo" && cargo build --release -p nss-broker -p userdb-broker)
 fi
+# As dpkg-buildpackage does: the build's date is the changelog's, so the
+# man pages of one version are the same whenever they are built.
+SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(dpkg-parsechangelog -l "$here/changelog" -S Timestamp)}
+export SOURCE_DATE_EPOCH
 if [[ -z ${ASSETS_DIR:-} ]]; then
     ASSETS_DIR=$target/dist-assets
     rm -rf "$ASSETS_DIR"

@@ -34,7 +34,10 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/userdb-broker-rpm.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 (cd "$repo" && cargo vendor --locked --versioned-dirs "$work/vendor" >/dev/null)
 tar -C "$work" -czf "$top/SOURCES/$name-vendor.tar.gz" vendor
-(cd "$repo" && cargo run --release --quiet -p xtask -- dist-assets "$work/dist-assets") ||
+# The pages' date: the commit's, so one version's pages are the same whenever built.
+SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(cd "$repo" && git log -1 --format=%ct HEAD)}
+export SOURCE_DATE_EPOCH
+(cd "$repo" && cargo run --release --quiet -p xtask -- dist-assets "$work/dist-assets" >&2) ||
     fail "cargo run -p xtask -- dist-assets failed: no man pages or completions"
 tar -C "$work" -czf "$top/SOURCES/$name-assets.tar.gz" dist-assets
 
