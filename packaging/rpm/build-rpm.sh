@@ -23,6 +23,14 @@ top_entry=$(sed -n '/^%changelog/,${/^\* /{s/.* - \([^ ]*\)$/\1/p;q}}' "$here/us
 [[ ${top_entry%-*} == "$version" ]] ||
     fail "the spec's top %changelog entry is $top_entry, Cargo.toml at $version: add an entry"
 
+# Every licence of a crate linked into the binaries must be in License:.
+license_tag=$(sed -n 's/^License: *//p' "$here/userdb-broker.spec")
+for license in $(cd "$repo" && cargo tree --locked -p userdb-broker -p nss-broker -e normal,no-proc-macro \
+    --prefix none --no-dedupe --format '{l}' | sed 's/ OR / /g; s/ AND / /g; s|/| |g; s/[()]//g' | tr ' ' '\n' | sort -u); do
+    [[ " $license_tag " == *[\ \(]"$license"[\ \)]* ]] ||
+        fail "a linked crate is under $license, which the spec's License: does not name"
+done
+
 top=$target/rpm
 name=userdb-broker-$version
 rm -rf "$top"
