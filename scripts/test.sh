@@ -42,5 +42,7 @@ lintian --pedantic --display-info --display-experimental \
     --fail-on error,warning,info,pedantic $debs
 # The boot test installs the package just built.
 export USERDB_BROKER_DEB=${debs##*$'\n'}
-echo "== systemd-nspawn boot test"
+# Boots bookworm and trixie, plain and through an initrd, with the broker and
+# the control; the first run debootstraps both trees into the cache.
+echo "== systemd-nspawn boot test (bookworm, trixie; plain, initrd; broker, control)"
 bash tests/nspawn/boot-test.sh

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::merge::Priority;
+use crate::publish::{self, Publisher};
 use crate::resolve::Resolver;
 use crate::server::{bind, Control as ServerControl, Handle, Limits, Server};
 use crate::service::Service;
@@ -262,7 +263,8 @@ pub fn run(config: Config, reload: Reload) -> Result<(), String> {
             rescan: config.rescan_interval,
             poll: config.poll_interval,
         },
-    );
+    )
+    .publishing(Publisher::new(publish::path_for(&config.socket)));
     // Nothing is answered before every local source was read once: an
     // early "not found" for a user that exists would be a lie.
     watcher.load();

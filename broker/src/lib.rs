@@ -10,6 +10,7 @@ pub mod log_once;
 pub mod merge;
 pub mod model;
 pub mod nsswitch_config;
+pub mod publish;
 pub mod resolve;
 pub mod server;
 pub mod service;

@@ -10,17 +10,16 @@
 //!   remote ([`merge::MemberList`]); listings drop every record whose name or
 //!   id a better-ranked one already has.
 //!
-//! What the caller asked leaves things out, in one place ([`View`]): with
-//! the dynamic bypass, PID 1's dynamic users; when the caller reads
-//! `/etc/passwd` and `/etc/group` itself (`callerReadsFiles`), records that
-//! came from those files in listings, and the members and memberships those
-//! files state.
+//! What the caller asked leaves things out by the rules of
+//! `userdb_proto::visibility` (shared with the module's snapshot-file
+//! reader), applied to the snapshot by [`View`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::{json, Value};
 use userdb_proto::api::LookupOptions;
+use userdb_proto::visibility;
 
 use crate::log_once::LogOnce;
 use crate::merge::{self, Candidate, MemberList, Priority};
@@ -64,12 +63,11 @@ impl<'a> View<'a> {
     }
 
     fn visible(&self, source: usize) -> bool {
-        !(self.options.dynamic_bypass && self.snapshot.from_pid1(source))
+        visibility::visible(self.snapshot.origin(source), self.options)
     }
 
     fn listed(&self, source: usize) -> bool {
-        self.visible(source)
-            && !(self.options.caller_reads_files && self.snapshot.from_files(source))
+        visibility::listed(self.snapshot.origin(source), self.options)
     }
 
     pub fn user(&self, key: Key) -> Option<&'a UserEntry> {
@@ -90,11 +88,11 @@ impl<'a> View<'a> {
 
     /// The members of a local group this caller does not have already.
     pub fn members(&self, entry: &'a GroupEntry) -> impl Iterator<Item = &'a Name> + 'a {
-        let skip_files = self.options.caller_reads_files;
+        let options = self.options;
         entry
             .members
             .iter()
-            .filter(move |m| !(skip_files && m.by_files))
+            .filter(move |m| visibility::member_answered(m.by_files, options))
             .map(|m| &m.name)
     }
 
@@ -102,12 +100,11 @@ impl<'a> View<'a> {
     /// caller has already are counted but not listed, so that nobody else
     /// can list them again.
     pub fn fill(&self, entry: &GroupEntry, members: &mut MemberList) {
-        let skip_files = self.options.caller_reads_files;
         for m in entry.members.iter() {
-            if skip_files && m.by_files {
-                members.skip(&m.name);
-            } else {
+            if visibility::member_answered(m.by_files, self.options) {
                 members.add(&m.name, false);
+            } else {
+                members.skip(&m.name);
             }
         }
     }
@@ -131,8 +128,9 @@ impl<'a> View<'a> {
         let view = *self;
         self.snapshot.groups_of(user).filter(move |g| {
             view.visible(g.source)
-                && !(view.options.caller_reads_files
-                    && g.members.iter().any(|m| m.by_files && &*m.name == user))
+                && g.members.iter().any(|m| {
+                    &*m.name == user && visibility::member_answered(m.by_files, view.options)
+                })
         })
     }
 }
