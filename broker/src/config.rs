@@ -29,6 +29,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
     pub rescan_interval: Duration,
+    /// Publish the snapshot file next to the socket.
+    pub snapshot_file: bool,
     pub poll_interval: Duration,
     pub order: Vec<String>,
     pub varlink: VarlinkSettings,
@@ -70,6 +72,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
             rescan_interval: Duration::from_secs(300),
+            snapshot_file: true,
             poll_interval: Duration::from_secs(1),
             order: vec!["files".to_owned(), "dropins".to_owned()],
             varlink: VarlinkSettings::default(),
@@ -90,6 +93,7 @@ struct ConfigFile {
     idle_timeout_ms: Option<u64>,
     write_timeout_ms: Option<u64>,
     rescan_interval_ms: Option<u64>,
+    snapshot_file: Option<bool>,
     poll_interval_ms: Option<u64>,
     order: Option<Vec<String>>,
     source_timeout_ms: Option<u64>,
@@ -180,6 +184,9 @@ impl Config {
         }
         if let Some(v) = file.workers {
             self.workers = nonzero("workers", v as u64)?.min(64) as usize;
+        }
+        if let Some(v) = file.snapshot_file {
+            self.snapshot_file = v;
         }
         if let Some(v) = file.rescan_interval_ms {
             self.rescan_interval = Duration::from_millis(nonzero("rescan_interval_ms", v)?);

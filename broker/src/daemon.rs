@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::merge::Priority;
-use crate::publish::{self, Publisher};
+use crate::publish::Publisher;
 use crate::resolve::Resolver;
 use crate::server::{bind, Control as ServerControl, Handle, Limits, Server};
 use crate::service::Service;
@@ -19,6 +19,7 @@ use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::sources::local_sources;
 use crate::sources::varlink::{self, VarlinkSources};
 use crate::watch::{self, Control as WatchControl, Intervals, Watcher};
+use userdb_proto::snapfile;
 
 /// Set in the daemon's own environment so that libnss_broker, should
 /// anything in this process ever resolve a user, answers at once instead of
@@ -253,7 +254,8 @@ pub fn run(config: Config, reload: Reload) -> Result<(), String> {
         config.socket.clone(),
         config.varlink.clone(),
     ));
-    let mut watcher = Watcher::new(
+    let snapshot_path = snapfile::path_for(&config.socket);
+    let watcher = Watcher::new(
         &config.root,
         local_sources(&config.root),
         priority.clone(),
@@ -263,8 +265,14 @@ pub fn run(config: Config, reload: Reload) -> Result<(), String> {
             rescan: config.rescan_interval,
             poll: config.poll_interval,
         },
-    )
-    .publishing(Publisher::new(publish::path_for(&config.socket)));
+    );
+    let mut watcher = if config.snapshot_file {
+        watcher.publishing(Publisher::new(snapshot_path))
+    } else {
+        // A file an earlier run left would be answered from, stale.
+        let _ = std::fs::remove_file(&snapshot_path);
+        watcher
+    };
     // Nothing is answered before every local source was read once: an
     // early "not found" for a user that exists would be a lie.
     watcher.load();

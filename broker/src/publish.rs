@@ -12,20 +12,14 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use userdb_proto::snapfile::{Builder, Coverage, GroupIn, UserIn, FLAGS_OFFSET, SUPERSEDED};
+use userdb_proto::snapfile::{
+    Builder, Coverage, GroupIn, UserIn, FILE_NAME, FLAGS_OFFSET, SUPERSEDED,
+};
 
 use crate::snapshot::Snapshot;
-
-/// The file's name, in the socket's directory.
-pub const FILE_NAME: &str = "snapshot";
-
-/// Where the snapshot of the broker listening on `socket` is published.
-pub fn path_for(socket: &Path) -> PathBuf {
-    socket.with_file_name(FILE_NAME)
-}
 
 pub struct Publisher {
     path: PathBuf,
@@ -236,7 +230,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("brokerd-publish-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        let path = path_for(&dir.join("io.userdb.Broker"));
+        let path = userdb_proto::snapfile::path_for(&dir.join("io.userdb.Broker"));
         let mut publisher = Publisher::new(path.clone());
         let first = snapshot();
         publisher.publish(&first, Coverage::default()).unwrap();

@@ -192,9 +192,6 @@ impl Lookup {
     pub fn start(host: &Host<'_>) -> Result<Lookup, Failure> {
         let plan = guard::plan(host.env, host.pid).map_err(refused)?;
         let reentry = Reentry::enter().map_err(refused)?;
-        if !BACKOFF.admit((host.now_ms)()) {
-            return Err(Failure::BACKING_OFF);
-        }
         // The guard bounds the timeout to a minute: no overflow.
         let started = Instant::now();
         let deadline = started + plan.timeout;
@@ -208,11 +205,31 @@ impl Lookup {
         })
     }
 
-    fn options(&self, database: Database) -> LookupOptions {
+    /// What the caller's nsswitch.conf line and environment ask of the answer.
+    pub fn options(&self, database: Database) -> LookupOptions {
         LookupOptions {
-            caller_reads_files: NSSWITCH.files_first(Path::new(nsswitch::NSSWITCH_CONF), database),
+            caller_reads_files: NSSWITCH.files_first(
+                Path::new(nsswitch::NSSWITCH_CONF),
+                database,
+                (self.now_ms)(),
+            ),
             dynamic_bypass: self.plan.dynamic_bypass,
         }
+    }
+
+    /// Whether this call may open a socket (not in PID 1, a generator or
+    /// the broker's own unit).
+    pub fn may_talk(&self) -> bool {
+        self.plan.silent.is_none()
+    }
+
+    /// Where the broker publishes its snapshot file.
+    pub fn snapshot_path(&self) -> std::path::PathBuf {
+        userdb_proto::snapfile::path_for(&self.plan.socket)
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        (self.now_ms)()
     }
 
     /// Connects, runs `exchange` and feeds the outcome to the back-off.
@@ -241,6 +258,12 @@ impl Lookup {
         reply_timeout: Option<std::time::Duration>,
         exchange: impl FnOnce(&mut Connection) -> Result<T, ClientError>,
     ) -> Result<T, Failure> {
+        if !self.may_talk() {
+            return Err(Failure::DECLINED);
+        }
+        if !BACKOFF.admit((self.now_ms)()) {
+            return Err(Failure::BACKING_OFF);
+        }
         let result = Connection::connect(&self.plan.socket, deadline).and_then(|connection| {
             trusted_listener(&connection, self.euid)?;
             let mut connection = match reply_timeout {

@@ -47,10 +47,19 @@
 //! rules. A file that fails a check is not used.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use crate::api::LookupOptions;
 use crate::names::{valid_gecos, valid_id, valid_name, valid_path};
 use crate::visibility::Origin;
+
+/// The file's name, in the directory of the broker's socket.
+pub const FILE_NAME: &str = "snapshot";
+
+/// Where the broker listening on `socket` publishes its snapshot file.
+pub fn path_for(socket: &Path) -> PathBuf {
+    socket.with_file_name(FILE_NAME)
+}
 
 pub const MAGIC: [u8; 8] = *b"UDBSNAP\0";
 pub const VERSION: u32 = 1;
