@@ -305,6 +305,9 @@ JSON
     echo '{}' >"$root/etc/userdb/dropuser:users.membership"
     echo '{}' >"$root/etc/userdb/dropuser:adm.membership"
     sed -i -E '/^adm:/{s/:$/:dropuser/;t;s/$/,dropuser/}' "$root/etc/group"
+    # An invalid drop-in: the broker skips it with one warning, which the
+    # journal must hold at priority "warning".
+    echo '{' >"$root/etc/userdb/broken.user"
 
     install -D -m 0755 "$here/guest/boot-test-generator" "$root/etc/systemd/system-generators/boot-test-generator"
     install -D -m 0755 "$probe" "$root/usr/local/bin/nss-probe"
@@ -603,6 +606,17 @@ assert_broker() {
         $2 == "spawn" { spawn[$1] = $3 }
         $2 != "spawn" && $3 >= bound { printf "%s%s %s %d ms (spawn %d ms)", sep, $1, $2, $3 / 1000, spawn[$1] / 1000; sep = "; " }')
     check "$r: every generator look-up < 200 ms${slow:+ (slow: $slow)}" equals "$slow" ""
+    check "$r: the broker's warning is in the journal at priority warning" \
+        matches "$(broker_journal "$r" -p warning..warning)" 'etc/userdb/broken\.user: skipped: invalid JSON'
+    check "$r: its info lines are at priority info, with no timestamp of their own" \
+        matches "$(broker_journal "$r" -p info..info | grep -m1 'ready socket=')" '^ready socket='
+}
+
+# broker_journal RUN JOURNALCTL-OPTIONS...: the broker's messages in the run's journal.
+broker_journal() {
+    local run=$1
+    shift
+    journalctl -D "$workdir/$run/root/var/log/journal" -u userdb-brokerd.service -o cat --no-pager "$@" 2>/dev/null || true
 }
 
 # assert_control RUN: the control must show what the broker avoids.
