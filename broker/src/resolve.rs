@@ -515,30 +515,12 @@ impl Resolver {
             };
         }
         let answers = self.varlink.ask(services, &[Request::AllUsers]);
-        let priority = self.priority();
         let view = View::new(&snapshot, options);
-        // Records the caller reads itself still take their keys; they are
-        // only not listed.
-        let mut candidates: Vec<(merge::Rank, &str, &Arc<User>, bool)> = snapshot
-            .users()
-            .filter(|u| view.visible(u.source))
-            .filter_map(|u| {
-                let info = snapshot.source(u.source)?;
-                Some((
-                    priority.rank(info),
-                    info.name.as_str(),
-                    &u.user,
-                    view.listed(u.source),
-                ))
-            })
-            .collect();
-        candidates.extend(
-            remote_records(&answers, 0, |d| &d.users)
-                .filter(|(_, u)| u.listed)
-                .map(|(s, u)| (priority.rank(&s.info), s.name(), u, true)),
+        let winners = self.listed_winners(
+            &view,
+            snapshot.users().map(|u| (u.source, &u.user)),
+            remote_records(&answers, 0, |d| &d.users),
         );
-        let (winners, conflicts) = first_per_key(candidates);
-        self.log_conflicts(conflicts);
         UserListing::Merged {
             items: winners.into_iter().cloned().collect(),
             next: 0,
@@ -566,7 +548,6 @@ impl Resolver {
                 },
             ],
         );
-        let priority = self.priority();
         let view = View::new(&snapshot, options);
         let mut remote_members: HashMap<&str, Vec<&Name>> = HashMap::new();
         for answer in &answers {
@@ -579,30 +560,15 @@ impl Resolver {
                 remote_members.entry(group).or_default().push(user);
             }
         }
-        let mut candidates: Vec<(merge::Rank, &str, &Arc<Group>, bool)> = snapshot
-            .groups()
-            .filter(|g| view.visible(g.source))
-            .filter_map(|g| {
-                let info = snapshot.source(g.source)?;
-                Some((
-                    priority.rank(info),
-                    info.name.as_str(),
-                    &g.group,
-                    view.listed(g.source),
-                ))
-            })
-            .collect();
-        candidates.extend(
-            remote_records(&answers, 0, |d| &d.groups)
-                .filter(|(_, g)| g.listed)
-                .map(|(s, g)| (priority.rank(&s.info), s.name(), g, true)),
+        let winners = self.listed_winners(
+            &view,
+            snapshot.groups().map(|g| (g.source, &g.group)),
+            remote_records(&answers, 0, |d| &d.groups),
         );
         let local_entries: HashMap<*const Group, &GroupEntry> = snapshot
             .groups()
             .map(|g| (Arc::as_ptr(&g.group), g))
             .collect();
-        let (winners, conflicts) = first_per_key(candidates);
-        self.log_conflicts(conflicts);
         let items = winners
             .into_iter()
             .map(|group| {
@@ -630,6 +596,38 @@ impl Resolver {
             })
             .collect();
         GroupListing::Merged { items, next: 0 }
+    }
+
+    /// A listing by rule 2 over the local records and the services'
+    /// answers. Records the caller reads itself still take their keys; they
+    /// are only not listed.
+    fn listed_winners<'a, R: merge::Keyed>(
+        &self,
+        view: &View<'a>,
+        local: impl Iterator<Item = (usize, &'a Arc<R>)>,
+        remote: impl Iterator<Item = (&'a Arc<VarlinkSource>, &'a Arc<R>)>,
+    ) -> Vec<&'a Arc<R>> {
+        let priority = self.priority();
+        let mut candidates: Vec<(merge::Rank, &str, &Arc<R>, bool)> = local
+            .filter(|(source, _)| view.visible(*source))
+            .filter_map(|(source, record)| {
+                let info = view.snapshot.source(source)?;
+                Some((
+                    priority.rank(info),
+                    info.name.as_str(),
+                    record,
+                    view.listed(source),
+                ))
+            })
+            .collect();
+        candidates.extend(
+            remote
+                .filter(|(_, record)| record.listed())
+                .map(|(s, record)| (priority.rank(&s.info), s.name(), record, true)),
+        );
+        let (winners, conflicts) = first_per_key(candidates);
+        self.log_conflicts(conflicts);
+        winners
     }
 
     /// Every source in priority order, for status output.
