@@ -402,6 +402,11 @@ impl Broker {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout))
     }
 
+    /// How it ended, if it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Whether the process is still alive (not exited, not crashed).
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

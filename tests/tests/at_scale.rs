@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use userdb_broker_tests::fixture::{BASE_GROUP, BASE_PASSWD};
+use userdb_broker_tests::fixture::{plain_passwd_line, plain_user, BASE_GROUP, BASE_PASSWD};
 use userdb_broker_tests::nss::BROKER_ONLY;
 use userdb_broker_tests::population::{passwd_lines, Population, FIRST_ID};
 use userdb_broker_tests::probe::{self, Watch};
@@ -254,30 +254,40 @@ fn a_group_of_600000_members_is_served_and_the_buffer_retries_reuse_one_answer()
 #[test]
 fn replacing_a_large_snapshot_stalls_no_client() {
     let _serial = exclusive();
-    let population = population();
-    let f = populated(population);
-    let _broker = Broker::launch(&f)
-        .ready_within(Duration::from_secs(120))
-        .start();
+    // 100,000 users and 100,000 groups: a snapshot whose freeing takes
+    // long enough to see, should it happen where clients wait.
+    let f = Fixture::new();
+    let count = 100_000;
+    let mut passwd: Vec<String> = BASE_PASSWD.iter().map(|l| (*l).to_owned()).collect();
+    passwd.extend(passwd_lines("su", count));
+    f.replace_etc_file("passwd", &passwd);
+    let mut group: Vec<String> = BASE_GROUP.iter().map(|l| (*l).to_owned()).collect();
+    group.extend((0..count).map(|i| format!("sg{i}:x:{}:su{i}", FIRST_ID + i)));
+    f.replace_etc_file("group", &group);
+    let _broker = Broker::start(&f);
     let nss = Nss::new(&f, BROKER_ONLY);
     let changes = 5u32;
-    let spacing = Duration::from_millis(800);
+    let spacing = Duration::from_millis(1500);
     let watch = probe::watch(
         &nss,
         (spacing * (changes + 1)).as_secs_f64(),
-        &["passwd:root=0", "passwd:pu1=200001", "group:pg2=200002"],
+        &["passwd:root=0", "passwd:su99999=299999", "group:sg5=200005"],
     );
     let mut served = Vec::new();
     for round in 0..changes {
-        std::thread::sleep(spacing / 2);
-        let line = change_user(&f, 3, &format!("Round {round}"));
-        served.push(served_after(&nss, 3, &line));
-        std::thread::sleep(spacing / 2);
+        std::thread::sleep(spacing / 3);
+        let name = format!("swap{round}");
+        f.dropin_user(DropinDir::Etc, &plain_user(&name, 3000 + round));
+        served.push(nss.wait_for(
+            &["getent", "passwd", &name],
+            Some(&plain_passwd_line(&name, 3000 + round)),
+            spacing,
+        ));
+        std::thread::sleep(spacing / 3);
     }
     let report = watch.finish();
     println!(
-        "scale | {changes} snapshot swaps at {} drop-in files while looking up in a loop | {} bad of {} look-ups, slowest {:.1} ms (bound 50 ms) | changes served after {:?}",
-        population.files(),
+        "scale | {changes} snapshot swaps at {count} users and {count} groups while looking up in a loop | {} bad of {} look-ups, slowest {:.1} ms (bound 50 ms) | changes served after {:?}",
         report.bad(),
         report.lookups,
         ms(report.slowest),

@@ -388,3 +388,26 @@ fn listings_asked_for_and_never_read_cost_a_bounded_amount_of_memory() {
     );
     assert!(broker.is_running(), "the broker died:\n{}", broker.log());
 }
+
+#[test]
+fn connections_their_clients_closed_are_let_go_at_once() {
+    let _serial = exclusive();
+    let f = Fixture::new();
+    let broker = Broker::start(&f);
+    let nss = Nss::new(&f, BROKER_ONLY);
+    let fds_before = broker.open_fds();
+    // A few hundred look-ups, each on a connection of its own, all closed.
+    let report = probe::watch(&nss, 1.0, &ROOT_LOOKUPS).finish();
+    std::thread::sleep(Duration::from_millis(300));
+    let fds_after = broker.open_fds();
+    println!(
+        "hostile | {} look-ups, each connection closed by its client | broker descriptors {fds_before} before, {fds_after} 300 ms after",
+        report.lookups
+    );
+    assert_all_right("root", &report);
+    assert!(
+        fds_after <= fds_before,
+        "the broker still holds {} connections its clients closed",
+        fds_after - fds_before
+    );
+}

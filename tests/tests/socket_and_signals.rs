@@ -132,6 +132,12 @@ fn sighup_rereads_configuration_and_sources_and_keeps_a_good_configuration_over_
         CHANGE_SERVED * 3,
     );
     let survived_first = broker.is_running();
+    assert!(
+        survived_first,
+        "SIGHUP ended the broker: {:?}\n{}",
+        broker.exit_status(),
+        broker.log()
+    );
 
     write_outside("After");
     let ext_after = "ext:x:3101:3101:After:/home/ext:/bin/sh";
@@ -161,7 +167,6 @@ fn sighup_rereads_configuration_and_sources_and_keeps_a_good_configuration_over_
         refused.as_deref().unwrap_or("nothing"),
         after_bad.stdout.trim_end()
     );
-    assert!(survived_first, "SIGHUP ended the broker:\n{}", broker.log());
     assert!(
         new_order.is_some_and(|d| d <= CHANGE_SERVED),
         "the new order was not served within {CHANGE_SERVED:?} of SIGHUP"
