@@ -20,6 +20,8 @@ use crate::cli::Brokerd;
 /// Settings the daemon runs with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// The configuration file read, if any.
+    pub file: Option<PathBuf>,
     pub socket: PathBuf,
     pub root: PathBuf,
     pub log_level: String,
@@ -29,6 +31,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     pub write_timeout: Duration,
     pub rescan_interval: Duration,
+    /// Publish the snapshot file next to the socket.
+    pub snapshot_file: bool,
     pub poll_interval: Duration,
     pub order: Vec<String>,
     pub varlink: VarlinkSettings,
@@ -61,6 +65,7 @@ impl Default for VarlinkSettings {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            file: None,
             socket: PathBuf::from(userdb_proto::DEFAULT_SOCKET_PATH),
             root: PathBuf::from("/"),
             log_level: "info".to_owned(),
@@ -70,6 +75,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
             rescan_interval: Duration::from_secs(300),
+            snapshot_file: true,
             poll_interval: Duration::from_secs(1),
             order: vec!["files".to_owned(), "dropins".to_owned()],
             varlink: VarlinkSettings::default(),
@@ -90,6 +96,7 @@ struct ConfigFile {
     idle_timeout_ms: Option<u64>,
     write_timeout_ms: Option<u64>,
     rescan_interval_ms: Option<u64>,
+    snapshot_file: Option<bool>,
     poll_interval_ms: Option<u64>,
     order: Option<Vec<String>>,
     source_timeout_ms: Option<u64>,
@@ -158,7 +165,9 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
         self.apply_toml(&text)
-            .map_err(|ConfigError(e)| ConfigError(format!("{}: {e}", path.display())))
+            .map_err(|ConfigError(e)| ConfigError(format!("{}: {e}", path.display())))?;
+        self.file = Some(path.to_path_buf());
+        Ok(())
     }
 
     fn apply_toml(&mut self, text: &str) -> Result<(), ConfigError> {
@@ -180,6 +189,9 @@ impl Config {
         }
         if let Some(v) = file.workers {
             self.workers = nonzero("workers", v as u64)?.min(64) as usize;
+        }
+        if let Some(v) = file.snapshot_file {
+            self.snapshot_file = v;
         }
         if let Some(v) = file.rescan_interval_ms {
             self.rescan_interval = Duration::from_millis(nonzero("rescan_interval_ms", v)?);

@@ -544,27 +544,12 @@ fn rewrite(raw: &str, entries: &[Entry]) -> String {
         gap if !comment.is_empty() => gap,
         _ => "",
     };
-    let services: Vec<String> = entries.iter().map(format_entry).collect();
+    let services: Vec<String> = entries.iter().map(Entry::to_string).collect();
     format!(
         "{}{}{gap_before_comment}{comment}{ending}",
         &body[..services_start],
         services.join(" ")
     )
-}
-
-fn format_entry(entry: &Entry) -> String {
-    if entry.actions.is_empty() {
-        return entry.service.clone();
-    }
-    let actions: Vec<String> = entry
-        .actions
-        .iter()
-        .map(|a| {
-            let bang = if a.negated { "!" } else { "" };
-            format!("{bang}{}={}", a.status.to_ascii_uppercase(), a.action)
-        })
-        .collect();
-    format!("{} [{}]", entry.service, actions.join(" "))
 }
 
 /// Which edit [`edit_file`] makes.
@@ -775,7 +760,7 @@ gshadow:        files broker
             let (_, line) = Document::new(text).effective(database).unwrap();
             line.entries
                 .iter()
-                .map(format_entry)
+                .map(Entry::to_string)
                 .collect::<Vec<_>>()
                 .join(" ")
         };

@@ -10,17 +10,16 @@
 //!   remote ([`merge::MemberList`]); listings drop every record whose name or
 //!   id a better-ranked one already has.
 //!
-//! What the caller asked leaves things out, in one place ([`View`]): with
-//! the dynamic bypass, PID 1's dynamic users; when the caller reads
-//! `/etc/passwd` and `/etc/group` itself (`callerReadsFiles`), records that
-//! came from those files in listings, and the members and memberships those
-//! files state.
+//! What the caller asked leaves things out by the rules of
+//! `userdb_proto::visibility` (shared with the module's snapshot-file
+//! reader), applied to the snapshot by [`View`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::{json, Value};
 use userdb_proto::api::LookupOptions;
+use userdb_proto::visibility;
 
 use crate::log_once::LogOnce;
 use crate::merge::{self, Candidate, MemberList, Priority};
@@ -43,6 +42,14 @@ pub struct FoundGroup {
     pub members: Vec<Name>,
 }
 
+/// A miss that may not be one: these services could not be asked or did
+/// not answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incomplete(pub Vec<String>);
+
+/// A look-up's answer: found, not found, or not known for sure.
+pub type Answer<T> = Result<Option<T>, Incomplete>;
+
 /// One membership as answered; `gid` when the group is known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Membership {
@@ -64,12 +71,11 @@ impl<'a> View<'a> {
     }
 
     fn visible(&self, source: usize) -> bool {
-        !(self.options.dynamic_bypass && self.snapshot.from_pid1(source))
+        visibility::visible(self.snapshot.origin(source), self.options)
     }
 
     fn listed(&self, source: usize) -> bool {
-        self.visible(source)
-            && !(self.options.caller_reads_files && self.snapshot.from_files(source))
+        visibility::listed(self.snapshot.origin(source), self.options)
     }
 
     pub fn user(&self, key: Key) -> Option<&'a UserEntry> {
@@ -90,11 +96,11 @@ impl<'a> View<'a> {
 
     /// The members of a local group this caller does not have already.
     pub fn members(&self, entry: &'a GroupEntry) -> impl Iterator<Item = &'a Name> + 'a {
-        let skip_files = self.options.caller_reads_files;
+        let options = self.options;
         entry
             .members
             .iter()
-            .filter(move |m| !(skip_files && m.by_files))
+            .filter(move |m| visibility::member_answered(m.by_files, options))
             .map(|m| &m.name)
     }
 
@@ -102,12 +108,11 @@ impl<'a> View<'a> {
     /// caller has already are counted but not listed, so that nobody else
     /// can list them again.
     pub fn fill(&self, entry: &GroupEntry, members: &mut MemberList) {
-        let skip_files = self.options.caller_reads_files;
         for m in entry.members.iter() {
-            if skip_files && m.by_files {
-                members.skip(&m.name);
-            } else {
+            if visibility::member_answered(m.by_files, self.options) {
                 members.add(&m.name, false);
+            } else {
+                members.skip(&m.name);
             }
         }
     }
@@ -131,8 +136,9 @@ impl<'a> View<'a> {
         let view = *self;
         self.snapshot.groups_of(user).filter(move |g| {
             view.visible(g.source)
-                && !(view.options.caller_reads_files
-                    && g.members.iter().any(|m| m.by_files && &*m.name == user))
+                && g.members.iter().any(|m| {
+                    &*m.name == user && visibility::member_answered(m.by_files, view.options)
+                })
         })
     }
 }
@@ -220,7 +226,45 @@ impl Resolver {
         }
     }
 
-    pub fn user(&self, key: Key, options: LookupOptions) -> Option<Arc<User>> {
+    pub fn user(&self, key: Key, options: LookupOptions) -> Answer<Arc<User>> {
+        let mut failed = Vec::new();
+        let found = self.find_user(key, options, &mut failed);
+        self.settle(found, failed, options)
+    }
+
+    pub fn group(&self, key: Key, options: LookupOptions) -> Answer<FoundGroup> {
+        let mut failed = Vec::new();
+        let found = self.find_group(key, options, &mut failed);
+        self.settle(found, failed, options)
+    }
+
+    /// A miss is a miss only if every service that would be asked answered.
+    fn settle<T>(
+        &self,
+        found: Option<T>,
+        failed: Vec<String>,
+        options: LookupOptions,
+    ) -> Answer<T> {
+        if found.is_some() {
+            return Ok(found);
+        }
+        let mut down = self.varlink.down(options.dynamic_bypass);
+        down.extend(failed);
+        down.sort();
+        down.dedup();
+        if down.is_empty() {
+            Ok(None)
+        } else {
+            Err(Incomplete(down))
+        }
+    }
+
+    fn find_user(
+        &self,
+        key: Key,
+        options: LookupOptions,
+        failed: &mut Vec<String>,
+    ) -> Option<Arc<User>> {
         let snapshot = self.snapshot();
         let view = View::new(&snapshot, options);
         let local = view.user(key);
@@ -234,6 +278,7 @@ impl Resolver {
             Key::Id(id) => Request::UserById(id),
         };
         let answers = self.varlink.ask(services, &[request]);
+        failed.extend(failures(&answers));
         let priority = self.priority();
         let mut candidates: Vec<Candidate<User>> = remote_records(&answers, 0, |d| &d.users)
             .map(|(source, user)| Candidate {
@@ -262,7 +307,12 @@ impl Resolver {
         })
     }
 
-    pub fn group(&self, key: Key, options: LookupOptions) -> Option<FoundGroup> {
+    fn find_group(
+        &self,
+        key: Key,
+        options: LookupOptions,
+        failed: &mut Vec<String>,
+    ) -> Option<FoundGroup> {
         let snapshot = self.snapshot();
         let view = View::new(&snapshot, options);
         let local = view.group(key);
@@ -280,6 +330,7 @@ impl Resolver {
             Key::Id(id) => Request::GroupById(id),
         };
         let answers = self.varlink.ask(above, &[request]);
+        failed.extend(failures(&answers));
         let priority = self.priority();
         let mut candidates: Vec<Candidate<Group>> = remote_records(&answers, 0, |d| &d.groups)
             .map(|(source, group)| Candidate {
@@ -324,8 +375,9 @@ impl Resolver {
                 group
             }
         };
-        for (_, answer) in &stated {
+        for answer in &stated {
             for (user, _) in answer
+                .data
                 .first()
                 .into_iter()
                 .flat_map(|a| a.memberships.iter())
@@ -360,6 +412,8 @@ impl Resolver {
             (Some(u), None) => self.memberships_of_user(u, options),
             (None, Some(g)) => self
                 .group(Key::Name(g), options)
+                .ok()
+                .flatten()
                 .map(|found| {
                     found
                         .members
@@ -422,8 +476,9 @@ impl Resolver {
                 group: None,
             }],
         );
-        for (_, answer) in &answers {
+        for answer in &answers {
             for (_, group) in answer
+                .data
                 .first()
                 .into_iter()
                 .flat_map(|a| a.memberships.iter())
@@ -433,7 +488,11 @@ impl Resolver {
         }
         for group in unresolved {
             if seen.insert(Name::clone(&group)) {
-                let gid = self.group(Key::Name(&group), options).map(|g| g.group.gid);
+                let gid = self
+                    .group(Key::Name(&group), options)
+                    .ok()
+                    .flatten()
+                    .map(|g| g.group.gid);
                 out.push(Membership {
                     user: Name::clone(&user_name),
                     group,
@@ -510,8 +569,13 @@ impl Resolver {
         let priority = self.priority();
         let view = View::new(&snapshot, options);
         let mut remote_members: HashMap<&str, Vec<&Name>> = HashMap::new();
-        for (_, answer) in &answers {
-            for (user, group) in answer.get(1).into_iter().flat_map(|a| a.memberships.iter()) {
+        for answer in &answers {
+            for (user, group) in answer
+                .data
+                .get(1)
+                .into_iter()
+                .flat_map(|a| a.memberships.iter())
+            {
                 remote_members.entry(group).or_default().push(user);
             }
         }
@@ -602,14 +666,24 @@ impl Resolver {
     }
 }
 
+/// The services whose answer could not be had.
+fn failures(answers: &Answers) -> impl Iterator<Item = String> + '_ {
+    answers
+        .iter()
+        .filter(|a| a.failed)
+        .map(|a| a.source.name().to_owned())
+}
+
 /// The records of every answer to request `index`, with their service.
 fn remote_records<'a, T: 'a>(
     answers: &'a Answers,
     index: usize,
     records: fn(&SourceData) -> &Vec<Arc<T>>,
 ) -> impl Iterator<Item = (&'a Arc<VarlinkSource>, &'a Arc<T>)> + 'a {
-    answers.iter().flat_map(move |(source, answer)| {
+    answers.iter().flat_map(move |answer| {
+        let source = &answer.source;
         answer
+            .data
             .get(index)
             .into_iter()
             .flat_map(move |data| records(data).iter())

@@ -312,13 +312,7 @@ impl Pool {
                         .unwrap_or_else(|poisoned| poisoned.into_inner());
                 }
             };
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                service.handle(&job.call, &job.peer)
-            }))
-            .unwrap_or_else(|_| {
-                tracing::error!(method = %job.call.method, "a call panicked; answered with an error");
-                Outcome::Replies(encode(&Reply::error(errors::INVALID_PARAMETER)))
-            });
+            let outcome = answer_call(service, &job.call, &job.peer);
             lock(&self.done).push(Done {
                 token: job.token,
                 serial: job.serial,
@@ -878,20 +872,26 @@ fn dispatch(c: &mut Connection, index: usize, frame: &[u8], service: &Arc<Servic
             peer: c.peer,
         });
     } else {
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            service.handle(&call, &c.peer)
-        }))
+        deliver(c, answer_call(service, &call, &c.peer));
+    }
+}
+
+/// The service's answer; a panic in it becomes an error reply, and the
+/// loop or the worker goes on.
+fn answer_call(service: &Service, call: &Call, peer: &Peer) -> Outcome {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| service.handle(call, peer)))
         .unwrap_or_else(|_| {
             tracing::error!(method = %call.method, "a call panicked; answered with an error");
-            Outcome::Replies(encode(&Reply::error(errors::INVALID_PARAMETER)))
-        });
-        deliver(c, outcome);
-    }
+            Outcome::Replies {
+                bytes: encode(&Reply::error(errors::INVALID_PARAMETER)),
+                failed: true,
+            }
+        })
 }
 
 fn deliver(c: &mut Connection, outcome: Outcome) {
     match outcome {
-        Outcome::Replies(bytes) => {
+        Outcome::Replies { bytes, .. } => {
             c.out.extend_from_slice(&bytes);
             c.state = State::Idle;
         }
@@ -941,7 +941,10 @@ mod tests {
                 .collect(),
             ..Default::default()
         };
-        let service = Arc::new(Service::new(resolver_over(vec![(SourceKind::Files, data)])));
+        let service = Arc::new(Service::new(
+            resolver_over(vec![(SourceKind::Files, data)]),
+            None,
+        ));
         let (server, _) = Server::new(bind(&path).unwrap(), path.clone(), service, limits).unwrap();
         std::thread::spawn(move || server.serve());
         path

@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
+use userdb_proto::visibility::Origin;
+
 use crate::model::{Group, Name, User};
 use crate::sources::{LoadReport, SourceInfo, SourceKind};
 
@@ -97,13 +99,12 @@ impl Snapshot {
         self.sources.get(id).map(|s| &s.info)
     }
 
-    /// Whether the entry's source serves PID 1's dynamic users.
-    pub fn from_pid1(&self, id: SourceId) -> bool {
-        self.source(id).is_some_and(|s| s.pid1_users)
-    }
-
-    pub fn from_files(&self, id: SourceId) -> bool {
-        self.source(id).is_some_and(|s| s.kind == SourceKind::Files)
+    /// Where a record of source `id` comes from, as callers' options see it.
+    pub fn origin(&self, id: SourceId) -> Origin {
+        Origin {
+            files: self.source(id).is_some_and(|s| s.kind == SourceKind::Files),
+            pid1: self.source(id).is_some_and(|s| s.pid1_users),
+        }
     }
 
     pub fn user_by_name(&self, name: &str) -> Option<&UserEntry> {

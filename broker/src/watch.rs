@@ -11,7 +11,8 @@
 //!   watched directories).
 //! - Without inotify (no instances left), every `poll_interval` is a rescan.
 //! - Each turn also follows the Varlink services (discovery, breaker
-//!   probes) and frees replaced snapshots nobody reads any more.
+//!   probes), republishes the snapshot file when they change what it
+//!   covers, and frees replaced snapshots nobody reads any more.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -22,11 +23,14 @@ use std::time::{Duration, Instant};
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 
+use userdb_proto::snapfile::Coverage;
+
 use crate::log_once::LogOnce;
 use crate::merge::{self, Loaded, Priority};
-use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::publish::Publisher;
+use crate::snapshot::SnapshotStore;
 use crate::sources::varlink::VarlinkSources;
-use crate::sources::{dynamic, LocalSource};
+use crate::sources::{dynamic, LocalSource, SourceInfo, SourceKind};
 
 /// How often the watcher wakes up when nothing happens: Varlink discovery,
 /// probes and freeing old snapshots run at this pace.
@@ -52,10 +56,6 @@ pub struct Intervals {
     pub poll: Duration,
 }
 
-/// Something to tell whenever a new snapshot is in place (the snapshot
-/// file's publisher).
-pub type OnSwap = Box<dyn FnMut(&Arc<Snapshot>, &VarlinkSources) + Send>;
-
 pub struct Watcher {
     sources: Vec<Box<dyn LocalSource>>,
     priority: Priority,
@@ -69,7 +69,7 @@ pub struct Watcher {
     intervals: Intervals,
     generation: u64,
     log: LogOnce,
-    on_swap: Option<OnSwap>,
+    publisher: Option<Publisher>,
 }
 
 fn watch_mask() -> WatchMask {
@@ -119,13 +119,51 @@ impl Watcher {
             intervals,
             generation: 0,
             log: LogOnce::default(),
-            on_swap: None,
+            publisher: None,
         }
     }
 
-    pub fn on_swap(mut self, on_swap: OnSwap) -> Self {
-        self.on_swap = Some(on_swap);
+    /// Publishes every snapshot to the snapshot file too.
+    pub fn publishing(mut self, publisher: Publisher) -> Self {
+        self.publisher = Some(publisher);
         self
+    }
+
+    /// What the snapshot file covers with the services known now.
+    fn coverage(&self) -> Coverage {
+        let services = self.varlink.all();
+        let rank_of = |kind| self.priority.rank(&SourceInfo::local(kind));
+        let (files, dropins) = (rank_of(SourceKind::Files), rank_of(SourceKind::DropIns));
+        let local_users_win = services.iter().all(|s| {
+            let rank = self.priority.rank(&s.info);
+            rank > files && rank > dropins
+        });
+        Coverage::new(
+            !services.is_empty(),
+            services.iter().any(|s| !s.info.pid1_users),
+            local_users_win,
+        )
+    }
+
+    /// Publishes the current snapshot if the file does not show it yet.
+    fn publish(&mut self) {
+        let coverage = self.coverage();
+        let snapshot = self.store.current();
+        let Some(publisher) = self.publisher.as_mut() else {
+            return;
+        };
+        if !publisher.is_stale(&snapshot, coverage) {
+            return;
+        }
+        match publisher.publish(&snapshot, coverage) {
+            Ok(done) => tracing::debug!(
+                generation = snapshot.generation,
+                bytes = done.bytes,
+                ms = done.took.as_millis() as u64,
+                "snapshot file published"
+            ),
+            Err(e) => tracing::warn!("cannot publish the snapshot file: {e}"),
+        }
     }
 
     /// Reads every source and puts the first snapshot in place.
@@ -134,8 +172,8 @@ impl Watcher {
         for source in &mut self.sources {
             source.refresh(None);
         }
-        self.rebuild();
         self.varlink.maintain();
+        self.rebuild();
     }
 
     /// Watches every source directory, or the nearest existing parent of
@@ -206,10 +244,8 @@ impl Watcher {
         );
         self.varlink
             .set_dynamic_users_local(self.dynamic_dir.is_dir());
-        self.store.replace(Arc::clone(&snapshot));
-        if let Some(on_swap) = self.on_swap.as_mut() {
-            on_swap(&snapshot, &self.varlink);
-        }
+        self.store.replace(snapshot);
+        self.publish();
     }
 
     /// Re-reads what `changed` names (everything for `None`); rebuilds if
@@ -275,6 +311,7 @@ impl Watcher {
                 }
             }
             self.varlink.maintain();
+            self.publish();
             self.store.reap();
         }
     }
@@ -380,6 +417,7 @@ pub fn control() -> (Sender<Control>, Receiver<Control>) {
 mod tests {
     use super::*;
     use crate::config::VarlinkSettings;
+    use crate::snapshot::Snapshot;
     use crate::sources::local_sources;
 
     fn intervals() -> Intervals {

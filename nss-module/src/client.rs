@@ -153,6 +153,11 @@ fn refused(_: Refusal) -> Failure {
 fn client_failure(error: &ClientError) -> Failure {
     match error {
         ClientError::Remote(name) if name == userdb::NO_RECORD_FOUND => Failure::NOT_FOUND,
+        // Not found where the broker could look, but a source was down: the
+        // name may exist, so this is no NOTFOUND.
+        ClientError::Remote(name) if name == broker::SOURCES_UNAVAILABLE => {
+            Failure::unavail(libc::EAGAIN)
+        }
         ClientError::Absent => Failure::unavail(libc::ENOENT),
         ClientError::Refused => Failure::unavail(libc::ECONNREFUSED),
         ClientError::Untrusted => Failure::unavail(libc::EPERM),
@@ -192,9 +197,6 @@ impl Lookup {
     pub fn start(host: &Host<'_>) -> Result<Lookup, Failure> {
         let plan = guard::plan(host.env, host.pid).map_err(refused)?;
         let reentry = Reentry::enter().map_err(refused)?;
-        if !BACKOFF.admit((host.now_ms)()) {
-            return Err(Failure::BACKING_OFF);
-        }
         // The guard bounds the timeout to a minute: no overflow.
         let started = Instant::now();
         let deadline = started + plan.timeout;
@@ -208,11 +210,31 @@ impl Lookup {
         })
     }
 
-    fn options(&self, database: Database) -> LookupOptions {
+    /// What the caller's nsswitch.conf line and environment ask of the answer.
+    pub fn options(&self, database: Database) -> LookupOptions {
         LookupOptions {
-            caller_reads_files: NSSWITCH.files_first(Path::new(nsswitch::NSSWITCH_CONF), database),
+            caller_reads_files: NSSWITCH.files_first(
+                Path::new(nsswitch::NSSWITCH_CONF),
+                database,
+                (self.now_ms)(),
+            ),
             dynamic_bypass: self.plan.dynamic_bypass,
         }
+    }
+
+    /// Whether this call may open a socket (not in PID 1, a generator or
+    /// the broker's own unit).
+    pub fn may_talk(&self) -> bool {
+        self.plan.silent.is_none()
+    }
+
+    /// Where the broker publishes its snapshot file.
+    pub fn snapshot_path(&self) -> std::path::PathBuf {
+        userdb_proto::snapfile::path_for(&self.plan.socket)
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        (self.now_ms)()
     }
 
     /// Connects, runs `exchange` and feeds the outcome to the back-off.
@@ -241,6 +263,12 @@ impl Lookup {
         reply_timeout: Option<std::time::Duration>,
         exchange: impl FnOnce(&mut Connection) -> Result<T, ClientError>,
     ) -> Result<T, Failure> {
+        if !self.may_talk() {
+            return Err(Failure::DECLINED);
+        }
+        if !BACKOFF.admit((self.now_ms)()) {
+            return Err(Failure::BACKING_OFF);
+        }
         let result = Connection::connect(&self.plan.socket, deadline).and_then(|connection| {
             trusted_listener(&connection, self.euid)?;
             let mut connection = match reply_timeout {

@@ -1,28 +1,38 @@
 //! `set*ent`/`get*ent_r`/`end*ent` state, one per database.
 //!
-//! `set*ent` fetches the whole list with one streamed call, outside any
-//! lock, then stores it. `get*ent_r` hands out the current entry and moves on
-//! only when that succeeded, so an entry that met a too-small buffer is
-//! handed out again on the retry. The lock is only ever tried: contention
-//! can only come from another thread mid-`get*ent_r` or from a `fork()` that
-//! froze the lock in a child, and neither is worth blocking for.
+//! `set*ent` takes a listing of the snapshot file when the file holds the
+//! whole listing for the caller (one generation from `set*ent` to
+//! `end*ent`, even if the file is replaced meanwhile), or else fetches the
+//! whole list from the broker with one streamed call, outside any lock.
+//! `get*ent_r` hands out the current entry and moves on only when that
+//! succeeded, so an entry that met a too-small buffer is handed out again
+//! on the retry. The lock is only ever tried: contention can only come from
+//! another thread mid-`get*ent_r` or from a `fork()` that froze the lock in
+//! a child, and neither is worth blocking for.
 
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use userdb_proto::record::{GroupRecord, UserRecord};
 
 use crate::client::Failure;
+use crate::local::{Listing, Step};
 
 pub static USERS: Enumeration<UserRecord> = Enumeration::new();
 pub static GROUPS: Enumeration<GroupRecord> = Enumeration::new();
 /// Users again, for `getspent_r`: its own position and privileged records.
 pub static SHADOW: Enumeration<UserRecord> = Enumeration::new();
 
-#[derive(Debug)]
+/// Where a listing comes from.
+pub enum Opened<T> {
+    File(Listing),
+    Fetched(Vec<T>),
+}
+
 enum State<T> {
     /// No list: `set*ent` was not called, or `end*ent` freed it.
     Closed,
-    Open {
+    File(Listing),
+    Fetched {
         items: Vec<T>,
         next: usize,
     },
@@ -31,13 +41,16 @@ enum State<T> {
 }
 
 /// The enumeration state of one database.
-#[derive(Debug)]
 pub struct Enumeration<T> {
     state: Mutex<State<T>>,
 }
 
 /// Another thread holds the state: fail rather than wait.
 const BUSY: Failure = Failure::unavail(libc::EAGAIN);
+
+/// A record of the file failed its checks in the middle of a listing: it
+/// ends in an error, never as a silently shorter listing.
+const CORRUPT: Failure = Failure::unavail(libc::EBADMSG);
 
 impl<T> Enumeration<T> {
     pub const fn new() -> Self {
@@ -55,11 +68,12 @@ impl<T> Enumeration<T> {
         }
     }
 
-    /// Stores the result of `fetch` (called without the lock held) as the
+    /// Stores the result of `open` (called without the lock held) as the
     /// list to hand out from the start.
-    pub fn open(&self, fetch: impl FnOnce() -> Result<Vec<T>, Failure>) -> Result<(), Failure> {
-        let state = match fetch() {
-            Ok(items) => State::Open { items, next: 0 },
+    pub fn open(&self, open: impl FnOnce() -> Result<Opened<T>, Failure>) -> Result<(), Failure> {
+        let state = match open() {
+            Ok(Opened::File(listing)) => State::File(listing),
+            Ok(Opened::Fetched(items)) => State::Fetched { items, next: 0 },
             Err(failure) => State::Failed(failure),
         };
         let result = match &state {
@@ -70,32 +84,38 @@ impl<T> Enumeration<T> {
         result
     }
 
-    /// Hands the next entry to `hand_out` and moves on only if it succeeded.
-    /// Without a list (no `set*ent` before), opens one with `fetch` first.
-    /// At the end: `NOTFOUND`/`ENOENT`.
+    /// Hands the next entry out (`from_file` or `from_list`) and moves on
+    /// only if that succeeded. Without a list (no `set*ent` before), opens
+    /// one with `open` first. At the end: `NOTFOUND`/`ENOENT`.
     pub fn next<R>(
         &self,
-        fetch: impl FnOnce() -> Result<Vec<T>, Failure>,
-        hand_out: impl FnOnce(&T) -> Result<R, Failure>,
+        open: impl FnOnce() -> Result<Opened<T>, Failure>,
+        from_file: impl FnOnce(&mut Listing) -> Step<Result<R, Failure>>,
+        from_list: impl FnOnce(&T) -> Result<R, Failure>,
     ) -> Result<R, Failure> {
         if matches!(*self.lock()?, State::Closed) {
-            // A failed fetch is stored and reported just below.
-            let _ = self.open(fetch);
+            // A failed open is stored and reported just below.
+            let _ = self.open(open);
         }
         let mut state = self.lock()?;
         match &mut *state {
             State::Closed => Err(Failure::NOT_FOUND),
             State::Failed(failure) => Err(*failure),
-            State::Open { items, next } => {
+            State::File(listing) => match from_file(listing) {
+                Step::Handed(result) => result,
+                Step::End => Err(Failure::NOT_FOUND),
+                Step::Corrupt => Err(CORRUPT),
+            },
+            State::Fetched { items, next } => {
                 let item = items.get(*next).ok_or(Failure::NOT_FOUND)?;
-                let answer = hand_out(item)?;
+                let answer = from_list(item)?;
                 *next += 1;
                 Ok(answer)
             }
         }
     }
 
-    /// Frees the list.
+    /// Frees the list (and lets go of the file's generation).
     pub fn close(&self) -> Result<(), Failure> {
         *self.lock()? = State::Closed;
         Ok(())
@@ -106,8 +126,12 @@ impl<T> Enumeration<T> {
 mod tests {
     use super::*;
 
-    fn list() -> Result<Vec<&'static str>, Failure> {
-        Ok(vec!["root", "alice", "bob"])
+    fn list() -> Result<Opened<&'static str>, Failure> {
+        Ok(Opened::Fetched(vec!["root", "alice", "bob"]))
+    }
+
+    fn no_file(_: &mut Listing) -> Step<Result<String, Failure>> {
+        Step::Corrupt
     }
 
     fn fits(limit: usize) -> impl Fn(&&str) -> Result<String, Failure> {
@@ -124,28 +148,34 @@ mod tests {
     fn too_small_buffer_never_skips_an_entry() {
         let e = Enumeration::new();
         e.open(list).unwrap();
-        assert_eq!(e.next(list, fits(8)).unwrap(), "root");
+        assert_eq!(e.next(list, no_file, fits(8)).unwrap(), "root");
         assert_eq!(
-            e.next(list, fits(3)).unwrap_err(),
+            e.next(list, no_file, fits(3)).unwrap_err(),
             Failure::BUFFER_TOO_SMALL
         );
         assert_eq!(
-            e.next(list, fits(3)).unwrap_err(),
+            e.next(list, no_file, fits(3)).unwrap_err(),
             Failure::BUFFER_TOO_SMALL
         );
-        assert_eq!(e.next(list, fits(8)).unwrap(), "alice");
-        assert_eq!(e.next(list, fits(8)).unwrap(), "bob");
-        assert_eq!(e.next(list, fits(8)).unwrap_err(), Failure::NOT_FOUND);
-        assert_eq!(e.next(list, fits(8)).unwrap_err(), Failure::NOT_FOUND);
+        assert_eq!(e.next(list, no_file, fits(8)).unwrap(), "alice");
+        assert_eq!(e.next(list, no_file, fits(8)).unwrap(), "bob");
+        assert_eq!(
+            e.next(list, no_file, fits(8)).unwrap_err(),
+            Failure::NOT_FOUND
+        );
+        assert_eq!(
+            e.next(list, no_file, fits(8)).unwrap_err(),
+            Failure::NOT_FOUND
+        );
     }
 
     #[test]
     fn open_restarts_and_close_frees() {
         let e = Enumeration::new();
         e.open(list).unwrap();
-        e.next(list, fits(8)).unwrap();
+        e.next(list, no_file, fits(8)).unwrap();
         e.open(list).unwrap();
-        assert_eq!(e.next(list, fits(8)).unwrap(), "root");
+        assert_eq!(e.next(list, no_file, fits(8)).unwrap(), "root");
         e.close().unwrap();
         assert!(matches!(*e.state.lock().unwrap(), State::Closed));
     }
@@ -158,8 +188,8 @@ mod tests {
             calls.set(calls.get() + 1);
             list()
         };
-        assert_eq!(e.next(counted, fits(8)).unwrap(), "root");
-        assert_eq!(e.next(counted, fits(8)).unwrap(), "alice");
+        assert_eq!(e.next(counted, no_file, fits(8)).unwrap(), "root");
+        assert_eq!(e.next(counted, no_file, fits(8)).unwrap(), "alice");
         assert_eq!(calls.get(), 1);
     }
 
@@ -168,7 +198,10 @@ mod tests {
         let e: Enumeration<&str> = Enumeration::new();
         let denied = || Err(Failure::NOT_PRIVILEGED);
         assert_eq!(e.open(denied).unwrap_err(), Failure::NOT_PRIVILEGED);
-        assert_eq!(e.next(list, fits(8)).unwrap_err(), Failure::NOT_PRIVILEGED);
+        assert_eq!(
+            e.next(list, no_file, fits(8)).unwrap_err(),
+            Failure::NOT_PRIVILEGED
+        );
     }
 
     #[test]
@@ -177,9 +210,9 @@ mod tests {
         e.open(list).unwrap();
         let held = e.state.lock().unwrap();
         std::thread::scope(|s| {
-            s.spawn(|| assert_eq!(e.next(list, fits(8)).unwrap_err(), BUSY));
+            s.spawn(|| assert_eq!(e.next(list, no_file, fits(8)).unwrap_err(), BUSY));
         });
         drop(held);
-        assert_eq!(e.next(list, fits(8)).unwrap(), "root");
+        assert_eq!(e.next(list, no_file, fits(8)).unwrap(), "root");
     }
 }

@@ -14,17 +14,11 @@ use libc::{gid_t, uid_t};
 use userdb_proto::names::valid_name;
 use userdb_proto::record::{GroupRecord, UserRecord};
 
+use crate::answer::{self, UserFields};
 use crate::client::{new_gids, Failure, Host, Key, Lookup, Status};
 use crate::enumerate::{GROUPS, SHADOW, USERS};
-use crate::nsswitch::Database;
+use crate::local::Step;
 use crate::pack::{self, PasswdFields, TooSmall};
-use crate::retry::{Retry, RetryKey};
-
-/// The answers kept for glibc's retry with a larger buffer, per database.
-static PASSWD_RETRY: Retry<(UserRecord, bool)> = Retry::new();
-static GROUP_RETRY: Retry<(GroupRecord, bool)> = Retry::new();
-static SHADOW_RETRY: Retry<(UserRecord, bool)> = Retry::new();
-static GSHADOW_RETRY: Retry<(GroupRecord, bool)> = Retry::new();
 
 extern "C" {
     // glibc's secure_getenv (NULL in set-uid/set-gid processes); the libc
@@ -156,17 +150,17 @@ fn write_passwd(
     out: *mut libc::passwd,
     buf: *mut c_char,
     buflen: usize,
-    user: &UserRecord,
+    user: &UserFields,
 ) -> Result<(), Failure> {
     if out.is_null() {
         return Err(BAD_ARGUMENT);
     }
     let bytes = buffer(buf, buflen);
     let fields = PasswdFields {
-        name: &user.name,
-        gecos: &user.gecos,
-        dir: &user.home,
-        shell: &user.shell,
+        name: user.name,
+        gecos: user.gecos,
+        dir: user.home,
+        shell: user.shell,
     };
     let layout = pack::pack_passwd(&fields, bytes).map_err(too_small)?;
     let at = Pointers(bytes.as_mut_ptr());
@@ -188,18 +182,18 @@ fn write_group(
     out: *mut libc::group,
     buf: *mut c_char,
     buflen: usize,
-    group: &GroupRecord,
+    (name, gid, members): (&str, u32, &[&str]),
 ) -> Result<(), Failure> {
     if out.is_null() {
         return Err(BAD_ARGUMENT);
     }
     let bytes = buffer(buf, buflen);
-    let layout = pack::pack_group(&group.name, &group.members, bytes).map_err(too_small)?;
+    let layout = pack::pack_group(name, members, bytes).map_err(too_small)?;
     let at = Pointers(bytes.as_mut_ptr());
     let entry = libc::group {
         gr_name: at.string(layout.name),
         gr_passwd: at.string(layout.passwd),
-        gr_gid: group.gid,
+        gr_gid: gid,
         gr_mem: at.array(layout.members),
     };
     // SAFETY: `out` is non-NULL and points to the caller's struct group.
@@ -282,24 +276,6 @@ fn write_gshadow(
     Ok(())
 }
 
-fn fetch_users() -> Result<Vec<UserRecord>, Failure> {
-    let users = start_lookup()?.all_users(Database::Passwd)?;
-    Ok(users.into_iter().map(|(user, _)| user).collect())
-}
-
-fn fetch_groups() -> Result<Vec<GroupRecord>, Failure> {
-    let groups = start_lookup()?.all_groups(Database::Group)?;
-    Ok(groups.into_iter().map(|(group, _)| group).collect())
-}
-
-fn fetch_shadow() -> Result<Vec<UserRecord>, Failure> {
-    let users = start_lookup()?.all_users(Database::Shadow)?;
-    if users.iter().any(|(_, incomplete)| *incomplete) {
-        return Err(Failure::NOT_PRIVILEGED);
-    }
-    Ok(users.into_iter().map(|(user, _)| user).collect())
-}
-
 /// # Safety
 /// glibc's contract for `getpwnam_r` modules: valid or NULL pointers,
 /// `buf` holding `buflen` bytes.
@@ -313,12 +289,9 @@ pub unsafe extern "C" fn _nss_broker_getpwnam_r(
 ) -> c_int {
     run(errnop, || {
         let name = name_arg(name)?;
-        PASSWD_RETRY.answer(
-            RetryKey::Name(name.to_owned()),
-            monotonic_ms(),
-            || start_lookup()?.user(Key::Name(name), Database::Passwd),
-            |(user, _)| write_passwd(result, buf, buflen, user),
-        )
+        answer::user(&start_lookup()?, Key::Name(name), |user| {
+            write_passwd(result, buf, buflen, user)
+        })
     })
 }
 
@@ -333,18 +306,17 @@ pub unsafe extern "C" fn _nss_broker_getpwuid_r(
     errnop: *mut c_int,
 ) -> c_int {
     run(errnop, || {
-        PASSWD_RETRY.answer(
-            RetryKey::Id(uid),
-            monotonic_ms(),
-            || start_lookup()?.user(Key::Id(uid), Database::Passwd),
-            |(user, _)| write_passwd(result, buf, buflen, user),
-        )
+        answer::user(&start_lookup()?, Key::Id(uid), |user| {
+            write_passwd(result, buf, buflen, user)
+        })
     })
 }
 
 #[no_mangle]
 pub extern "C" fn _nss_broker_setpwent(_stayopen: c_int) -> c_int {
-    run(std::ptr::null_mut(), || USERS.open(fetch_users))
+    run(std::ptr::null_mut(), || {
+        USERS.open(|| answer::open_users(&start_lookup()?))
+    })
 }
 
 /// # Safety
@@ -357,7 +329,11 @@ pub unsafe extern "C" fn _nss_broker_getpwent_r(
     errnop: *mut c_int,
 ) -> c_int {
     run(errnop, || {
-        USERS.next(fetch_users, |user| write_passwd(result, buf, buflen, user))
+        USERS.next(
+            || answer::open_users(&start_lookup()?),
+            |listing| listing.next_user(|user| write_passwd(result, buf, buflen, &user.into())),
+            |user| write_passwd(result, buf, buflen, &user.into()),
+        )
     })
 }
 
@@ -379,12 +355,9 @@ pub unsafe extern "C" fn _nss_broker_getgrnam_r(
 ) -> c_int {
     run(errnop, || {
         let name = name_arg(name)?;
-        GROUP_RETRY.answer(
-            RetryKey::Name(name.to_owned()),
-            monotonic_ms(),
-            || start_lookup()?.group(Key::Name(name), Database::Group),
-            |(group, _)| write_group(result, buf, buflen, group),
-        )
+        answer::group(&start_lookup()?, Key::Name(name), |name, gid, members| {
+            write_group(result, buf, buflen, (name, gid, members))
+        })
     })
 }
 
@@ -399,18 +372,17 @@ pub unsafe extern "C" fn _nss_broker_getgrgid_r(
     errnop: *mut c_int,
 ) -> c_int {
     run(errnop, || {
-        GROUP_RETRY.answer(
-            RetryKey::Id(gid),
-            monotonic_ms(),
-            || start_lookup()?.group(Key::Id(gid), Database::Group),
-            |(group, _)| write_group(result, buf, buflen, group),
-        )
+        answer::group(&start_lookup()?, Key::Id(gid), |name, gid, members| {
+            write_group(result, buf, buflen, (name, gid, members))
+        })
     })
 }
 
 #[no_mangle]
 pub extern "C" fn _nss_broker_setgrent(_stayopen: c_int) -> c_int {
-    run(std::ptr::null_mut(), || GROUPS.open(fetch_groups))
+    run(std::ptr::null_mut(), || {
+        GROUPS.open(|| answer::open_groups(&start_lookup()?))
+    })
 }
 
 /// # Safety
@@ -423,9 +395,18 @@ pub unsafe extern "C" fn _nss_broker_getgrent_r(
     errnop: *mut c_int,
 ) -> c_int {
     run(errnop, || {
-        GROUPS.next(fetch_groups, |group| {
-            write_group(result, buf, buflen, group)
-        })
+        GROUPS.next(
+            || answer::open_groups(&start_lookup()?),
+            |listing| {
+                listing.next_group(|group, members| {
+                    write_group(result, buf, buflen, (group.name, group.gid, members))
+                })
+            },
+            |group| {
+                let members: Vec<&str> = group.members.iter().map(String::as_str).collect();
+                write_group(result, buf, buflen, (&group.name, group.gid, &members))
+            },
+        )
     })
 }
 
@@ -456,7 +437,7 @@ pub unsafe extern "C" fn _nss_broker_initgroups_dyn(
         if start.is_null() || size.is_null() || groupsp.is_null() {
             return Err(BAD_ARGUMENT);
         }
-        let found = start_lookup()?.membership_gids(user)?;
+        let found = answer::gids(&start_lookup()?, user)?;
         if found.is_empty() {
             return Err(Failure::NOT_FOUND);
         }
@@ -523,18 +504,17 @@ pub unsafe extern "C" fn _nss_broker_getspnam_r(
 ) -> c_int {
     run(errnop, || {
         let name = name_arg(name)?;
-        SHADOW_RETRY.answer(
-            RetryKey::Name(name.to_owned()),
-            monotonic_ms(),
-            || start_lookup()?.user(Key::Name(name), Database::Shadow),
-            |(user, incomplete)| write_shadow(result, buf, buflen, user, *incomplete),
-        )
+        answer::shadow(&start_lookup()?, name, |user, incomplete| {
+            write_shadow(result, buf, buflen, user, incomplete)
+        })
     })
 }
 
 #[no_mangle]
 pub extern "C" fn _nss_broker_setspent(_stayopen: c_int) -> c_int {
-    run(std::ptr::null_mut(), || SHADOW.open(fetch_shadow))
+    run(std::ptr::null_mut(), || {
+        SHADOW.open(|| answer::open_shadow(&start_lookup()?))
+    })
 }
 
 /// # Safety
@@ -547,9 +527,12 @@ pub unsafe extern "C" fn _nss_broker_getspent_r(
     errnop: *mut c_int,
 ) -> c_int {
     run(errnop, || {
-        SHADOW.next(fetch_shadow, |user| {
-            write_shadow(result, buf, buflen, user, false)
-        })
+        SHADOW.next(
+            || answer::open_shadow(&start_lookup()?),
+            // The file never holds privileged data: no shadow listing from it.
+            |_| Step::End,
+            |user| write_shadow(result, buf, buflen, user, false),
+        )
     })
 }
 
@@ -571,12 +554,9 @@ pub unsafe extern "C" fn _nss_broker_getsgnam_r(
 ) -> c_int {
     run(errnop, || {
         let name = name_arg(name)?;
-        GSHADOW_RETRY.answer(
-            RetryKey::Name(name.to_owned()),
-            monotonic_ms(),
-            || start_lookup()?.group(Key::Name(name), Database::Gshadow),
-            |(group, incomplete)| write_gshadow(result, buf, buflen, group, *incomplete),
-        )
+        answer::gshadow(&start_lookup()?, name, |group, incomplete| {
+            write_gshadow(result, buf, buflen, group, incomplete)
+        })
     })
 }
 

@@ -2,6 +2,11 @@
 //! bypass variables, PID 1, the broker's own process, generator context,
 //! the dynamic-user bypass, re-entry from the same thread.
 //!
+//! Bypass and re-entry answer at once, touching nothing. PID 1, the
+//! broker's own unit and generators may read the snapshot file (reading
+//! `/run` cannot wait on a process) but never open a socket: PID 1 and its
+//! generators must not wait for anyone, and the broker must not call itself.
+//!
 //! The decisions are pure functions of an environment lookup and the pid, so
 //! they are tested directly; `ffi` supplies `secure_getenv` and `getpid`.
 
@@ -40,18 +45,27 @@ pub const LISTING_LIMIT: Duration = Duration::from_secs(60);
 pub enum Refusal {
     /// `USERDB_BROKER_BYPASS` or `SYSTEMD_BYPASS_USERDB`.
     Bypassed,
+    /// A lookup started while this thread was already inside one.
+    Reentered,
+}
+
+/// Why a call reads the snapshot file but opens no socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Silence {
     /// We are PID 1: the broker may need PID 1, so never wait for it.
     Init,
     /// We are the broker (or PID 1 resolving the broker's own unit).
     Broker,
-    /// A lookup started while this thread was already inside one.
-    Reentered,
+    /// A generator (or what it started): PID 1 waits for us.
+    Generator,
 }
 
 /// How a call that passed the guard may talk to the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub socket: PathBuf,
+    /// Set when the call may not open a socket, with the reason.
+    pub silent: Option<Silence>,
     /// The deadline of one call, and of each wait for the next reply of a
     /// listing.
     pub timeout: Duration,
@@ -124,14 +138,17 @@ pub fn plan(env: &dyn Fn(&str) -> Option<String>, pid: u32) -> Result<Plan, Refu
     if is_true(env(BYPASS_VAR)) || systemd_bypasses_us(env(SYSTEMD_BYPASS_VAR)) {
         return Err(Refusal::Bypassed);
     }
-    if pid == 1 {
-        return Err(Refusal::Init);
-    }
-    if env(ACTIVATION_UNIT_VAR).as_deref() == Some(BROKER_UNIT) {
-        return Err(Refusal::Broker);
-    }
-    let mut timeout = timeout(env(TIMEOUT_VAR));
     let generator = is_generator(env);
+    let silent = if pid == 1 {
+        Some(Silence::Init)
+    } else if env(ACTIVATION_UNIT_VAR).as_deref() == Some(BROKER_UNIT) {
+        Some(Silence::Broker)
+    } else if generator {
+        Some(Silence::Generator)
+    } else {
+        None
+    };
+    let mut timeout = timeout(env(TIMEOUT_VAR));
     if generator {
         timeout = timeout.min(GENERATOR_TIMEOUT);
     }
@@ -140,6 +157,7 @@ pub fn plan(env: &dyn Fn(&str) -> Option<String>, pid: u32) -> Result<Plan, Refu
         .unwrap_or_else(|| DEFAULT_SOCKET_PATH.to_owned());
     Ok(Plan {
         socket: PathBuf::from(socket),
+        silent,
         timeout,
         // A generator's whole listing gets no more than one call: PID 1 waits.
         listing_limit: if generator { timeout } else { LISTING_LIMIT },
@@ -194,6 +212,7 @@ mod tests {
         assert_eq!(plan.socket, PathBuf::from(DEFAULT_SOCKET_PATH));
         assert_eq!(plan.timeout, DEFAULT_TIMEOUT);
         assert_eq!(plan.listing_limit, LISTING_LIMIT);
+        assert_eq!(plan.silent, None);
         assert!(!plan.dynamic_bypass);
     }
 
@@ -231,15 +250,15 @@ mod tests {
             plan(&env_of(&[(BYPASS_VAR, "1")]), 1),
             Err(Refusal::Bypassed)
         );
-        assert_eq!(plan(&env_of(&[]), 1), Err(Refusal::Init));
+        assert_eq!(plan(&env_of(&[]), 1).unwrap().silent, Some(Silence::Init));
     }
 
     #[test]
     fn broker_unit_activation_refuses() {
         let env = env_of(&[(ACTIVATION_UNIT_VAR, BROKER_UNIT)]);
-        assert_eq!(plan(&env, 4242), Err(Refusal::Broker));
+        assert_eq!(plan(&env, 4242).unwrap().silent, Some(Silence::Broker));
         let other = env_of(&[(ACTIVATION_UNIT_VAR, "sshd.service")]);
-        assert!(plan(&other, 4242).is_ok());
+        assert_eq!(plan(&other, 4242).unwrap().silent, None);
     }
 
     #[test]
@@ -251,6 +270,7 @@ mod tests {
             ("SYSTEMD_EXEC_PID", "77"),
         ]);
         let plan_g = plan(&generator, 77).unwrap();
+        assert_eq!(plan_g.silent, Some(Silence::Generator));
         assert_eq!(plan_g.timeout, GENERATOR_TIMEOUT);
         assert_eq!(plan_g.listing_limit, GENERATOR_TIMEOUT);
         assert!(plan_g.dynamic_bypass);

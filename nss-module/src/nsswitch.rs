@@ -4,8 +4,9 @@
 //! those files, so merged groups list each member once and enumerations
 //! list each name once.
 //!
-//! The decisions are cached and the file read again when its inode, size or
-//! mtime changes; the check costs one `stat` per call. The cache holds no
+//! The decisions are cached; at most every [`RECHECK_MS`] the file is
+//! `stat`ed and read again when its inode, size or mtime changed, so a
+//! look-up costs no system call for it. The cache holds no
 //! heap memory: glibc unloads NSS modules at exit under valgrind's
 //! `__libc_freeres`, and a heap block owned by a static would then show up
 //! as lost.
@@ -86,9 +87,20 @@ fn index(database: Database) -> usize {
         .unwrap_or_default()
 }
 
+/// How long a decision is used before the file is `stat`ed again: the
+/// check must not cost a system call on every look-up.
+pub const RECHECK_MS: u64 = 1000;
+
 /// The decisions for one version of the file, shared by all threads.
 pub struct Cache {
-    decided: Mutex<Option<(Stamp, Decisions)>>,
+    decided: Mutex<Option<Decided>>,
+}
+
+#[derive(Clone, Copy)]
+struct Decided {
+    stamp: Stamp,
+    checked_ms: u64,
+    decisions: Decisions,
 }
 
 impl Cache {
@@ -99,18 +111,9 @@ impl Cache {
     }
 
     /// Whether `files` comes before `broker` for `database` in the file at
-    /// `path`. An unreadable file means no.
-    pub fn files_first(&self, path: &Path, database: Database) -> bool {
-        let Ok(meta) = std::fs::metadata(path) else {
-            return false;
-        };
-        let stamp = Stamp {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime: meta.mtime(),
-            mtime_nsec: meta.mtime_nsec(),
-        };
+    /// `path`, as of at most [`RECHECK_MS`] before `now_ms`. An unreadable
+    /// file means no.
+    pub fn files_first(&self, path: &Path, database: Database, now_ms: u64) -> bool {
         let mut guard = match self.decided.try_lock() {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
@@ -120,14 +123,31 @@ impl Cache {
                 return read_decisions(path).is_some_and(|d| d[index(database)])
             }
         };
-        let decisions = match *guard {
-            Some((cached, decisions)) if cached == stamp => Some(decisions),
-            _ => {
-                let fresh = read_decisions(path);
-                *guard = fresh.map(|decisions| (stamp, decisions));
-                fresh
+        if let Some(decided) = guard.as_ref() {
+            if now_ms.saturating_sub(decided.checked_ms) < RECHECK_MS {
+                return decided.decisions[index(database)];
             }
+        }
+        let Ok(meta) = std::fs::metadata(path) else {
+            *guard = None;
+            return false;
         };
+        let stamp = Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        };
+        let decisions = match *guard {
+            Some(decided) if decided.stamp == stamp => Some(decided.decisions),
+            _ => read_decisions(path),
+        };
+        *guard = decisions.map(|decisions| Decided {
+            stamp,
+            checked_ms: now_ms,
+            decisions,
+        });
         decisions.is_some_and(|d| d[index(database)])
     }
 }
@@ -177,14 +197,16 @@ mod tests {
         let path = temp_file("cache");
         let cache = Cache::new();
         std::fs::write(&path, "passwd: files broker\n").unwrap();
-        assert!(cache.files_first(&path, Database::Passwd));
-        // Same size, different content: the mtime or inode tells.
+        assert!(cache.files_first(&path, Database::Passwd, 10));
+        // Same size, different content: the mtime or inode tells, once the
+        // decision is old enough to be checked again.
         let replacement = path.with_extension("new");
         std::fs::write(&replacement, "passwd: broker files\n").unwrap();
         std::fs::rename(&replacement, &path).unwrap();
-        assert!(!cache.files_first(&path, Database::Passwd));
+        assert!(cache.files_first(&path, Database::Passwd, 10 + RECHECK_MS - 1));
+        assert!(!cache.files_first(&path, Database::Passwd, 10 + RECHECK_MS));
         std::fs::remove_file(&path).unwrap();
-        assert!(!cache.files_first(&path, Database::Passwd));
+        assert!(!cache.files_first(&path, Database::Passwd, 10 + 2 * RECHECK_MS));
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 }

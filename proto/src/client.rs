@@ -93,6 +93,56 @@ impl Default for Limits {
     }
 }
 
+/// The I/O-free half of a connection: the bytes received go in, whole
+/// replies come out, each frame checked against the caps before it is
+/// decoded and an error reply turned into `ClientError::Remote`.
+#[derive(Debug)]
+pub struct ReplyReader {
+    frames: FrameBuffer,
+    limits: Limits,
+    /// Bytes of every frame of the current call, NULs included.
+    total: usize,
+}
+
+impl ReplyReader {
+    pub fn new(limits: Limits) -> ReplyReader {
+        ReplyReader {
+            frames: FrameBuffer::new(limits.max_frame),
+            limits,
+            total: 0,
+        }
+    }
+
+    /// Starts a new call: `max_total` counts from zero again.
+    pub fn begin_call(&mut self) {
+        self.total = 0;
+    }
+
+    /// Bytes as they came from the socket.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.frames.push(bytes);
+    }
+
+    /// The next reply, `Ok(None)` if more bytes are needed.
+    pub fn next_reply(&mut self) -> Result<Option<Reply>, ClientError> {
+        let frame = match self.frames.next_frame() {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(None),
+            Err(_) => return Err(ClientError::Oversized),
+        };
+        self.total = self.total.saturating_add(frame.len() + 1);
+        if self.total > self.limits.max_total {
+            return Err(ClientError::Oversized);
+        }
+        let reply: Reply = serde_json::from_slice(&frame)
+            .map_err(|e| ClientError::Protocol(format!("reply is not a Varlink message: {e}")))?;
+        match reply.error {
+            Some(name) => Err(ClientError::Remote(name)),
+            None => Ok(Some(reply)),
+        }
+    }
+}
+
 /// One connection to a Varlink service, bounded by one deadline.
 #[derive(Debug)]
 pub struct Connection {
@@ -104,10 +154,7 @@ pub struct Connection {
     /// When the last reply (or the call) completed: the reply timeout runs
     /// from here.
     progress_at: Instant,
-    frames: FrameBuffer,
-    limits: Limits,
-    /// Bytes of every reply frame of the current call.
-    received: usize,
+    replies: ReplyReader,
     /// Scratch space for `recv`, kept so that a long stream of replies
     /// does not allocate one per reply.
     chunk: Vec<u8>,
@@ -256,9 +303,7 @@ impl Connection {
             deadline,
             reply_timeout: None,
             progress_at: Instant::now(),
-            frames: FrameBuffer::new(Limits::default().max_frame),
-            limits: Limits::default(),
-            received: 0,
+            replies: ReplyReader::new(Limits::default()),
             chunk: vec![0u8; READ_CHUNK],
         }
     }
@@ -274,8 +319,7 @@ impl Connection {
 
     /// Replaces the default caps on replies.
     pub fn with_limits(mut self, limits: Limits) -> Connection {
-        self.frames = FrameBuffer::new(limits.max_frame);
-        self.limits = limits;
+        self.replies = ReplyReader::new(limits);
         self
     }
 
@@ -346,7 +390,7 @@ impl Connection {
             more,
             oneway: false,
         };
-        self.received = 0;
+        self.replies.begin_call();
         self.send_all(&encode(&call))?;
         self.progress_at = Instant::now();
         Ok(())
@@ -424,28 +468,10 @@ impl Connection {
 
     /// The next reply; `None` when `wait` is false and none is complete yet.
     fn next_reply(&mut self, wait: bool) -> Result<Option<Reply>, ClientError> {
-        let Some(frame) = self.read_frame(wait)? else {
-            return Ok(None);
-        };
-        self.received = self.received.saturating_add(frame.len() + 1);
-        if self.received > self.limits.max_total {
-            return Err(ClientError::Oversized);
-        }
-        self.progress_at = Instant::now();
-        let reply: Reply = serde_json::from_slice(&frame)
-            .map_err(|e| ClientError::Protocol(format!("reply is not a Varlink message: {e}")))?;
-        match reply.error {
-            Some(name) => Err(ClientError::Remote(name)),
-            None => Ok(Some(reply)),
-        }
-    }
-
-    fn read_frame(&mut self, wait: bool) -> Result<Option<Vec<u8>>, ClientError> {
         loop {
-            match self.frames.next_frame() {
-                Ok(Some(frame)) => return Ok(Some(frame)),
-                Ok(None) => {}
-                Err(_) => return Err(ClientError::Oversized),
+            if let Some(reply) = self.replies.next_reply()? {
+                self.progress_at = Instant::now();
+                return Ok(Some(reply));
             }
             // SAFETY: `self.chunk` is a valid writable buffer of its length.
             let n = unsafe {
@@ -458,7 +484,7 @@ impl Connection {
             };
             match n {
                 0 => return Err(ClientError::Protocol("peer closed the connection".into())),
-                n if n > 0 => self.frames.push(&self.chunk[..n as usize]),
+                n if n > 0 => self.replies.push(&self.chunk[..n as usize]),
                 _ => match last_errno() {
                     libc::EINTR => continue,
                     libc::EAGAIN if !wait => return Ok(None),
@@ -871,6 +897,23 @@ mod tests {
         server.write_all(b"eters\":{\"n\":2}}\0").unwrap();
         assert_eq!(conn.read_available(&mut take).unwrap(), Progress::Done);
         assert_eq!(got, [1, 2]);
+    }
+
+    #[test]
+    fn reply_reader_counts_the_total_cap_per_call() {
+        let frame = b"{\"parameters\":{}}\0";
+        let mut reader = ReplyReader::new(Limits {
+            max_frame: 64,
+            max_total: frame.len(),
+        });
+        reader.push(frame);
+        assert!(reader.next_reply().unwrap().is_some());
+        reader.push(frame);
+        assert_eq!(reader.next_reply(), Err(ClientError::Oversized));
+        reader.begin_call();
+        reader.push(frame);
+        assert!(reader.next_reply().unwrap().is_some());
+        assert_eq!(reader.next_reply(), Ok(None));
     }
 
     #[test]

@@ -13,7 +13,9 @@ pub mod names;
 pub mod nsswitch;
 pub mod peer;
 pub mod record;
+pub mod snapfile;
 pub mod varlink;
+pub mod visibility;
 
 /// The Varlink service name of the broker, in `service` parameters and as the
 /// socket's file name.

@@ -59,6 +59,34 @@ impl Entry {
     }
 }
 
+/// A line as glibc reads it back: `database: service [!STATUS=action] ...`,
+/// statuses upper-cased by convention.
+impl std::fmt::Display for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:", self.database)?;
+        for entry in &self.entries {
+            write!(f, " {entry}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.service)?;
+        for (i, a) in self.actions.iter().enumerate() {
+            let open = if i == 0 { " [" } else { " " };
+            let bang = if a.negated { "!" } else { "" };
+            let status = a.status.to_ascii_uppercase();
+            write!(f, "{open}{bang}{status}={}", a.action)?;
+        }
+        if !self.actions.is_empty() {
+            f.write_str("]")?;
+        }
+        Ok(())
+    }
+}
+
 /// Parses the whole file; comments, blank and malformed lines are skipped,
 /// and a later line for the same database replaces an earlier one, as glibc does.
 pub fn parse(text: &str) -> Vec<Line> {
@@ -162,6 +190,16 @@ group: files [ SUCCESS=Merge !notfound=return ] systemd broker
         assert!(group.merges_into("systemd"));
         assert!(group.files_before("broker"));
         assert!(group.entries[0].actions[1].negated);
+    }
+
+    #[test]
+    fn a_printed_line_reads_back_the_same() {
+        let line = parse_line("group: files [ success=merge !NotFound=Return ] broker #x").unwrap();
+        assert_eq!(
+            line.to_string(),
+            "group: files [SUCCESS=merge !NOTFOUND=return] broker"
+        );
+        assert_eq!(parse_line(&line.to_string()), Some(line));
     }
 
     #[test]

@@ -93,7 +93,11 @@ impl std::error::Error for FrameError {}
 #[derive(Debug)]
 pub struct FrameBuffer {
     buf: Vec<u8>,
-    /// Bytes before this offset are known to hold no NUL.
+    /// Bytes before this offset were handed out. They are dropped in one
+    /// move at the next push, not one move per frame, so a chunk holding
+    /// many small frames costs linear time.
+    start: usize,
+    /// Bytes from `start` up to this offset are known to hold no NUL.
     scanned: usize,
     cap: usize,
 }
@@ -102,18 +106,24 @@ impl FrameBuffer {
     pub fn new(cap: usize) -> Self {
         FrameBuffer {
             buf: Vec::new(),
+            start: 0,
             scanned: 0,
             cap,
         }
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.scanned -= self.start;
+            self.start = 0;
+        }
         self.buf.extend_from_slice(bytes);
     }
 
     /// Bytes held that are not yet part of a returned frame.
     pub fn pending(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 
     /// The next complete frame without its NUL, `Ok(None)` if more bytes are
@@ -122,17 +132,17 @@ impl FrameBuffer {
         match self.buf[self.scanned..].iter().position(|&b| b == 0) {
             Some(offset) => {
                 let end = self.scanned + offset;
-                if end > self.cap {
+                if end - self.start > self.cap {
                     return Err(FrameError::TooLarge { cap: self.cap });
                 }
-                let mut frame: Vec<u8> = self.buf.drain(..=end).collect();
-                frame.pop();
-                self.scanned = 0;
+                let frame = self.buf[self.start..end].to_vec();
+                self.start = end + 1;
+                self.scanned = self.start;
                 Ok(Some(frame))
             }
             None => {
                 self.scanned = self.buf.len();
-                if self.buf.len() > self.cap {
+                if self.pending() > self.cap {
                     Err(FrameError::TooLarge { cap: self.cap })
                 } else {
                     Ok(None)
@@ -158,6 +168,26 @@ mod tests {
     }
 
     #[test]
+    fn many_frames_in_one_push_and_one_split_across_the_next() {
+        let mut fb = FrameBuffer::new(8);
+        fb.push(b"a\0bb\0\0ccc");
+        assert_eq!(fb.next_frame().unwrap().unwrap(), b"a");
+        assert_eq!(fb.next_frame().unwrap().unwrap(), b"bb");
+        assert_eq!(fb.next_frame().unwrap().unwrap(), b"");
+        assert_eq!(fb.next_frame().unwrap(), None);
+        assert_eq!(fb.pending(), 3);
+        fb.push(b"cc\0d");
+        assert_eq!(fb.pending(), 7);
+        assert_eq!(fb.next_frame().unwrap().unwrap(), b"ccccc");
+        assert_eq!(fb.next_frame().unwrap(), None);
+        assert_eq!(fb.pending(), 1);
+        fb.push(b"ddddddd");
+        assert_eq!(fb.next_frame().unwrap(), None);
+        fb.push(b"d");
+        assert_eq!(fb.next_frame(), Err(FrameError::TooLarge { cap: 8 }));
+    }
+
+    #[test]
     fn refuses_oversized_frame_without_nul() {
         let mut fb = FrameBuffer::new(8);
         fb.push(b"0123456789");
@@ -176,6 +206,19 @@ mod tests {
         let bytes = encode(&Reply::error("x\0y"));
         assert_eq!(bytes.iter().filter(|&&b| b == 0).count(), 1);
         assert_eq!(*bytes.last().unwrap(), 0);
+    }
+
+    #[test]
+    fn floats_survive_decoding_and_encoding_again() {
+        for text in [
+            "{\"parameters\":7773E276}",
+            "{\"parameters\":333333333333333333333333333333333333333333.3}",
+        ] {
+            let reply: Reply = serde_json::from_str(text).unwrap();
+            let bytes = encode(&reply);
+            let back: Reply = serde_json::from_slice(&bytes[..bytes.len() - 1]).unwrap();
+            assert_eq!(back, reply, "{text}");
+        }
     }
 
     #[test]

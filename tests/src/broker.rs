@@ -52,6 +52,7 @@ pub struct Launch<'a> {
     stdin_pipe: bool,
     stderr: Stderr,
     ready_limit: Duration,
+    socket_only: bool,
 }
 
 impl<'a> Launch<'a> {
@@ -77,6 +78,13 @@ impl<'a> Launch<'a> {
     /// The configuration file's text (written to [`Broker::config_path`]).
     pub fn config(mut self, config: &str) -> Self {
         self.config = config.to_owned();
+        self
+    }
+
+    /// No snapshot file: every look-up goes through the socket, for tests
+    /// of the server itself (with the file, local look-ups never reach it).
+    pub fn socket_only(mut self) -> Self {
+        self.socket_only = true;
         self
     }
 
@@ -110,8 +118,11 @@ impl<'a> Launch<'a> {
         // Always a file of the test's own, so that the host's
         // /etc/userdb-broker/userdb-brokerd.toml never applies.
         let config = scratch.join(format!("broker.{generation}.toml"));
-        fs::write(&config, &self.config)
-            .unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
+        let mut text = self.config.clone();
+        if self.socket_only {
+            text.push_str("\nsnapshot_file = false\n");
+        }
+        fs::write(&config, text).unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
         let mut argv: Vec<std::ffi::OsString> = Vec::new();
         if let Some(limit) = self.nofile {
             argv.extend(["prlimit".into(), format!("--nofile={limit}:{limit}").into()]);
@@ -245,6 +256,7 @@ impl Broker {
             stdin_pipe: false,
             stderr: Stderr::Log,
             ready_limit: READY_LIMIT,
+            socket_only: false,
         }
     }
 

@@ -244,6 +244,21 @@ impl Fixture {
         self.scratch().join("io.userdb.Broker")
     }
 
+    /// Where a broker on [`Fixture::socket_path`] publishes its snapshot file.
+    pub fn snapshot_path(&self) -> PathBuf {
+        userdb_proto::snapfile::path_for(&self.socket_path())
+    }
+
+    /// Removes the snapshot file a broker left, so that the module asks
+    /// the socket again.
+    pub fn remove_snapshot(&self) {
+        match fs::remove_file(self.snapshot_path()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("remove {}: {e}", self.snapshot_path().display()),
+        }
+    }
+
     fn write_lines(&self, relative: &str, lines: &[&str], mode: u32) {
         write_file(
             &self.root.join(relative),

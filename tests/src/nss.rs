@@ -212,6 +212,21 @@ impl Nss {
         format!("[{}] {}", self.label, argv.join(" "))
     }
 
+    /// Runs `argv` under strace; what it did and how many times it
+    /// connected to `socket`.
+    pub fn connections(&self, argv: &[&str], socket: &Path) -> (Outcome, usize) {
+        let mut full = vec!["strace", "-f", "-qq", "-e", "trace=connect"];
+        full.extend_from_slice(argv);
+        let out = self.run(&full);
+        let socket = socket.display().to_string();
+        let count = out
+            .stderr
+            .lines()
+            .filter(|l| l.contains("connect(") && l.contains(&socket))
+            .count();
+        (out, count)
+    }
+
     /// Runs `argv` as nobody with no supplementary groups.
     pub fn run_as_nobody(&self, argv: &[&str]) -> Outcome {
         self.run_as(NOBODY, argv)

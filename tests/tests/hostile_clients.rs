@@ -11,6 +11,12 @@
 //! - memory: per connection at most a request being read (64 KiB) and the
 //!   part of a listing produced ahead of the client (64 KiB).
 //!
+//! Local look-ups are answered from the snapshot file without the socket,
+//! so a flood cannot reach them at all; these tests turn the file off
+//! (`socket_only`) wherever the server itself is under test, as it is for
+//! everything the file cannot answer (Varlink sources, systemd's clients,
+//! a host where the file is missing).
+//!
 //! Each test prints its figures on one `hostile | ...` line (`--nocapture`).
 
 use std::time::{Duration, Instant};
@@ -190,7 +196,7 @@ fn a_connection_flood_from_nobody_leaves_root_lookups_right_and_the_broker_bound
     let _serial = exclusive();
     let f = Fixture::new();
     let nofile = unit_nofile();
-    let mut broker = Broker::launch(&f).nofile(nofile).start();
+    let mut broker = Broker::launch(&f).nofile(nofile).socket_only().start();
     let nss = Nss::new(&f, BROKER_ONLY);
     let count = 6000;
     let (root, seen, flood, before) = flood_and_watch(&broker, &nss, count, Connections::Idle);
@@ -234,7 +240,10 @@ fn a_connection_flood_from_nobody_leaves_root_lookups_right_and_the_broker_bound
 fn at_systemds_default_descriptor_limit_idle_connections_cannot_lock_others_out() {
     let _serial = exclusive();
     let f = Fixture::new();
-    let mut broker = Broker::launch(&f).nofile(SYSTEMD_DEFAULT_NOFILE).start();
+    let mut broker = Broker::launch(&f)
+        .nofile(SYSTEMD_DEFAULT_NOFILE)
+        .socket_only()
+        .start();
     let nss = Nss::new(&f, BROKER_ONLY);
     // More than the broker can hold at this limit: its cap and eviction must act.
     let count = 1000;
@@ -348,7 +357,10 @@ fn listings_asked_for_and_never_read_cost_a_bounded_amount_of_memory() {
     let mut lines: Vec<String> = BASE_PASSWD.iter().map(|l| (*l).to_owned()).collect();
     lines.extend(passwd_lines("many", users));
     f.replace_etc_file("passwd", &lines);
-    let mut broker = Broker::launch(&f).nofile(unit_nofile()).start();
+    let mut broker = Broker::launch(&f)
+        .nofile(unit_nofile())
+        .socket_only()
+        .start();
     let nss = Nss::new(&f, BROKER_ONLY);
     let count = 600;
     let (root, seen, flood, before) =
@@ -393,7 +405,7 @@ fn listings_asked_for_and_never_read_cost_a_bounded_amount_of_memory() {
 fn connections_their_clients_closed_are_let_go_at_once() {
     let _serial = exclusive();
     let f = Fixture::new();
-    let broker = Broker::start(&f);
+    let broker = Broker::launch(&f).socket_only().start();
     let nss = Nss::new(&f, BROKER_ONLY);
     let fds_before = broker.open_fds();
     // A few hundred look-ups, each on a connection of its own, all closed.

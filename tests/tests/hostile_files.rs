@@ -60,6 +60,14 @@ fn served_text(served: Option<Duration>) -> String {
     served.map_or("never".to_owned(), |d| format!("{:.0} ms", ms(d)))
 }
 
+/// Runs `check` with the module answering from the broker's snapshot file,
+/// then again with the file removed (through the socket): both must hold.
+fn on_both_paths(f: &Fixture, mut check: impl FnMut(&str)) {
+    check("file");
+    f.remove_snapshot();
+    check("socket");
+}
+
 /// Runs `argv` (which may hold bytes that are not UTF-8) in `nss`'s namespace.
 fn run_raw(nss: &Nss, argv: &[&[u8]]) -> Outcome {
     let argv: Vec<&std::ffi::OsStr> = argv
@@ -263,46 +271,57 @@ fn a_group_record_that_loses_by_priority_contributes_no_members() {
         &json!({ "groupName": "wheel", "gid": 5000, "members": ["mallory"] }),
     );
     let _broker = Broker::start(&f);
-    for conf in [FILES_THEN_BROKER, BROKER_ONLY] {
-        let nss = Nss::new(&f, conf);
-        let wheel = nss.one_line(&["getent", "group", "wheel"]);
-        let mallory = id_groups(&nss, "mallory");
-        println!(
-            "hostile-files | drop-in wheel.group gid 5000 listing mallory beside etc/group's wheel:x:10: | [{}] getent group wheel: {wheel} | id mallory groups: {mallory:?}",
-            nss.label()
-        );
-        assert_eq!(wheel, "wheel:x:10:filesuser,alice", "[{}]", nss.label());
-        assert!(
-            !mallory
-                .iter()
-                .any(|g| g.starts_with("10(") || g.starts_with("5000(")),
-            "[{}] mallory is in wheel through the losing record: {mallory:?}",
-            nss.label()
-        );
-    }
-    Nss::new(&f, BROKER_ONLY).expect_not_found(&["getent", "group", "5000"]);
+    on_both_paths(&f, |path| {
+        for conf in [FILES_THEN_BROKER, BROKER_ONLY] {
+            let nss = Nss::new(&f, conf);
+            let wheel = nss.one_line(&["getent", "group", "wheel"]);
+            let mallory = id_groups(&nss, "mallory");
+            println!(
+                "hostile-files | drop-in wheel.group gid 5000 listing mallory beside etc/group's wheel:x:10: | [{}] ({path}) getent group wheel: {wheel} | id mallory groups: {mallory:?}",
+                nss.label()
+            );
+            assert_eq!(
+                wheel,
+                "wheel:x:10:filesuser,alice",
+                "[{}] ({path})",
+                nss.label()
+            );
+            assert!(
+                !mallory
+                    .iter()
+                    .any(|g| g.starts_with("10(") || g.starts_with("5000(")),
+                "[{}] ({path}) mallory is in wheel through the losing record: {mallory:?}",
+                nss.label()
+            );
+        }
+        Nss::new(&f, BROKER_ONLY).expect_not_found(&["getent", "group", "5000"]);
+    });
 }
 
-/// Runs each command under `files` alone and under the broker alone and
-/// asserts the broker prints the same, with the same exit code.
+/// Runs each command under `files` alone and under the broker alone (from
+/// its file, then through its socket) and asserts the broker prints the
+/// same, with the same exit code.
 fn assert_like_files(f: &Fixture, commands: &[&[&str]]) {
     let files = Nss::new(f, FILES_ONLY);
     let broker = Nss::new(f, BROKER_ONLY);
-    for argv in commands {
-        let (want, got) = (files.run(argv), broker.run(argv));
-        println!(
-            "hostile-files | {} | files: {:?} | broker: {:?}",
-            argv.join(" "),
-            want.stdout.trim_end(),
-            got.stdout.trim_end()
-        );
-        assert_eq!(
-            (got.code(), got.stdout.as_str()),
-            (want.code(), want.stdout.as_str()),
-            "{}: the broker differs from files",
-            argv.join(" ")
-        );
-    }
+    let wanted: Vec<Outcome> = commands.iter().map(|argv| files.run(argv)).collect();
+    on_both_paths(f, |path| {
+        for (argv, want) in commands.iter().zip(&wanted) {
+            let got = broker.run(argv);
+            println!(
+                "hostile-files | {} | files: {:?} | broker ({path}): {:?}",
+                argv.join(" "),
+                want.stdout.trim_end(),
+                got.stdout.trim_end()
+            );
+            assert_eq!(
+                (got.code(), got.stdout.as_str()),
+                (want.code(), want.stdout.as_str()),
+                "{} ({path}): the broker differs from files",
+                argv.join(" ")
+            );
+        }
+    });
 }
 
 #[test]
@@ -397,47 +416,49 @@ fn names_that_are_not_utf8_are_never_served_as_replacement_characters() {
     f.replace_etc_bytes("group", &group);
     let _broker = Broker::start(&f);
     let nss = Nss::new(&f, BROKER_ONLY);
-    let passwd = nss.run_ok(&["getent", "passwd"]);
-    let groups = nss.run_ok(&["getent", "group"]);
-    let names_replaced: Vec<&String> = passwd
-        .iter()
-        .chain(&groups)
-        .filter(|l| l.split(':').next().is_some_and(|n| n.contains('\u{fffd}')))
-        .collect();
-    let jose = nss.run(&["getent", "passwd", "jose"]);
-    let members = nss.run(&["getent", "group", "members"]);
-    println!(
-        "hostile-files | latin\\xe9 and latin\\xe8 in etc/passwd, gr\\xe9 in etc/group | broker lists {} users, {} groups, {} names with U+FFFD | jose (real name Jos\\xe9): {:?} | members (ok,m\\xe9): {:?}",
-        passwd.len(),
-        groups.len(),
-        names_replaced.len(),
-        jose.stdout.trim_end(),
-        members.stdout.trim_end(),
-    );
-    assert!(
-        names_replaced.is_empty(),
-        "names served with U+FFFD: {names_replaced:?}"
-    );
-    jose.assert_code(
-        0,
-        "[broker] getent passwd jose: a Latin-1 real name dropped the user",
-    );
-    assert!(
-        jose.stdout.starts_with("jose:x:2005:2005:")
-            && jose.stdout.trim_end().ends_with(":/home/jose:/bin/sh"),
-        "{}",
-        jose.describe()
-    );
-    members.assert_code(
-        0,
-        "[broker] getent group members: a member that is not UTF-8 dropped the group",
-    );
-    assert_eq!(members.stdout.trim_end(), "members:x:2004:ok");
-    for uid in ["2001", "2002"] {
-        nss.expect_not_found(&["getent", "passwd", uid]);
-    }
-    nss.expect_not_found(&["getent", "passwd", "latin\u{fffd}"]);
-    nss.expect_not_found(&["getent", "group", "2003"]);
+    on_both_paths(&f, |path| {
+        let passwd = nss.run_ok(&["getent", "passwd"]);
+        let groups = nss.run_ok(&["getent", "group"]);
+        let names_replaced: Vec<&String> = passwd
+            .iter()
+            .chain(&groups)
+            .filter(|l| l.split(':').next().is_some_and(|n| n.contains('\u{fffd}')))
+            .collect();
+        let jose = nss.run(&["getent", "passwd", "jose"]);
+        let members = nss.run(&["getent", "group", "members"]);
+        println!(
+            "hostile-files | latin\\xe9 and latin\\xe8 in etc/passwd, gr\\xe9 in etc/group | broker ({path}) lists {} users, {} groups, {} names with U+FFFD | jose (real name Jos\\xe9): {:?} | members (ok,m\\xe9): {:?}",
+            passwd.len(),
+            groups.len(),
+            names_replaced.len(),
+            jose.stdout.trim_end(),
+            members.stdout.trim_end(),
+        );
+        assert!(
+            names_replaced.is_empty(),
+            "({path}) names served with U+FFFD: {names_replaced:?}"
+        );
+        jose.assert_code(
+            0,
+            "[broker] getent passwd jose: a Latin-1 real name dropped the user",
+        );
+        assert!(
+            jose.stdout.starts_with("jose:x:2005:2005:")
+                && jose.stdout.trim_end().ends_with(":/home/jose:/bin/sh"),
+            "{}",
+            jose.describe()
+        );
+        members.assert_code(
+            0,
+            "[broker] getent group members: a member that is not UTF-8 dropped the group",
+        );
+        assert_eq!(members.stdout.trim_end(), "members:x:2004:ok");
+        for uid in ["2001", "2002"] {
+            nss.expect_not_found(&["getent", "passwd", uid]);
+        }
+        nss.expect_not_found(&["getent", "passwd", "latin\u{fffd}"]);
+        nss.expect_not_found(&["getent", "group", "2003"]);
+    });
     // files itself still serves both lines as they are, each once.
     let files = Nss::new(&f, FILES_THEN_BROKER);
     for (name, uid) in [(&b"latin\xe9"[..], "2001"), (&b"latin\xe8"[..], "2002")] {
@@ -473,7 +494,13 @@ fn a_privileged_companion_is_privileged_whatever_it_holds() {
     println!(
         "hostile-files | carol.user-privileged with a top-level hashedPassword | nobody sees it: {nobody_sees} | root sees it: {root_sees}"
     );
+    let in_file = std::fs::read(f.snapshot_path())
+        .unwrap_or_else(|e| panic!("read {}: {e}", f.snapshot_path().display()))
+        .windows(hash.len())
+        .any(|w| w == hash.as_bytes());
+    println!("hostile-files | the world-readable snapshot file holds the hash: {in_file}");
     assert!(!nobody_sees, "nobody got the companion's hash: {as_nobody}");
+    assert!(!in_file, "the world-readable snapshot file holds the hash");
     assert!(
         root_sees,
         "root did not get the companion's hash: {as_root}"

@@ -12,6 +12,7 @@ use userdb_broker_tests::attacker::Forger;
 use userdb_broker_tests::fixture::{plain_passwd_line, plain_user, BASE_PASSWD};
 use userdb_broker_tests::nss::{BROKER_ONLY, NOBODY};
 use userdb_broker_tests::{artifacts, exclusive, Broker, DropinDir, Fixture, Nss};
+use userdb_proto::snapfile;
 
 /// The README's promise for a change, and what a reload gets too.
 const CHANGE_SERVED: Duration = Duration::from_secs(1);
@@ -28,7 +29,8 @@ fn served_text(served: Option<Duration>) -> String {
 fn a_deleted_socket_file_is_created_again_and_served() {
     let _serial = exclusive();
     let f = Fixture::new();
-    let mut broker = Broker::start(&f);
+    // Without the snapshot file, which would answer with the socket gone.
+    let mut broker = Broker::launch(&f).socket_only().start();
     let nss = Nss::new(&f, BROKER_ONLY);
     std::fs::remove_file(broker.socket()).unwrap_or_else(|e| panic!("rm socket: {e}"));
     let deleted = Instant::now();
@@ -50,13 +52,21 @@ fn a_deleted_socket_file_is_created_again_and_served() {
 }
 
 #[test]
-fn a_socket_another_user_listens_on_is_not_believed() {
+fn a_socket_or_snapshot_file_of_another_user_is_not_believed() {
     let _serial = exclusive();
     let f = Fixture::new();
     let dir = f.scratch().join("nobodys");
     std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
     chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap_or_else(|e| panic!("chown: {e}"));
     let socket = dir.join("io.userdb.Broker");
+    // A real snapshot file whose root is forged, next to nobody's socket.
+    let forged = Fixture::new();
+    forged.replace_etc_file("passwd", &["root:x:0:0:FORGED:/root:/bin/sh"]);
+    drop(Broker::start(&forged));
+    let file = snapfile::path_for(&socket);
+    std::fs::copy(forged.snapshot_path(), &file)
+        .unwrap_or_else(|e| panic!("copy to {}: {e}", file.display()));
+    chown(&file, Some(NOBODY), Some(NOBODY)).unwrap_or_else(|e| panic!("chown: {e}"));
     let forger = Forger::start(&socket, 20.0);
     let nss = Nss::new(&f, BROKER_ONLY).socket(&socket);
     let victim = nss.run_as(1000, &["getent", "passwd", "root"]);
@@ -64,23 +74,28 @@ fn a_socket_another_user_listens_on_is_not_believed() {
     // The listener's own user may believe it: the forger really answers.
     let own = nss.run_as(NOBODY, &["getent", "passwd", "root"]);
     drop(forger);
+    // The same file owned by root is read: only its owner kept it out.
+    chown(&file, Some(0), Some(0)).unwrap_or_else(|e| panic!("chown: {e}"));
+    let roots_file = nss.run_as(1000, &["getent", "passwd", "root"]);
     println!(
-        "daemon | USERDB_BROKER_SOCKET at a listener run by uid {NOBODY} answering a forged root | uid 1000 got {:?} (exit {:?}) | root got {:?} (exit {:?}) | uid {NOBODY} itself got {:?}",
+        "daemon | USERDB_BROKER_SOCKET at a listener of uid {NOBODY} answering a forged root, its snapshot file forged too | uid 1000 got {:?} (exit {:?}) | root got {:?} (exit {:?}) | uid {NOBODY} itself got {:?} | the file chowned to root: uid 1000 got {:?}",
         victim.stdout.trim_end(),
         victim.code(),
         as_root.stdout.trim_end(),
         as_root.code(),
-        own.stdout.trim_end()
+        own.stdout.trim_end(),
+        roots_file.stdout.trim_end()
     );
     assert!(
-        own.stdout.contains("FORGED"),
-        "the forger did not answer its own user: the test proves nothing\n{}",
-        own.describe()
+        own.stdout.contains("FORGED") && roots_file.stdout.contains("FORGED"),
+        "the forged socket or file was never read: the test proves nothing\n{}\n{}",
+        own.describe(),
+        roots_file.describe()
     );
     for (who, out) in [("uid 1000", &victim), ("root", &as_root)] {
         assert!(
             !out.stdout.contains("FORGED"),
-            "{who} believed a listener of uid {NOBODY}\n{}",
+            "{who} believed a socket or file of uid {NOBODY}\n{}",
             out.describe()
         );
         assert_eq!(out.code(), Some(2), "{who}\n{}", out.describe());
@@ -229,7 +244,7 @@ fn the_shipped_unit_reloads_with_sighup_and_raises_the_descriptor_limit() {
 fn a_broken_stderr_never_stops_the_broker() {
     let _serial = exclusive();
     let f = Fixture::new();
-    let mut broker = Broker::launch(&f).broken_stderr().start();
+    let mut broker = Broker::launch(&f).broken_stderr().socket_only().start();
     let nss = Nss::new(&f, BROKER_ONLY);
     // Things that log: a broken drop-in, a reload, then more changes.
     f.dropin_raw(DropinDir::Etc, "broken.user", b"{ not json");

@@ -788,3 +788,86 @@ fn nss_systemd_resolves_files_dropins_and_services_through_the_broker() {
         assert_eq!(out.code(), Some(2), "{name}: {}", out.describe());
     }
 }
+
+/// `userdb-brokerctl` against `broker`, optionally as nobody.
+fn brokerctl(broker: &Broker, args: &[&str], as_nobody: bool) -> Outcome {
+    let mut command = if as_nobody {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(artifacts::brokerctl());
+        c
+    } else {
+        Command::new(artifacts::brokerctl())
+    };
+    command.arg("--socket").arg(broker.socket()).args(args);
+    process::run(command, Duration::from_secs(10))
+}
+
+#[test]
+fn a_miss_while_a_source_is_down_is_no_miss() {
+    let _serial = exclusive();
+    let f = fixture();
+    let _hung = FakeBroker::start(&service_path(&f, DIRECTORY), Behaviour::NeverAnswer);
+    let broker = broker_with(&f, &[DIRECTORY]);
+    let nss = Nss::new(&f, BROKER_ONLY);
+    // The first look-up times out on the service and opens its breaker;
+    // from then on the service is down for every look-up.
+    for _ in 0..2 {
+        let miss = probe_time(&nss, &["passwd:nosuchuser"]);
+        assert!(
+            miss[0].answer.starts_with("error "),
+            "a miss beside a down source must not be NOTFOUND: {}",
+            miss[0].answer
+        );
+    }
+    let ctl = brokerctl(&broker, &["user", "nosuchuser"], false);
+    ctl.assert_code(4, "userdb-brokerctl user, a source down");
+    assert!(
+        ctl.stderr.contains("could not be asked"),
+        "{}",
+        ctl.describe()
+    );
+    let found = brokerctl(&broker, &["user", "filesuser"], false);
+    found.assert_code(0, "userdb-brokerctl user of a files user, a source down");
+    println!("sources | miss beside a down service | module UNAVAIL, brokerctl exit 4");
+}
+
+#[test]
+fn flush_drops_the_services_cached_answers_for_root_only() {
+    let _serial = exclusive();
+    let f = fixture();
+    let directory = UserdbService::start(&f, DIRECTORY, directory(), Flaw::None);
+    let broker = broker_with(&f, &[DIRECTORY]);
+    let asked_for_carol = || {
+        directory
+            .calls()
+            .iter()
+            .filter(|c| c["parameters"]["userName"] == "carol")
+            .count()
+    };
+    let nss = Nss::new(&f, BROKER_ONLY);
+    let lookup = || assert_found(&probe_time(&nss, &["passwd:carol"])[0], CAROL_LINE);
+    lookup();
+    lookup();
+    assert_eq!(
+        asked_for_carol(),
+        1,
+        "the second look-up was answered from the cache"
+    );
+    let denied = brokerctl(&broker, &["flush"], true);
+    denied.assert_code(1, "userdb-brokerctl flush as nobody");
+    assert!(
+        denied.stderr.contains("PermissionDenied"),
+        "{}",
+        denied.describe()
+    );
+    lookup();
+    assert_eq!(asked_for_carol(), 1, "nobody's flush dropped the cache");
+    brokerctl(&broker, &["flush"], false).assert_code(0, "userdb-brokerctl flush as root");
+    lookup();
+    assert_eq!(
+        asked_for_carol(),
+        2,
+        "after the flush the service is asked again"
+    );
+}

@@ -1,0 +1,221 @@
+//! Answers from the snapshot file, before any socket.
+//!
+//! The file answers a call when its answer is the broker's: a hit when no
+//! source the broker would ask outranks it, a miss or a listing when every
+//! source the broker would consult for the call is in the file
+//! (`snapfile::Coverage`); the caller's options leave out the same records
+//! as on the socket (`userdb_proto::visibility`). Otherwise the socket
+//! answers. A call that may not talk (PID 1, a generator, the broker's own
+//! unit) takes every hit from the file, and a miss there is `NOTFOUND` only
+//! where the file is complete.
+
+use userdb_proto::api::LookupOptions;
+use userdb_proto::snapfile::{GroupView, Snapfile, UserView};
+use userdb_proto::visibility;
+
+use crate::client::{Key, Lookup};
+use crate::mapped::{self, Mapped};
+
+/// What the file says about one call.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Local<T> {
+    /// The answer.
+    Answered(T),
+    /// Not there, and the file is complete for the call.
+    Missing,
+    /// The file cannot answer this call (or there is none): ask the broker.
+    Unknown,
+}
+
+/// The file for this call, if there is one to use.
+fn mapping(lookup: &Lookup) -> Option<Mapped> {
+    mapped::current(&lookup.snapshot_path(), lookup.now_ms())
+}
+
+/// Whether the file answers this call whole (members, memberships,
+/// listings): it is complete for the options, or the caller may not talk
+/// and this is the best answer there is.
+fn whole(file: &Snapfile, lookup: &Lookup, options: LookupOptions) -> bool {
+    file.coverage().complete(options) || !lookup.may_talk()
+}
+
+/// A miss in a file that covers `options`, or else no answer.
+fn miss<T>(file: &Snapfile, options: LookupOptions) -> Local<T> {
+    if file.coverage().complete(options) {
+        Local::Missing
+    } else {
+        Local::Unknown
+    }
+}
+
+/// A user by key, handed to `answer` while the mapping is held.
+pub fn user<R>(
+    lookup: &Lookup,
+    key: Key,
+    options: LookupOptions,
+    answer: impl FnOnce(&UserView) -> R,
+) -> Local<R> {
+    let Some(mapped) = mapping(lookup) else {
+        return Local::Unknown;
+    };
+    let Ok(file) = Snapfile::parse(mapped.content()) else {
+        return Local::Unknown;
+    };
+    let found = match key {
+        Key::Name(name) => file.user_by_name(name),
+        Key::Id(uid) => file.user_by_uid(uid),
+    };
+    match found {
+        Ok(Some(user)) if visibility::visible(user.origin, options) => {
+            if file.coverage().exact_user(user.origin, options) || !lookup.may_talk() {
+                Local::Answered(answer(&user))
+            } else {
+                Local::Unknown
+            }
+        }
+        Ok(_) => miss(&file, options),
+        Err(_) => Local::Unknown,
+    }
+}
+
+/// A group by key with the members this caller is answered, handed to
+/// `answer` while the mapping is held.
+pub fn group<R>(
+    lookup: &Lookup,
+    key: Key,
+    options: LookupOptions,
+    answer: impl FnOnce(&GroupView, &[&str]) -> R,
+) -> Local<R> {
+    let Some(mapped) = mapping(lookup) else {
+        return Local::Unknown;
+    };
+    let Ok(file) = Snapfile::parse(mapped.content()) else {
+        return Local::Unknown;
+    };
+    let found = match key {
+        Key::Name(name) => file.group_by_name(name),
+        Key::Id(gid) => file.group_by_gid(gid),
+    };
+    match found {
+        Ok(Some(group)) if visibility::visible(group.origin, options) => {
+            // Services may state more members: only a complete file knows all.
+            if !whole(&file, lookup, options) {
+                return Local::Unknown;
+            }
+            match group.members(options).collect::<Result<Vec<&str>, _>>() {
+                Ok(members) => Local::Answered(answer(&group, &members)),
+                Err(_) => Local::Unknown,
+            }
+        }
+        Ok(_) => miss(&file, options),
+        Err(_) => Local::Unknown,
+    }
+}
+
+/// The gids of the groups that list `user`, for `initgroups`.
+pub fn gids_of(lookup: &Lookup, user: &str, options: LookupOptions) -> Local<Vec<u32>> {
+    let Some(mapped) = mapping(lookup) else {
+        return Local::Unknown;
+    };
+    let Ok(file) = Snapfile::parse(mapped.content()) else {
+        return Local::Unknown;
+    };
+    if !whole(&file, lookup, options) {
+        return Local::Unknown;
+    }
+    match file.gids_of(user, options) {
+        Ok(gids) if gids.is_empty() => miss(&file, options),
+        Ok(gids) => Local::Answered(gids),
+        Err(_) => Local::Unknown,
+    }
+}
+
+/// One step of a listing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step<R> {
+    /// An entry was handed out; what handing it out returned.
+    Handed(R),
+    /// The listing is over.
+    End,
+    /// A record failed its checks: the listing cannot go on.
+    Corrupt,
+}
+
+/// A listing over one generation of the file, from `set*ent` to `end*ent`.
+pub struct Listing {
+    mapped: Mapped,
+    options: LookupOptions,
+    next: usize,
+}
+
+impl Listing {
+    /// A listing of the file, if it holds the whole listing for this caller
+    /// (or the caller may not talk).
+    pub fn open(lookup: &Lookup, options: LookupOptions) -> Option<Listing> {
+        let mapped = mapping(lookup)?;
+        let file = Snapfile::parse(mapped.content()).ok()?;
+        if !whole(&file, lookup, options) {
+            return None;
+        }
+        Some(Listing {
+            mapped,
+            options,
+            next: 0,
+        })
+    }
+
+    /// Hands the next user to `answer`; moves on only when it returns
+    /// `Ok`, so a retry with a larger buffer gets the same entry.
+    pub fn next_user<E>(
+        &mut self,
+        answer: impl FnOnce(&UserView) -> Result<(), E>,
+    ) -> Step<Result<(), E>> {
+        let Ok(file) = Snapfile::parse(self.mapped.content()) else {
+            return Step::Corrupt;
+        };
+        while self.next < file.user_count() {
+            let Ok(user) = file.user_at(self.next) else {
+                return Step::Corrupt;
+            };
+            if user.listed && visibility::listed(user.origin, self.options) {
+                let result = answer(&user);
+                if result.is_ok() {
+                    self.next += 1;
+                }
+                return Step::Handed(result);
+            }
+            self.next += 1;
+        }
+        Step::End
+    }
+
+    /// As [`Listing::next_user`], for groups with their members.
+    pub fn next_group<E>(
+        &mut self,
+        answer: impl FnOnce(&GroupView, &[&str]) -> Result<(), E>,
+    ) -> Step<Result<(), E>> {
+        let Ok(file) = Snapfile::parse(self.mapped.content()) else {
+            return Step::Corrupt;
+        };
+        while self.next < file.group_count() {
+            let Ok(group) = file.group_at(self.next) else {
+                return Step::Corrupt;
+            };
+            if group.listed && visibility::listed(group.origin, self.options) {
+                let Ok(members) = group
+                    .members(self.options)
+                    .collect::<Result<Vec<&str>, _>>()
+                else {
+                    return Step::Corrupt;
+                };
+                let result = answer(&group, &members);
+                if result.is_ok() {
+                    self.next += 1;
+                }
+                return Step::Handed(result);
+            }
+            self.next += 1;
+        }
+        Step::End
+    }
+}

@@ -1,0 +1,245 @@
+//! The snapshot file, mapped into the process: the `open`/`fstat`/`mmap`
+//! calls and the bookkeeping that keeps a mapping alive while any thread
+//! reads it. The format and every check of its content are
+//! `userdb_proto::snapfile`'s.
+//!
+//! - A file is believed only if it is a regular file (the path is opened
+//!   with `O_NOFOLLOW`), owned by root and writable by nobody else, of a
+//!   sane size, with the right magic and version and a content that parses.
+//! - It is mapped once and used until the broker marks it superseded (a
+//!   flag in its control block, read on every look-up with a plain memory
+//!   read: no system call on the path of a hit).
+//! - Two slots hold at most two generations. A look-up counts itself in as
+//!   a reader of the current slot; a new file is mapped into the other slot
+//!   only when nobody reads it any more, so nothing is unmapped under a
+//!   reader. No lock is ever waited for (a `fork()` may have frozen one).
+//! - A missing or refused file is looked for again at most every
+//!   [`RETRY_MS`], so a machine without the broker pays no system call per
+//!   look-up either.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+use userdb_proto::snapfile::{
+    check_control, Snapfile, CONTROL_SIZE, FLAGS_OFFSET, MAX_FILE_SIZE, SUPERSEDED,
+};
+
+/// How often a missing or refused file is looked for again.
+pub const RETRY_MS: u64 = 100;
+
+struct Slot {
+    base: AtomicPtr<u8>,
+    len: AtomicUsize,
+    readers: AtomicUsize,
+}
+
+impl Slot {
+    const fn empty() -> Slot {
+        Slot {
+            base: AtomicPtr::new(std::ptr::null_mut()),
+            len: AtomicUsize::new(0),
+            readers: AtomicUsize::new(0),
+        }
+    }
+}
+
+static SLOTS: [Slot; 2] = [Slot::empty(), Slot::empty()];
+/// The slot in use, plus one; 0: none.
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
+/// The pid of the process mapping a new file, or 0. A pid that is not
+/// ours is a swap a `fork()` interrupted: the child may take over.
+static SWAPPING: AtomicU64 = AtomicU64::new(0);
+/// When a file was last looked for without success.
+static LAST_MISS_MS: AtomicU64 = AtomicU64::new(0);
+
+/// A mapping counted as read; the content stays mapped until it is dropped.
+pub struct Mapped {
+    slot: &'static Slot,
+    base: *const u8,
+    len: usize,
+}
+
+// SAFETY: a `Mapped` only reads memory that stays mapped while it exists
+// (its slot's reader count keeps it), whichever thread holds it; the count
+// is atomic. Enumeration state moves it between threads inside a lock.
+unsafe impl Send for Mapped {}
+
+impl Mapped {
+    /// The file after its control block: immutable for as long as `self`.
+    pub fn content(&self) -> &[u8] {
+        // SAFETY: [base, base + len) is mapped PROT_READ for as long as the
+        // slot counts this reader, the file is never written past the
+        // control block, and len > CONTROL_SIZE was checked when mapping.
+        unsafe { std::slice::from_raw_parts(self.base.add(CONTROL_SIZE), self.len - CONTROL_SIZE) }
+    }
+
+    /// Whether the broker has replaced this file.
+    fn superseded(&self) -> bool {
+        // SAFETY: the flags word lies inside the mapped control block and is
+        // 4-aligned (page-aligned base + 12). The broker may write it at any
+        // time from another process, hence a volatile read.
+        let flags = unsafe { std::ptr::read_volatile(self.base.add(FLAGS_OFFSET).cast::<u32>()) };
+        u32::from_le(flags) & SUPERSEDED != 0
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        self.slot.readers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Counts a reader in on the current slot, if there is one.
+fn acquire() -> Option<Mapped> {
+    for _ in 0..4 {
+        let current = CURRENT.load(Ordering::SeqCst);
+        let slot = SLOTS.get(current.checked_sub(1)?)?;
+        slot.readers.fetch_add(1, Ordering::SeqCst);
+        // Only a slot that is still current after counting in is safe: a
+        // swap only ever remaps a slot that is not current.
+        if CURRENT.load(Ordering::SeqCst) == current {
+            let base = slot.base.load(Ordering::SeqCst);
+            let len = slot.len.load(Ordering::SeqCst);
+            if !base.is_null() {
+                return Some(Mapped { slot, base, len });
+            }
+        }
+        slot.readers.fetch_sub(1, Ordering::SeqCst);
+    }
+    None
+}
+
+/// The current snapshot file at `path`, mapping a new one if the current
+/// one was superseded (or none is mapped yet). `None`: no file to use now.
+pub fn current(path: &Path, now_ms: u64) -> Option<Mapped> {
+    if let Some(mapped) = acquire() {
+        if !mapped.superseded() {
+            return Some(mapped);
+        }
+    }
+    let last_miss = LAST_MISS_MS.load(Ordering::Relaxed);
+    if last_miss != 0 && now_ms.saturating_sub(last_miss) < RETRY_MS {
+        return None;
+    }
+    if !swap_in(path) {
+        LAST_MISS_MS.store(now_ms.max(1), Ordering::Relaxed);
+        return None;
+    }
+    LAST_MISS_MS.store(0, Ordering::Relaxed);
+    acquire().filter(|m| !m.superseded())
+}
+
+/// Maps the file at `path` into the slot that is not current, if nobody
+/// reads it, and makes it current. Returns whether a usable file is now
+/// current.
+fn swap_in(path: &Path) -> bool {
+    // SAFETY: getpid has no preconditions and cannot fail.
+    let pid = u64::try_from(unsafe { libc::getpid() }).unwrap_or(0);
+    let holder = SWAPPING.load(Ordering::SeqCst);
+    // Our own pid: another thread is swapping. Any other non-zero pid is a
+    // parent whose swap a fork() cut short: this child may take over.
+    if holder == pid
+        || SWAPPING
+            .compare_exchange(holder, pid, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+    {
+        return false;
+    }
+    let done = swap_in_locked(path);
+    SWAPPING.store(0, Ordering::SeqCst);
+    done
+}
+
+fn swap_in_locked(path: &Path) -> bool {
+    let current = CURRENT.load(Ordering::SeqCst);
+    let free = if current == 1 { 1 } else { 0 };
+    let slot = &SLOTS[free];
+    if slot.readers.load(Ordering::SeqCst) != 0 {
+        // Someone still reads the older generation: keep it, use none now.
+        return false;
+    }
+    let Some((base, len)) = map(path) else {
+        return false;
+    };
+    let old = slot.base.swap(std::ptr::null_mut(), Ordering::SeqCst);
+    let old_len = slot.len.swap(0, Ordering::SeqCst);
+    if !old.is_null() {
+        // SAFETY: `old`/`old_len` are a mapping this module made; the slot
+        // is not current and has no reader, so nothing can touch it.
+        unsafe { libc::munmap(old.cast(), old_len) };
+    }
+    slot.len.store(len, Ordering::SeqCst);
+    slot.base.store(base, Ordering::SeqCst);
+    CURRENT.store(free + 1, Ordering::SeqCst);
+    true
+}
+
+/// Opens, checks and maps the file; `None` when it is not to be believed.
+fn map(path: &Path) -> Option<(*mut u8, usize)> {
+    let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `c_path` is a valid NUL-terminated path; the flags never
+    // block (O_NONBLOCK), never follow a link and never make a terminal
+    // ours.
+    let fd = unsafe {
+        libc::open(
+            c_path.as_ptr(),
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let mapped = map_fd(fd);
+    // SAFETY: `fd` is ours and open; the mapping does not need it.
+    unsafe { libc::close(fd) };
+    mapped
+}
+
+fn map_fd(fd: libc::c_int) -> Option<(*mut u8, usize)> {
+    // SAFETY: all-zero is a valid `stat`, which fstat fills.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open and `st` is writable.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return None;
+    }
+    let len = usize::try_from(st.st_size).ok()?;
+    let trusted = st.st_mode & libc::S_IFMT == libc::S_IFREG
+        && st.st_uid == 0
+        && st.st_mode & 0o022 == 0
+        && len > CONTROL_SIZE
+        && len <= MAX_FILE_SIZE;
+    if !trusted {
+        return None;
+    }
+    // SAFETY: a fresh read-only shared mapping of `len` bytes of a regular
+    // file; the kernel picks the address.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return None;
+    }
+    let base = base.cast::<u8>();
+    let mut start = [0u8; 12];
+    // SAFETY: the mapping holds more than CONTROL_SIZE bytes; the first 12
+    // (magic and version) are never written after publication.
+    unsafe { std::ptr::copy_nonoverlapping(base, start.as_mut_ptr(), start.len()) };
+    // SAFETY: as in `Mapped::content`: mapped, immutable past the control
+    // block, len > CONTROL_SIZE.
+    let content = unsafe { std::slice::from_raw_parts(base.add(CONTROL_SIZE), len - CONTROL_SIZE) };
+    if check_control(&start).is_err() || Snapfile::parse(content).is_err() {
+        // SAFETY: the mapping just made, not shared with anyone.
+        unsafe { libc::munmap(base.cast(), len) };
+        return None;
+    }
+    Some((base, len))
+}

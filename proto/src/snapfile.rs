@@ -1,0 +1,933 @@
+//! The snapshot file: the broker's local view of users and groups (files,
+//! drop-ins, PID 1's dynamic users; never a password hash or any other
+//! privileged field), published for the module to read with no socket.
+//!
+//! This module is the format, written once: the broker's writer
+//! ([`Builder`]) and the module's reader ([`Snapfile`]), both free of I/O.
+//! The broker writes a new file and renames it over the old one, then sets
+//! [`SUPERSEDED`] in the old one's control block; nothing else is ever
+//! written to a published file.
+//!
+//! # Layout, version 1 (all numbers little-endian `u32` unless said)
+//!
+//! ```text
+//! control block, CONTROL_SIZE bytes (a page of its own: the only bytes
+//! ever written after publication, read with atomic loads):
+//!   0   magic "UDBSNAP\0" (8 bytes)
+//!   8   version
+//!   12  flags: bit 0 SUPERSEDED
+//!   16  zero
+//! content (offsets below are from its start):
+//!   0   generation (u64)
+//!   8   content length (u64): the file's length less CONTROL_SIZE
+//!   16  coverage: bit 0 no Varlink service is asked for a plain call,
+//!       bit 1 none for a call with the dynamic bypass, bit 2 no service
+//!       ranks above files or drop-ins
+//!   20  users, groups, member names: counts
+//!   32  ten sections, each (offset, length) in bytes, 4-aligned, in order:
+//!       strings   u32 length, then that many bytes of UTF-8
+//!       users     32 bytes each: name, uid, gid, gecos, home, shell
+//!                 (strings), flags, zero
+//!       groups    16 bytes each: name, gid, flags, members (a list)
+//!       lists     u32 count, then that many items
+//!       members   8 bytes each: name, groups (a list of group indexes)
+//!       user_by_name, user_by_uid, group_by_name, group_by_gid,
+//!       member_by_name: hash tables, u32 bucket count (a power of two),
+//!                 then that many slots, each a record index + 1 (0: empty),
+//!                 linear probing from the key's hash
+//!   112 end of the header
+//! record flags: bit 0 listed, bit 1 from /etc, bit 2 PID 1's
+//! list items: bit 31 set when /etc/group states the membership; bits 0-30
+//! a string (members of a group) or a group index (groups of a member)
+//! ```
+//!
+//! The reader trusts nothing: every offset, length, count and index is
+//! checked against the bytes it has before use, probing is bounded by the
+//! table size, and every record is validated again by the record model's
+//! rules. A file that fails a check is not used.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::api::LookupOptions;
+use crate::names::{valid_gecos, valid_id, valid_name, valid_path};
+use crate::visibility::Origin;
+
+/// The file's name, in the directory of the broker's socket.
+pub const FILE_NAME: &str = "snapshot";
+
+/// Where the broker listening on `socket` publishes its snapshot file.
+pub fn path_for(socket: &Path) -> PathBuf {
+    socket.with_file_name(FILE_NAME)
+}
+
+pub const MAGIC: [u8; 8] = *b"UDBSNAP\0";
+pub const VERSION: u32 = 1;
+/// Size of the control block; the content starts after it.
+pub const CONTROL_SIZE: usize = 4096;
+/// Offset of the flags word in the control block.
+pub const FLAGS_OFFSET: usize = 12;
+/// Set in the flags word of a file that a newer one has replaced.
+pub const SUPERSEDED: u32 = 1;
+/// Largest file the reader maps.
+pub const MAX_FILE_SIZE: usize = 1 << 31;
+
+const HEADER_SIZE: usize = 112;
+const USER_SIZE: usize = 32;
+const GROUP_SIZE: usize = 16;
+const MEMBER_SIZE: usize = 8;
+const SECTIONS: usize = 10;
+
+const LISTED: u32 = 1;
+const FROM_FILES: u32 = 2;
+const PID1: u32 = 4;
+const BY_FILES: u32 = 1 << 31;
+
+/// What the file covers: which calls it answers whole.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Coverage(pub u32);
+
+impl Coverage {
+    const NO_SERVICES: u32 = 1;
+    const NO_SERVICES_BYPASS: u32 = 2;
+    const LOCAL_USERS_WIN: u32 = 4;
+
+    /// `services` / `services_bypass`: whether the broker asks any Varlink
+    /// service for a plain call / one with the dynamic bypass;
+    /// `local_users_win`: no service ranks above files and drop-ins.
+    pub fn new(services: bool, services_bypass: bool, local_users_win: bool) -> Coverage {
+        let mut bits = 0;
+        if !services {
+            bits |= Self::NO_SERVICES;
+        }
+        if !services_bypass {
+            bits |= Self::NO_SERVICES_BYPASS;
+        }
+        if local_users_win {
+            bits |= Self::LOCAL_USERS_WIN;
+        }
+        Coverage(bits)
+    }
+
+    /// Every source the broker would consult for this call is in the
+    /// file: a miss is a miss, a listing is whole, a group's members are all.
+    pub fn complete(self, options: LookupOptions) -> bool {
+        let bit = if options.dynamic_bypass {
+            Self::NO_SERVICES_BYPASS
+        } else {
+            Self::NO_SERVICES
+        };
+        self.0 & bit != 0
+    }
+
+    /// A user found in the file is the broker's answer: no service that
+    /// would be asked can outrank it.
+    pub fn exact_user(self, origin: Origin, options: LookupOptions) -> bool {
+        self.complete(options) || (self.0 & Self::LOCAL_USERS_WIN != 0 && !origin.pid1)
+    }
+}
+
+/// Why a file is not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Invalid(pub &'static str);
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid snapshot file: {}", self.0)
+    }
+}
+
+/// Checks the unchanging part of the control block (magic and version).
+pub fn check_control(start: &[u8; 12]) -> Result<(), Invalid> {
+    if start[..8] != MAGIC {
+        return Err(Invalid("wrong magic"));
+    }
+    if start[8..12] != VERSION.to_le_bytes() {
+        return Err(Invalid("unknown version"));
+    }
+    Ok(())
+}
+
+fn fnv1a(bytes: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for &b in bytes {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+fn mix(id: u32) -> u32 {
+    ((u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 32) as u32
+}
+
+fn origin_of(flags: u32) -> Origin {
+    Origin {
+        files: flags & FROM_FILES != 0,
+        pid1: flags & PID1 != 0,
+    }
+}
+
+// ---------------------------------------------------------------- reading
+
+/// A byte range of the content.
+#[derive(Debug, Clone, Copy)]
+struct Section<'a>(&'a [u8]);
+
+impl<'a> Section<'a> {
+    fn u32_at(self, offset: usize) -> Result<u32, Invalid> {
+        let end = offset.checked_add(4).ok_or(Invalid("offset overflow"))?;
+        let bytes = self
+            .0
+            .get(offset..end)
+            .ok_or(Invalid("read past a section"))?;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+}
+
+/// A hash table: its slot count, a power of two.
+#[derive(Debug, Clone, Copy)]
+struct Table<'a> {
+    slots: Section<'a>,
+    mask: usize,
+}
+
+impl<'a> Table<'a> {
+    fn parse(section: Section<'a>, records: usize) -> Result<Table<'a>, Invalid> {
+        let buckets = section.u32_at(0)? as usize;
+        if buckets == 0 || !buckets.is_power_of_two() {
+            return Err(Invalid("bucket count is not a power of two"));
+        }
+        if section.0.len() != 4 + buckets * 4 {
+            return Err(Invalid("hash table size does not match its bucket count"));
+        }
+        if buckets < records {
+            return Err(Invalid("hash table smaller than its records"));
+        }
+        Ok(Table {
+            slots: Section(&section.0[4..]),
+            mask: buckets - 1,
+        })
+    }
+
+    /// The record indexes along `hash`'s probe sequence, at most one round.
+    fn probe(self, hash: u32) -> impl Iterator<Item = Result<usize, Invalid>> + 'a {
+        let start = hash as usize & self.mask;
+        let slots = self.slots;
+        let mask = self.mask;
+        (0..=mask)
+            .map(move |i| slots.u32_at(((start + i) & mask) * 4))
+            .take_while(|slot| !matches!(slot, Ok(0)))
+            .map(|slot| slot.map(|s| s as usize - 1))
+    }
+}
+
+/// A user as the file holds it, fields already validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserView<'a> {
+    pub name: &'a str,
+    pub uid: u32,
+    pub gid: u32,
+    pub gecos: &'a str,
+    pub home: &'a str,
+    pub shell: &'a str,
+    pub listed: bool,
+    pub origin: Origin,
+}
+
+/// A group as the file holds it; its members are read on demand.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupView<'a> {
+    pub name: &'a str,
+    pub gid: u32,
+    pub listed: bool,
+    pub origin: Origin,
+    members: usize,
+    file: &'a Snapfile<'a>,
+}
+
+impl<'a> GroupView<'a> {
+    /// The members this caller is answered, in order.
+    pub fn members(
+        &self,
+        options: LookupOptions,
+    ) -> impl Iterator<Item = Result<&'a str, Invalid>> + 'a {
+        let file = self.file;
+        file.list(self.members).filter_map(move |item| {
+            let item = match item {
+                Ok(item) => item,
+                Err(e) => return Some(Err(e)),
+            };
+            if !crate::visibility::member_answered(item & BY_FILES != 0, options) {
+                return None;
+            }
+            Some(file.name(item & !BY_FILES))
+        })
+    }
+}
+
+/// A parsed snapshot file's content.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapfile<'a> {
+    generation: u64,
+    coverage: Coverage,
+    strings: Section<'a>,
+    users: Section<'a>,
+    groups: Section<'a>,
+    lists: Section<'a>,
+    members: Section<'a>,
+    user_by_name: Table<'a>,
+    user_by_uid: Table<'a>,
+    group_by_name: Table<'a>,
+    group_by_gid: Table<'a>,
+    member_by_name: Table<'a>,
+}
+
+fn le_u64(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(b)
+}
+
+impl<'a> Snapfile<'a> {
+    /// Checks the header and the shape of every section of `content` (the
+    /// file after its control block).
+    pub fn parse(content: &'a [u8]) -> Result<Snapfile<'a>, Invalid> {
+        if content.len() < HEADER_SIZE {
+            return Err(Invalid("shorter than its header"));
+        }
+        if le_u64(&content[8..16]) != content.len() as u64 {
+            return Err(Invalid("length does not match the file"));
+        }
+        let head = Section(&content[..HEADER_SIZE]);
+        let count = |at: usize| head.u32_at(at).map(|n| n as usize);
+        let (n_users, n_groups, n_members) = (count(20)?, count(24)?, count(28)?);
+        let mut sections = [Section(&[]); SECTIONS];
+        for (i, section) in sections.iter_mut().enumerate() {
+            let offset = count(32 + i * 8)?;
+            let len = count(36 + i * 8)?;
+            if !offset.is_multiple_of(4) || !len.is_multiple_of(4) || offset < HEADER_SIZE {
+                return Err(Invalid("section not aligned or inside the header"));
+            }
+            let end = offset.checked_add(len).ok_or(Invalid("section overflow"))?;
+            *section = Section(
+                content
+                    .get(offset..end)
+                    .ok_or(Invalid("section past the end"))?,
+            );
+        }
+        let [strings, users, groups, lists, members, ubn, ubu, gbn, gbg, mbn] = sections;
+        let sized = |s: Section, n: usize, size: usize| {
+            n.checked_mul(size)
+                .filter(|&len| len == s.0.len())
+                .ok_or(Invalid("record count does not match its section"))
+        };
+        sized(users, n_users, USER_SIZE)?;
+        sized(groups, n_groups, GROUP_SIZE)?;
+        sized(members, n_members, MEMBER_SIZE)?;
+        Ok(Snapfile {
+            generation: le_u64(&content[0..8]),
+            coverage: Coverage(head.u32_at(16)?),
+            strings,
+            users,
+            groups,
+            lists,
+            members,
+            user_by_name: Table::parse(ubn, n_users)?,
+            user_by_uid: Table::parse(ubu, n_users)?,
+            group_by_name: Table::parse(gbn, n_groups)?,
+            group_by_gid: Table::parse(gbg, n_groups)?,
+            member_by_name: Table::parse(mbn, n_members)?,
+        })
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn coverage(&self) -> Coverage {
+        self.coverage
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.users.0.len() / USER_SIZE
+    }
+
+    pub fn group_count(&self) -> usize {
+        self.groups.0.len() / GROUP_SIZE
+    }
+
+    fn name(&self, offset: u32) -> Result<&'a str, Invalid> {
+        let s = self.string(offset)?;
+        if valid_name(s) {
+            Ok(s)
+        } else {
+            Err(Invalid("invalid name"))
+        }
+    }
+
+    fn string(&self, offset: u32) -> Result<&'a str, Invalid> {
+        let offset = offset as usize;
+        let len = self.strings.u32_at(offset)? as usize;
+        let start = offset + 4;
+        let end = start.checked_add(len).ok_or(Invalid("string overflow"))?;
+        let bytes = self
+            .strings
+            .0
+            .get(start..end)
+            .ok_or(Invalid("string past its section"))?;
+        std::str::from_utf8(bytes).map_err(|_| Invalid("string is not UTF-8"))
+    }
+
+    /// The items of the list at `offset`.
+    fn list(&self, offset: usize) -> impl Iterator<Item = Result<u32, Invalid>> + 'a {
+        let lists = self.lists;
+        let count = match lists.u32_at(offset) {
+            Ok(n) if (n as usize) <= lists.0.len() / 4 => Ok(n as usize),
+            Ok(_) => Err(Invalid("list longer than its section")),
+            Err(e) => Err(e),
+        };
+        let (count, first) = match count {
+            Ok(n) => (n, None),
+            Err(e) => (0, Some(Err(e))),
+        };
+        first
+            .into_iter()
+            .chain((0..count).map(move |i| lists.u32_at(offset + 4 + i * 4)))
+    }
+
+    /// The user at `index` in listing order.
+    pub fn user_at(&self, index: usize) -> Result<UserView<'a>, Invalid> {
+        let base = index
+            .checked_mul(USER_SIZE)
+            .ok_or(Invalid("index overflow"))?;
+        let field = |i: usize| self.users.u32_at(base + i * 4);
+        let name = self.name(field(0)?)?;
+        let (uid, gid) = (field(1)?, field(2)?);
+        let gecos = self.string(field(3)?)?;
+        let home = self.string(field(4)?)?;
+        let shell = self.string(field(5)?)?;
+        let flags = field(6)?;
+        if !(valid_id(uid)
+            && valid_id(gid)
+            && valid_gecos(gecos)
+            && valid_path(home)
+            && valid_path(shell))
+        {
+            return Err(Invalid("invalid user record"));
+        }
+        Ok(UserView {
+            name,
+            uid,
+            gid,
+            gecos,
+            home,
+            shell,
+            listed: flags & LISTED != 0,
+            origin: origin_of(flags),
+        })
+    }
+
+    /// The group at `index` in listing order.
+    pub fn group_at(&'a self, index: usize) -> Result<GroupView<'a>, Invalid> {
+        let base = index
+            .checked_mul(GROUP_SIZE)
+            .ok_or(Invalid("index overflow"))?;
+        let field = |i: usize| self.groups.u32_at(base + i * 4);
+        let name = self.name(field(0)?)?;
+        let gid = field(1)?;
+        if !valid_id(gid) {
+            return Err(Invalid("invalid gid"));
+        }
+        let flags = field(2)?;
+        Ok(GroupView {
+            name,
+            gid,
+            listed: flags & LISTED != 0,
+            origin: origin_of(flags),
+            members: field(3)? as usize,
+            file: self,
+        })
+    }
+
+    fn find<T>(
+        &self,
+        table: Table<'a>,
+        hash: u32,
+        at: impl Fn(usize) -> Result<T, Invalid>,
+        is: impl Fn(&T) -> bool,
+    ) -> Result<Option<T>, Invalid> {
+        for index in table.probe(hash) {
+            let record = at(index?)?;
+            if is(&record) {
+                return Ok(Some(record));
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn user_by_name(&self, name: &str) -> Result<Option<UserView<'a>>, Invalid> {
+        self.find(
+            self.user_by_name,
+            fnv1a(name.as_bytes()),
+            |i| self.user_at(i),
+            |u| u.name == name && u.listed,
+        )
+    }
+
+    pub fn user_by_uid(&self, uid: u32) -> Result<Option<UserView<'a>>, Invalid> {
+        self.find(
+            self.user_by_uid,
+            mix(uid),
+            |i| self.user_at(i),
+            |u| u.uid == uid,
+        )
+    }
+
+    pub fn group_by_name(&'a self, name: &str) -> Result<Option<GroupView<'a>>, Invalid> {
+        self.find(
+            self.group_by_name,
+            fnv1a(name.as_bytes()),
+            |i| self.group_at(i),
+            |g| g.name == name && g.listed,
+        )
+    }
+
+    pub fn group_by_gid(&'a self, gid: u32) -> Result<Option<GroupView<'a>>, Invalid> {
+        self.find(
+            self.group_by_gid,
+            mix(gid),
+            |i| self.group_at(i),
+            |g| g.gid == gid,
+        )
+    }
+
+    /// The gids of the groups that list `user`, as this caller is answered
+    /// them (`initgroups`), in order.
+    pub fn gids_of(&'a self, user: &str, options: LookupOptions) -> Result<Vec<u32>, Invalid> {
+        let member = self.find(
+            self.member_by_name,
+            fnv1a(user.as_bytes()),
+            |i| {
+                let base = i
+                    .checked_mul(MEMBER_SIZE)
+                    .ok_or(Invalid("index overflow"))?;
+                Ok((self.members.u32_at(base)?, self.members.u32_at(base + 4)?))
+            },
+            |&(name, _)| self.string(name).is_ok_and(|n| n == user),
+        )?;
+        let Some((_, list)) = member else {
+            return Ok(Vec::new());
+        };
+        let mut gids = Vec::new();
+        for item in self.list(list as usize) {
+            let item = item?;
+            let group = self.group_at((item & !BY_FILES) as usize)?;
+            if crate::visibility::visible(group.origin, options)
+                && crate::visibility::member_answered(item & BY_FILES != 0, options)
+            {
+                gids.push(group.gid);
+            }
+        }
+        Ok(gids)
+    }
+}
+
+// ---------------------------------------------------------------- writing
+
+/// A user as the writer takes it.
+#[derive(Debug, Clone, Copy)]
+pub struct UserIn<'a> {
+    pub name: &'a str,
+    pub uid: u32,
+    pub gid: u32,
+    pub gecos: &'a str,
+    pub home: &'a str,
+    pub shell: &'a str,
+    pub listed: bool,
+    pub origin: Origin,
+    /// This record answers look-ups by its name / by its uid.
+    pub holds_name: bool,
+    pub holds_id: bool,
+}
+
+/// A group as the writer takes it.
+#[derive(Debug, Clone)]
+pub struct GroupIn<'a> {
+    pub name: &'a str,
+    pub gid: u32,
+    pub listed: bool,
+    pub origin: Origin,
+    pub holds_name: bool,
+    pub holds_id: bool,
+    /// Members in order, and whether `/etc/group` states each.
+    pub members: Vec<(&'a str, bool)>,
+}
+
+/// Builds a file: users and groups in listing order, then which groups
+/// each member name is in.
+#[derive(Debug, Default)]
+pub struct Builder<'a> {
+    strings: Vec<u8>,
+    string_at: HashMap<&'a str, u32>,
+    users: Vec<u8>,
+    groups: Vec<u8>,
+    lists: Vec<u8>,
+    members: Vec<u8>,
+    user_names: Vec<(u32, u32)>,
+    user_ids: Vec<(u32, u32)>,
+    group_names: Vec<(u32, u32)>,
+    group_ids: Vec<(u32, u32)>,
+    member_names: Vec<(u32, u32)>,
+}
+
+fn put(out: &mut Vec<u8>, values: &[u32]) {
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn flags_of(listed: bool, origin: Origin) -> u32 {
+    let mut flags = 0;
+    if listed {
+        flags |= LISTED;
+    }
+    if origin.files {
+        flags |= FROM_FILES;
+    }
+    if origin.pid1 {
+        flags |= PID1;
+    }
+    flags
+}
+
+impl<'a> Builder<'a> {
+    pub fn new() -> Self {
+        Builder::default()
+    }
+
+    fn string(&mut self, s: &'a str) -> u32 {
+        if let Some(&at) = self.string_at.get(s) {
+            return at;
+        }
+        let at = self.strings.len() as u32;
+        put(&mut self.strings, &[s.len() as u32]);
+        self.strings.extend_from_slice(s.as_bytes());
+        while !self.strings.len().is_multiple_of(4) {
+            self.strings.push(0);
+        }
+        self.string_at.insert(s, at);
+        at
+    }
+
+    fn list(&mut self, items: impl ExactSizeIterator<Item = u32>) -> u32 {
+        let at = self.lists.len() as u32;
+        put(&mut self.lists, &[items.len() as u32]);
+        for item in items {
+            put(&mut self.lists, &[item]);
+        }
+        at
+    }
+
+    pub fn user(&mut self, u: UserIn<'a>) {
+        let index = (self.users.len() / USER_SIZE) as u32;
+        let fields = [
+            self.string(u.name),
+            u.uid,
+            u.gid,
+            self.string(u.gecos),
+            self.string(u.home),
+            self.string(u.shell),
+            flags_of(u.listed, u.origin),
+            0,
+        ];
+        put(&mut self.users, &fields);
+        if u.holds_name && u.listed {
+            self.user_names.push((fnv1a(u.name.as_bytes()), index));
+        }
+        if u.holds_id {
+            self.user_ids.push((mix(u.uid), index));
+        }
+    }
+
+    pub fn group(&mut self, g: GroupIn<'a>) {
+        let index = (self.groups.len() / GROUP_SIZE) as u32;
+        let members: Vec<u32> = g
+            .members
+            .iter()
+            .map(|&(name, by_files)| self.string(name) | if by_files { BY_FILES } else { 0 })
+            .collect();
+        let list = self.list(members.into_iter());
+        let fields = [
+            self.string(g.name),
+            g.gid,
+            flags_of(g.listed, g.origin),
+            list,
+        ];
+        put(&mut self.groups, &fields);
+        if g.holds_name && g.listed {
+            self.group_names.push((fnv1a(g.name.as_bytes()), index));
+        }
+        if g.holds_id {
+            self.group_ids.push((mix(g.gid), index));
+        }
+    }
+
+    /// The groups (indexes in the order they were added) that list
+    /// `member`, each with whether `/etc/group` states it.
+    pub fn member(&mut self, member: &'a str, groups: &[(u32, bool)]) {
+        let index = (self.members.len() / MEMBER_SIZE) as u32;
+        let list = self.list(
+            groups
+                .iter()
+                .map(|&(g, by_files)| g | if by_files { BY_FILES } else { 0 })
+                .collect::<Vec<_>>()
+                .into_iter(),
+        );
+        let name = self.string(member);
+        put(&mut self.members, &[name, list]);
+        self.member_names.push((fnv1a(member.as_bytes()), index));
+    }
+
+    /// The whole file, control block included.
+    pub fn finish(self, generation: u64, coverage: Coverage) -> Vec<u8> {
+        let table = |keys: &[(u32, u32)]| -> Vec<u8> {
+            let buckets = (keys.len() * 2).next_power_of_two().max(1);
+            let mut slots = vec![0u32; buckets];
+            for &(hash, index) in keys {
+                let mut at = hash as usize & (buckets - 1);
+                while slots[at] != 0 {
+                    at = (at + 1) & (buckets - 1);
+                }
+                slots[at] = index + 1;
+            }
+            let mut out = Vec::with_capacity(4 + buckets * 4);
+            put(&mut out, &[buckets as u32]);
+            put(&mut out, &slots);
+            out
+        };
+        let sections: [Vec<u8>; SECTIONS] = [
+            self.strings,
+            self.users,
+            self.groups,
+            self.lists,
+            self.members,
+            table(&self.user_names),
+            table(&self.user_ids),
+            table(&self.group_names),
+            table(&self.group_ids),
+            table(&self.member_names),
+        ];
+        let counts = [
+            sections[1].len() / USER_SIZE,
+            sections[2].len() / GROUP_SIZE,
+            sections[4].len() / MEMBER_SIZE,
+        ];
+        let content_len = HEADER_SIZE + sections.iter().map(Vec::len).sum::<usize>();
+        let mut file = Vec::with_capacity(CONTROL_SIZE + content_len);
+        file.extend_from_slice(&MAGIC);
+        put(&mut file, &[VERSION, 0]);
+        file.resize(CONTROL_SIZE, 0);
+        file.extend_from_slice(&generation.to_le_bytes());
+        file.extend_from_slice(&(content_len as u64).to_le_bytes());
+        put(&mut file, &[coverage.0]);
+        put(&mut file, &counts.map(|n| n as u32));
+        let mut offset = HEADER_SIZE;
+        for s in &sections {
+            put(&mut file, &[offset as u32, s.len() as u32]);
+            offset += s.len();
+        }
+        for s in &sections {
+            file.extend_from_slice(s);
+        }
+        file
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PLAIN: LookupOptions = LookupOptions {
+        caller_reads_files: false,
+        dynamic_bypass: false,
+    };
+    const FILES_FIRST: LookupOptions = LookupOptions {
+        caller_reads_files: true,
+        dynamic_bypass: false,
+    };
+    const BYPASS: LookupOptions = LookupOptions {
+        caller_reads_files: false,
+        dynamic_bypass: true,
+    };
+
+    fn user<'a>(name: &'a str, uid: u32, origin: Origin) -> UserIn<'a> {
+        UserIn {
+            name,
+            uid,
+            gid: uid,
+            gecos: "Real Name",
+            home: "/home/x",
+            shell: "/bin/sh",
+            listed: true,
+            origin,
+            holds_name: true,
+            holds_id: true,
+        }
+    }
+
+    const FILES: Origin = Origin {
+        files: true,
+        pid1: false,
+    };
+    const DYNAMIC: Origin = Origin {
+        files: false,
+        pid1: true,
+    };
+
+    /// root and alice from files, dup (a second line for alice's uid's
+    /// neighbour), a dynamic user; wheel from files (alice) with bob from a
+    /// membership drop-in.
+    pub(crate) fn sample() -> Vec<u8> {
+        let mut b = Builder::new();
+        b.user(user("root", 0, FILES));
+        b.user(user("alice", 1000, FILES));
+        b.user(UserIn {
+            holds_name: false,
+            ..user("alice", 1001, FILES)
+        });
+        b.user(user("svc", 61200, DYNAMIC));
+        b.group(GroupIn {
+            name: "wheel",
+            gid: 10,
+            listed: true,
+            origin: FILES,
+            holds_name: true,
+            holds_id: true,
+            members: vec![("alice", true), ("bob", false)],
+        });
+        b.group(GroupIn {
+            name: "svc",
+            gid: 61200,
+            listed: true,
+            origin: DYNAMIC,
+            holds_name: true,
+            holds_id: true,
+            members: vec![],
+        });
+        b.member("alice", &[(0, true)]);
+        b.member("bob", &[(0, false)]);
+        b.finish(7, Coverage::new(false, false, true))
+    }
+
+    fn content(file: &[u8]) -> &[u8] {
+        &file[CONTROL_SIZE..]
+    }
+
+    #[test]
+    fn written_and_read_back() {
+        let file = sample();
+        let start: [u8; 12] = file[..12].try_into().unwrap();
+        check_control(&start).unwrap();
+        let s = Snapfile::parse(content(&file)).unwrap();
+        assert_eq!(s.generation(), 7);
+        assert!(s.coverage().complete(PLAIN));
+        let alice = s.user_by_name("alice").unwrap().unwrap();
+        assert_eq!(
+            (alice.uid, alice.gecos, alice.home),
+            (1000, "Real Name", "/home/x")
+        );
+        assert_eq!(s.user_by_uid(1001).unwrap().unwrap().name, "alice");
+        assert!(s.user_by_name("nobody").unwrap().is_none());
+        assert!(s.user_by_uid(4242).unwrap().is_none());
+        let wheel = s.group_by_gid(10).unwrap().unwrap();
+        let members = |o| wheel.members(o).collect::<Result<Vec<_>, _>>().unwrap();
+        assert_eq!(members(PLAIN), ["alice", "bob"]);
+        assert_eq!(members(FILES_FIRST), ["bob"]);
+        assert_eq!(s.gids_of("alice", PLAIN).unwrap(), [10]);
+        assert!(s.gids_of("alice", FILES_FIRST).unwrap().is_empty());
+        assert_eq!(s.gids_of("bob", FILES_FIRST).unwrap(), [10]);
+        assert!(s.gids_of("carol", PLAIN).unwrap().is_empty());
+        assert_eq!(s.user_at(3).unwrap().origin, DYNAMIC);
+        assert_eq!(s.user_count(), 4);
+        assert_eq!(s.group_count(), 2);
+    }
+
+    #[test]
+    fn coverage_says_which_calls_the_file_answers_whole() {
+        let only_pid1 = Coverage::new(true, false, true);
+        assert!(!only_pid1.complete(PLAIN) && only_pid1.complete(BYPASS));
+        assert!(only_pid1.exact_user(FILES, PLAIN));
+        assert!(!only_pid1.exact_user(DYNAMIC, PLAIN));
+        let service_first = Coverage::new(true, true, false);
+        assert!(!service_first.exact_user(FILES, PLAIN));
+    }
+
+    #[test]
+    fn every_truncation_is_refused_or_reads_safely() {
+        let file = sample();
+        let full = content(&file);
+        for len in 0..full.len() {
+            assert!(Snapfile::parse(&full[..len]).is_err(), "truncated at {len}");
+        }
+    }
+
+    #[test]
+    fn corrupt_bytes_never_panic_and_never_yield_invalid_records() {
+        let file = sample();
+        let full = content(&file).to_vec();
+        let mut seed: u64 = 0x1234_5678;
+        for _ in 0..20_000 {
+            let mut bytes = full.clone();
+            for _ in 0..4 {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let at = (seed >> 33) as usize % bytes.len();
+                bytes[at] = (seed >> 13) as u8;
+            }
+            let Ok(s) = Snapfile::parse(&bytes) else {
+                continue;
+            };
+            for name in ["root", "alice", "bob", "wheel", "svc", "x"] {
+                if let Ok(Some(u)) = s.user_by_name(name) {
+                    assert!(valid_name(u.name) && valid_gecos(u.gecos) && valid_path(u.home));
+                }
+                if let Ok(Some(g)) = s.group_by_name(name) {
+                    for m in g.members(PLAIN).flatten() {
+                        assert!(valid_name(m));
+                    }
+                }
+                let _ = s.gids_of(name, PLAIN);
+            }
+            for id in [0, 10, 1000, 1001, 61200] {
+                let _ = s.user_by_uid(id);
+                let _ = s.group_by_gid(id);
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_table_ends_its_probe_after_one_round() {
+        let file = sample();
+        let mut bytes = content(&file).to_vec();
+        // Point every slot of user_by_name at record 1 (alice:1000).
+        let head = Section(&bytes[..HEADER_SIZE]);
+        let offset = head.u32_at(32 + 5 * 8).unwrap() as usize;
+        let len = head.u32_at(36 + 5 * 8).unwrap() as usize;
+        for slot in (offset + 4..offset + len).step_by(4) {
+            bytes[slot..slot + 4].copy_from_slice(&2u32.to_le_bytes());
+        }
+        let s = Snapfile::parse(&bytes).unwrap();
+        assert!(s.user_by_name("nobody").unwrap().is_none());
+    }
+
+    #[test]
+    fn foreign_control_blocks_are_refused() {
+        let mut start: [u8; 12] = sample()[..12].try_into().unwrap();
+        start[8] = 2;
+        assert_eq!(check_control(&start), Err(Invalid("unknown version")));
+        start[0] = b'X';
+        assert_eq!(check_control(&start), Err(Invalid("wrong magic")));
+    }
+}
