@@ -40,6 +40,8 @@ struct FileState<T> {
     identity: Option<Identity>,
     /// Whether `parsed` came from a read (and so is gone with the file).
     read: bool,
+    /// The last read failed for a reason that may pass.
+    unread: bool,
     parsed: T,
     problems: Vec<String>,
 }
@@ -50,6 +52,7 @@ impl<T: Default> FileState<T> {
             path,
             identity: None,
             read: false,
+            unread: false,
             parsed: T::default(),
             problems: Vec::new(),
         }
@@ -66,7 +69,9 @@ impl<T: Default> FileState<T> {
         if current.is_some() && current == self.identity {
             return (false, None);
         }
-        match read::read(&self.path, MAX_FILE_SIZE) {
+        let outcome = read::read(&self.path, MAX_FILE_SIZE);
+        self.unread = outcome.as_ref().is_err_and(read::ReadError::may_pass);
+        match outcome {
             Ok((bytes, identity)) => {
                 let mut problems = Vec::new();
                 self.parsed = parse(&bytes, &self.path, &mut problems);
@@ -210,6 +215,19 @@ impl LocalSource for Files {
         }
         self.report.took = started.elapsed();
         any || failed
+    }
+
+    fn unread(&self) -> Vec<PathBuf> {
+        [
+            (self.passwd.unread, &self.passwd.path),
+            (self.shadow.unread, &self.shadow.path),
+            (self.group.unread, &self.group.path),
+            (self.gshadow.unread, &self.gshadow.path),
+        ]
+        .into_iter()
+        .filter(|(unread, _)| *unread)
+        .map(|(_, path)| path.clone())
+        .collect()
     }
 
     fn data(&self) -> Arc<SourceData> {
