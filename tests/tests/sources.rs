@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use userdb_broker_tests::fake::Behaviour;
 use userdb_broker_tests::nss::{BROKER_ONLY, FILES_THEN_BROKER};
+use userdb_broker_tests::probe::{self, Timed};
 use userdb_broker_tests::userdb_service::{
     service_path, Directory, Flaw, UserdbService, IMPOSTOR_SERVICE, MISMATCH_ID_OFFSET,
     MISMATCH_SUFFIX,
@@ -24,8 +25,6 @@ use userdb_broker_tests::{
     artifacts, assert_line, exclusive, process, Broker, DropinDir, FakeBroker, Fixture, Nss,
     Outcome,
 };
-
-const PROBE: &str = env!("CARGO_BIN_EXE_nss-probe");
 
 /// The broker's default per-source deadline.
 const SOURCE_DEADLINE_MS: f64 = 250.0;
@@ -139,41 +138,13 @@ fn wait_for_sources(broker: &Broker, names: &[&str]) {
     }
 }
 
-/// One look-up as `nss-probe time` reports it.
-#[derive(Debug)]
-struct Timed {
-    query: String,
-    ms: f64,
-    answer: String,
-}
-
 /// Runs `nss-probe time QUERY...`: each look-up timed around the libc call.
 fn probe_time(nss: &Nss, queries: &[&str]) -> Vec<Timed> {
-    let mut argv = vec![PROBE, "time"];
-    argv.extend_from_slice(queries);
-    let out = nss.run(&argv);
-    out.assert_code(0, "nss-probe time");
-    let timed: Vec<Timed> = out
-        .stdout
-        .lines()
-        .filter(|l| !l.starts_with("total\t"))
-        .map(|line| {
-            let fields: Vec<&str> = line.splitn(3, '\t').collect();
-            let [query, micros, answer] = fields[..] else {
-                panic!("unexpected probe line {line:?}\n{}", out.describe());
-            };
-            let micros: f64 = micros
-                .parse()
-                .unwrap_or_else(|_| panic!("bad µs in probe line {line:?}"));
-            Timed {
-                query: query.to_owned(),
-                ms: micros / 1000.0,
-                answer: answer.to_owned(),
-            }
-        })
-        .collect();
-    assert_eq!(timed.len(), queries.len(), "{}", out.describe());
-    timed
+    probe::time(nss, queries).lookups
+}
+
+fn ms(timed: &Timed) -> f64 {
+    timed.took.as_secs_f64() * 1000.0
 }
 
 fn assert_found(timed: &Timed, line: &str) {
@@ -213,7 +184,7 @@ fn hung_pid1_source_costs_one_deadline_then_nothing_while_its_breaker_is_open() 
     assert_found(&first[0], CAROL_LINE);
     report(
         "first lookup beside hung PID-1 source",
-        &[first[0].ms],
+        &[ms(&first[0])],
         SOURCE_DEADLINE_MS + FIRST_LOOKUP_SLACK_MS,
     );
     assert!(
@@ -232,7 +203,7 @@ fn hung_pid1_source_costs_one_deadline_then_nothing_while_its_breaker_is_open() 
     assert_found(&second[1], DAVE_LINE);
     assert_found(&second[2], &format!("svcgroup:x:{SVCGROUP_GID}:carol,dave"));
     assert_found(&second[3], "carol:x:5001:");
-    let later: Vec<f64> = first[1..].iter().chain(&second).map(|t| t.ms).collect();
+    let later: Vec<f64> = first[1..].iter().chain(&second).map(ms).collect();
     report(
         "lookups while the breaker is open",
         &later,
@@ -258,7 +229,7 @@ fn dynamic_bypass_waits_for_nothing_and_never_contacts_the_hung_pid1_source() {
     assert_found(&timed[0], CAROL_LINE);
     assert_found(&timed[1], &format!("svcgroup:x:{SVCGROUP_GID}:carol,dave"));
     assert_found(&timed[2], DAVE_LINE);
-    let measured: Vec<f64> = timed.iter().map(|t| t.ms).collect();
+    let measured: Vec<f64> = timed.iter().map(ms).collect();
     report(
         "lookups with SYSTEMD_NSS_DYNAMIC_BYPASS=1 beside hung PID-1 source",
         &measured,
