@@ -11,7 +11,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::artifacts;
 use crate::fixture::Fixture;
@@ -210,6 +210,32 @@ impl Nss {
         assert_eq!(out.stdout, "", "{what}: printed something");
     }
 
+    /// Runs `argv` until it prints `expected` (exit 0 and that one line) or,
+    /// for `None`, finds nothing (exit 2); how long that took, if it
+    /// happened within `limit`.
+    pub fn wait_for(
+        &self,
+        argv: &[&str],
+        expected: Option<&str>,
+        limit: Duration,
+    ) -> Option<Duration> {
+        let started = Instant::now();
+        loop {
+            let out = self.run(argv);
+            let done = match expected {
+                Some(line) => out.code() == Some(0) && out.stdout.trim_end() == line,
+                None => out.code() == Some(2),
+            };
+            if done {
+                return Some(started.elapsed());
+            }
+            if started.elapsed() >= limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `[nsswitch lines] command`, for failure messages.
     fn describe(&self, argv: &[&str]) -> String {
         format!("[{}] {}", self.label, argv.join(" "))
@@ -255,12 +281,27 @@ impl Nss {
 
     /// Runs `argv` as nobody with no supplementary groups.
     pub fn run_as_nobody(&self, argv: &[&str]) -> Outcome {
-        let reuid = format!("--reuid={NOBODY}");
-        let regid = format!("--regid={NOBODY}");
-        let mut full = vec!["setpriv", reuid.as_str(), regid.as_str(), "--clear-groups"];
-        full.extend_from_slice(argv);
-        self.run(&full)
+        self.run_as(NOBODY, argv)
     }
+
+    /// Runs `argv` as `uid` (its gid the same number) with no supplementary groups.
+    pub fn run_as(&self, uid: u32, argv: &[&str]) -> Outcome {
+        process::run(self.command(&as_user(uid, argv)), self.limit)
+    }
+}
+
+/// `argv` run by `setpriv` as `uid` (gid the same number), with no
+/// supplementary groups.
+pub fn as_user<S: AsRef<std::ffi::OsStr>>(uid: u32, argv: &[S]) -> Vec<OsString> {
+    let mut full: Vec<OsString> = vec![
+        "setpriv".into(),
+        format!("--reuid={uid}").into(),
+        format!("--regid={uid}").into(),
+        "--clear-groups".into(),
+        "--".into(),
+    ];
+    full.extend(argv.iter().map(|a| a.as_ref().to_os_string()));
+    full
 }
 
 /// The connections to `socket` an strace log shows (the log is removed).

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use userdb_broker_tests::fixture::{BASE_GROUP, BASE_PASSWD, BASE_SHADOW, FILESUSER_HASH};
-use userdb_broker_tests::nss::{BROKER_ONLY, FILES_THEN_BROKER};
+use userdb_broker_tests::nss::{BROKER_ONLY, FILES_THEN_BROKER, NOBODY};
 use userdb_broker_tests::populated::{
     big_members, dropin_group_lines, many_group_name, populated, User, ALICE, ALICE_HASH, BIG_GID,
     DAYS_19000_USEC, DEVS_GID, DEVS_HASH, DROPIN_USERS, DUAL, DUAL_SHADOWED, MANY_FIRST_GID,
@@ -561,22 +561,10 @@ fn hostile_dropins_are_skipped_with_one_log_line_each_and_the_rest_is_served() {
 /// Polls `getent passwd NAME` until it prints `expected` (None: not found);
 /// returns how long that took after the change.
 fn time_until(nss: &Nss, name: &str, expected: Option<&str>, limit: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        let out = nss.run(&["getent", "passwd", name]);
-        let seen = match out.code() {
-            Some(0) => Some(out.stdout.trim_end().to_owned()),
-            _ => None,
-        };
-        if seen.as_deref() == expected {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < limit,
-            "after {limit:?} getent passwd {name} still gives {seen:?}, want {expected:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    nss.wait_for(&["getent", "passwd", name], expected, limit)
+        .unwrap_or_else(|| {
+            panic!("after {limit:?} getent passwd {name} still does not give {expected:?}")
+        })
 }
 
 #[test]
@@ -762,30 +750,11 @@ fn etc_passwd_changed_while_running_is_served_within_a_second() {
     println!("/etc/passwd reload: appended {in_place:?}, replaced {replaced:?}");
 }
 
-/// `userdb-brokerctl --json user NAME`, optionally as nobody, parsed.
-fn brokerctl_user(socket: &std::path::Path, name: &str, as_nobody: bool) -> Value {
-    let mut command = if as_nobody {
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(artifacts::brokerctl());
-        c
-    } else {
-        Command::new(artifacts::brokerctl())
-    };
-    command
-        .arg("--socket")
-        .arg(socket)
-        .args(["--json", "user", name]);
-    let out = userdb_broker_tests::process::run(command, Duration::from_secs(10));
-    out.assert_code(0, "userdb-brokerctl --json user");
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout))
-}
-
 #[test]
 fn unprivileged_peer_gets_the_record_without_privileged_data() {
     let f = populated();
     let broker = Broker::start(&f);
-    let full = brokerctl_user(broker.socket(), "alice", false);
+    let full = broker.user_record("alice", None);
     assert_eq!(
         full["privileged"]["hashedPassword"][0], ALICE_HASH,
         "{full}"
@@ -796,7 +765,7 @@ fn unprivileged_peer_gets_the_record_without_privileged_data() {
         record.remove("privileged");
         record.remove("lastPasswordChangeUSec");
     }
-    assert_eq!(brokerctl_user(broker.socket(), "alice", true), expected);
+    assert_eq!(broker.user_record("alice", Some(NOBODY)), expected);
 }
 
 /// DESIGN.md: exactly these symbols are public.

@@ -67,7 +67,7 @@ struct TwoPaths {
 impl TwoPaths {
     fn start(f: &Fixture) -> TwoPaths {
         let with_file = Broker::start(f);
-        let socket_only = Broker::start_without_file(f, &second_socket(f, "socket-only"));
+        let socket_only = Broker::launch(f).socket(&second_socket(f, "socket-only")).socket_only().start();
         assert!(f.snapshot_path().is_file(), "the broker published no file");
         assert!(
             !path_for(socket_only.socket()).exists(),
@@ -1737,7 +1737,7 @@ fn files_the_module_cannot_believe_are_ignored_and_the_socket_answers() {
     let believable = f.scratch().join("believable");
     plant(&believable, &Planted::root_file(forged.clone()));
 
-    let socket = Broker::start_without_file(&f, &f.socket_path());
+    let socket = Broker::launch(&f).socket_only().start();
     let nss = Nss::new(&f, BROKER_ONLY).limit(Duration::from_secs(20));
     let path = f.snapshot_path();
     let (expected, connected, _) = hostile_run(&nss, socket.socket());

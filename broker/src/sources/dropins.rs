@@ -145,6 +145,8 @@ struct Entry {
     /// so that a change to it re-reads the link too.
     links_to: Option<Box<str>>,
     content: Content,
+    /// The last read failed for a reason that may pass: read again soon.
+    unread: bool,
 }
 
 /// One drop-in directory, file by file.
@@ -351,6 +353,18 @@ impl LocalSource for DropIns {
         any
     }
 
+    fn unread(&self) -> Vec<PathBuf> {
+        self.dirs
+            .iter()
+            .flat_map(|dir| {
+                dir.entries
+                    .iter()
+                    .filter(|(_, entry)| entry.unread)
+                    .map(|(name, _)| dir.path.join(&**name))
+            })
+            .collect()
+    }
+
     fn data(&self) -> Arc<SourceData> {
         Arc::clone(&self.data)
     }
@@ -436,17 +450,22 @@ fn load_entry(dir: &Path, name: &str, previous: Option<&Entry>) -> Option<Entry>
                 Some(kind) => Content::Broken(format!("is a {kind}, not a regular file")),
                 None => match load_content(&path, &kind) {
                     Ok(content) => content,
-                    Err(Failure::Unreadable(why)) => match previous {
-                        Some(before) if !matches!(before.content, Content::Broken(_)) => {
-                            tracing::warn!("{}: {why}; keeping what it held", path.display());
-                            // Forget the stamp, so the next rescan tries again.
-                            return Some(Entry {
-                                stamp: None,
-                                ..before.clone()
-                            });
-                        }
-                        _ => Content::Broken(why),
-                    },
+                    Err(Failure::Unreadable(why)) => {
+                        // The stamp is forgotten, so that any rescan tries again.
+                        let content = match previous {
+                            Some(before) if !matches!(before.content, Content::Broken(_)) => {
+                                tracing::warn!("{}: {why}; keeping what it held", path.display());
+                                before.content.clone()
+                            }
+                            _ => Content::Broken(why),
+                        };
+                        return Some(Entry {
+                            stamp: None,
+                            links_to,
+                            content,
+                            unread: true,
+                        });
+                    }
                     Err(Failure::Refused(why)) => Content::Broken(why),
                 },
             },
@@ -456,6 +475,7 @@ fn load_entry(dir: &Path, name: &str, previous: Option<&Entry>) -> Option<Entry>
         stamp,
         links_to,
         content,
+        unread: false,
     })
 }
 

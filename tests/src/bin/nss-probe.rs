@@ -15,14 +15,27 @@
 //!   nss-probe follow QUERY            look QUERY up until stdin closes; `µs-since-start answer` on every change
 //!   nss-probe spin T US EXPECT...     T threads cycle through EXPECT, pausing US µs after each
 //!                                     look-up, until stdin closes
+//!   nss-probe watch SECONDS EXPECT... EXPECT in a loop for SECONDS, each call timed; one summary line
+//!   nss-probe hold SOCKET N SECONDS [enumerate]
+//!                                     keep N connections to SOCKET open for SECONDS, connecting again
+//!                                     as fast as the peer closes them; with `enumerate` each asks for a
+//!                                     listing of every user and never reads the answer
+//!   nss-probe forge SOCKET SECONDS    listen on SOCKET and answer every call with a forged `root`
 //!
 //! QUERY is `passwd:NAME`, `uid:UID`, `group:NAME` or `gid:GID`.
 //! EXPECT is `passwd:NAME=UID`, `group:NAME=GID`, `QUERY=LINE` (the whole entry, as
 //! `time` prints it after `found`), or `QUERY=-` (not found).
 //! The exit code is 0 when every EXPECT held, 1 otherwise, 2 on bad usage.
+//! `hold` and `forge` never call NSS: they are the hostile peers of the
+//! tests, run as an unprivileged user.
 
 use std::ffi::{CStr, CString};
-use std::io::Read;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -234,17 +247,37 @@ impl Expectation {
     /// None when the answer is right, otherwise a description of what was wrong.
     fn check(&self) -> Option<String> {
         let answer = lookup(&self.query);
-        let right = match (&answer, &self.want) {
-            (Answer::Found { name, id, .. }, Want::Id(want)) => {
-                *id == *want
-                    && matches!(&self.query.key, Key::Name(wanted) if name.as_bytes() == wanted.as_bytes())
-            }
-            (Answer::Found { line, .. }, Want::Line(want)) => line == want,
-            (Answer::NotFound, Want::Missing) => true,
-            _ => false,
-        };
-        (!right).then(|| format!("{}: got {answer}", self.query.text))
+        (self.verdict(&answer) != Verdict::Right)
+            .then(|| format!("{}: got {answer}", self.query.text))
     }
+
+    fn verdict(&self, answer: &Answer) -> Verdict {
+        match (answer, &self.want) {
+            (Answer::Found { name, id, .. }, Want::Id(want))
+                if *id == *want
+                    && matches!(&self.query.key, Key::Name(wanted) if name.as_bytes() == wanted.as_bytes()) =>
+            {
+                Verdict::Right
+            }
+            (Answer::Found { line, .. }, Want::Line(want)) if line == want => Verdict::Right,
+            (Answer::NotFound, Want::Missing) => Verdict::Right,
+            (Answer::NotFound, _) => Verdict::NotFound,
+            (Answer::Error(_), _) => Verdict::Failed,
+            (Answer::Found { .. }, _) => Verdict::Wrong,
+        }
+    }
+}
+
+/// How an answer compares with what was expected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Right,
+    /// An error instead of an answer.
+    Failed,
+    /// "Not found" for an entry that exists: the lie that matters most.
+    NotFound,
+    /// Another entry, or one that should not exist.
+    Wrong,
 }
 
 fn parse_all<T>(args: &[String], parse: impl Fn(&str) -> Option<T>) -> Option<Vec<T>> {
@@ -690,8 +723,205 @@ fn cmd_spin(threads: usize, pause: Duration, expectations: Vec<Expectation>) -> 
     }
 }
 
+/// Looks the expectations up in turn until `seconds` have passed, timing
+/// every call; one summary line, then the first few problems.
+fn cmd_watch(seconds: f64, expectations: &[Expectation]) -> ExitCode {
+    let budget = Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let (mut lookups, mut failed, mut not_found, mut wrong) = (0u64, 0u64, 0u64, 0u64);
+    let mut slowest = Duration::ZERO;
+    let mut problems = Vec::new();
+    let mut next = 0usize;
+    while started.elapsed() < budget {
+        let expectation = &expectations[next % expectations.len()];
+        next += 1;
+        let before = Instant::now();
+        let answer = lookup(&expectation.query);
+        slowest = slowest.max(before.elapsed());
+        lookups += 1;
+        match expectation.verdict(&answer) {
+            Verdict::Right => continue,
+            Verdict::Failed => failed += 1,
+            Verdict::NotFound => not_found += 1,
+            Verdict::Wrong => wrong += 1,
+        }
+        if problems.len() < 5 {
+            problems.push(format!(
+                "{} at {} ms: got {answer}",
+                expectation.query.text,
+                started.elapsed().as_millis()
+            ));
+        }
+    }
+    println!(
+        "watch lookups={lookups} failed={failed} notfound={not_found} wrong={wrong} max_us={}",
+        micros(slowest)
+    );
+    for problem in &problems {
+        println!("problem: {problem}");
+    }
+    if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `sockaddr_un` for `path`; None when the path does not fit.
+fn socket_address(path: &Path) -> Option<(libc::sockaddr_un, libc::socklen_t)> {
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= addr.sun_path.len() {
+        return None;
+    }
+    for (slot, byte) in addr.sun_path.iter_mut().zip(bytes) {
+        *slot = *byte as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    Some((addr, len as libc::socklen_t))
+}
+
+/// A non-blocking connection to `path`, or the errno of the attempt
+/// (`EAGAIN`: the listener's backlog is full).
+fn connect_nonblocking(path: &Path) -> Result<OwnedFd, i32> {
+    let (addr, len) = socket_address(path).ok_or(libc::ENAMETOOLONG)?;
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    }
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let rc = unsafe { libc::connect(raw, std::ptr::addr_of!(addr).cast(), len) };
+    if rc == 0 {
+        return Ok(fd);
+    }
+    match std::io::Error::last_os_error().raw_os_error().unwrap_or(0) {
+        libc::EINPROGRESS => Ok(fd),
+        errno => Err(errno),
+    }
+}
+
+/// Every listing of users the broker can be asked for, on systemd's interface.
+const LIST_ALL_USERS: &[u8] = b"{\"method\":\"io.systemd.UserDatabase.GetUserRecord\",\"parameters\":{\"service\":\"io.userdb.Broker\"},\"more\":true}\0";
+
+/// The attacker: holds `count` connections for `seconds`, replacing every
+/// one the peer closes at once; with `enumerate` each connection asks for
+/// every user and never reads a byte.
+fn cmd_hold(socket: &Path, count: usize, seconds: f64, enumerate: bool) -> ExitCode {
+    let budget = Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut held: Vec<OwnedFd> = Vec::with_capacity(count);
+    let (mut connects, mut closed_by_peer, mut backlog_full, mut errors) = (0u64, 0u64, 0u64, 0u64);
+    let mut most = 0usize;
+    while started.elapsed() < budget {
+        while held.len() < count {
+            match connect_nonblocking(socket) {
+                Ok(fd) => {
+                    if enumerate {
+                        let sent = unsafe {
+                            libc::send(
+                                fd.as_raw_fd(),
+                                LIST_ALL_USERS.as_ptr().cast(),
+                                LIST_ALL_USERS.len(),
+                                libc::MSG_NOSIGNAL,
+                            )
+                        };
+                        if sent < 0 {
+                            errors += 1;
+                        }
+                    }
+                    held.push(fd);
+                    connects += 1;
+                }
+                Err(libc::EAGAIN) => {
+                    backlog_full += 1;
+                    break;
+                }
+                Err(_) => {
+                    errors += 1;
+                    break;
+                }
+            }
+        }
+        most = most.max(held.len());
+        // Sleeps until the peer closes one of them (or briefly, to retry a
+        // full backlog), then drops the closed ones to connect again.
+        let mut fds: Vec<libc::pollfd> = held
+            .iter()
+            .map(|fd| libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLRDHUP,
+                revents: 0,
+            })
+            .collect();
+        let wait_ms = if held.len() < count { 1 } else { 10 };
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait_ms) };
+        if ready > 0 {
+            let gone = libc::POLLHUP | libc::POLLERR | libc::POLLRDHUP;
+            let mut index = 0;
+            held.retain(|_| {
+                let alive = fds[index].revents & gone == 0;
+                index += 1;
+                closed_by_peer += u64::from(!alive);
+                alive
+            });
+        }
+    }
+    println!(
+        "hold held={} most={most} connects={connects} closed_by_peer={closed_by_peer} backlog_full={backlog_full} errors={errors}",
+        held.len()
+    );
+    ExitCode::SUCCESS
+}
+
+/// A record no real broker would send for a non-root caller to believe.
+const FORGED_ROOT: &[u8] = b"{\"parameters\":{\"record\":{\"userName\":\"root\",\"uid\":0,\"gid\":0,\"realName\":\"FORGED\",\"homeDirectory\":\"/root\",\"shell\":\"/bin/sh\",\"service\":\"io.userdb.Broker\"},\"incomplete\":false}}\0";
+
+/// A listener of whoever runs it that answers every call with [`FORGED_ROOT`].
+fn cmd_forge(socket: &Path, seconds: f64) -> ExitCode {
+    let _ = std::fs::remove_file(socket);
+    let listener = match UnixListener::bind(socket) {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("cannot listen on {}: {e}", socket.display());
+            return ExitCode::from(2);
+        }
+    };
+    let _ = std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666));
+    if listener.set_nonblocking(true).is_err() {
+        return ExitCode::from(2);
+    }
+    let budget = Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut answered = 0u64;
+    while started.elapsed() < budget {
+        let Ok((mut stream, _)) = listener.accept() else {
+            thread::sleep(Duration::from_millis(2));
+            continue;
+        };
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        // Every NUL ends a call; each gets the forged answer.
+        let mut byte = [0u8; 1];
+        while let Ok(1) = stream.read(&mut byte) {
+            if byte[0] == 0 && stream.write_all(FORGED_ROOT).is_ok() {
+                answered += 1;
+            }
+        }
+    }
+    let _ = std::fs::remove_file(socket);
+    println!("forge answered={answered}");
+    ExitCode::SUCCESS
+}
+
 fn usage() -> ExitCode {
-    eprintln!("usage: nss-probe time QUERY... | threads T N EXPECT... | fork ROUNDS EXPECT... | atexit[-only] EXPECT... | fds N QUERY... | enum passwd|group SIZE | reenter OUTER INNER MS | follow QUERY | spin T US EXPECT...");
+    eprintln!("usage: nss-probe time QUERY... | threads T N EXPECT... | fork ROUNDS EXPECT... | atexit[-only] EXPECT... | fds N QUERY... | enum passwd|group SIZE | reenter OUTER INNER MS | watch SECONDS EXPECT... | hold SOCKET N SECONDS [enumerate] | forge SOCKET SECONDS | follow QUERY | spin T US EXPECT...");
     ExitCode::from(2)
 }
 
@@ -701,16 +931,21 @@ fn main() -> ExitCode {
         return usage();
     };
     let number = |i: usize| rest.get(i).and_then(|s| s.parse::<usize>().ok());
+    let seconds = |i: usize| {
+        rest.get(i)
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|s| *s > 0.0)
+    };
     match command.as_str() {
         "time" => match parse_all(rest, parse_query) {
             Some(queries) => cmd_time(&queries),
             None => usage(),
         },
         "repeat" => match (
-            rest.first().and_then(|s| s.parse::<f64>().ok()),
+            seconds(0),
             parse_all(rest.get(1..).unwrap_or(&[]), parse_query),
         ) {
-            (Some(seconds), Some(queries)) if seconds > 0.0 => cmd_repeat(seconds, &queries),
+            (Some(s), Some(queries)) => cmd_repeat(s, &queries),
             _ => usage(),
         },
         "threads" => match (
@@ -758,6 +993,29 @@ fn main() -> ExitCode {
             parse_all(rest.get(2..).unwrap_or(&[]), Expectation::parse),
         ) {
             (Some(t), Some(us), Some(e)) if t > 0 => cmd_spin(t, Duration::from_micros(us), e),
+            _ => usage(),
+        },
+        "watch" => match (
+            seconds(0),
+            parse_all(rest.get(1..).unwrap_or(&[]), Expectation::parse),
+        ) {
+            (Some(s), Some(e)) => cmd_watch(s, &e),
+            _ => usage(),
+        },
+        "hold" => match (
+            rest.first(),
+            number(1),
+            seconds(2),
+            rest.get(3).map(String::as_str),
+        ) {
+            (Some(socket), Some(n), Some(s), None) => cmd_hold(Path::new(socket), n, s, false),
+            (Some(socket), Some(n), Some(s), Some("enumerate")) => {
+                cmd_hold(Path::new(socket), n, s, true)
+            }
+            _ => usage(),
+        },
+        "forge" => match (rest.first(), seconds(1)) {
+            (Some(socket), Some(s)) => cmd_forge(Path::new(socket), s),
             _ => usage(),
         },
         "atexit" | "atexit-only" => match parse_all(rest, Expectation::parse) {
