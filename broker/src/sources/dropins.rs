@@ -21,7 +21,7 @@
 //! names (with the companion's record and the links in the same directory
 //! that point at it), and a file that cannot be read keeps what it held.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -154,6 +154,9 @@ struct Entry {
 struct Directory {
     path: PathBuf,
     entries: HashMap<Box<str>, Entry>,
+    /// The names whose entry is `unread`, so that finding them costs
+    /// nothing while idle.
+    unread: HashSet<Box<str>>,
 }
 
 /// The `dropins` source.
@@ -177,6 +180,7 @@ impl DropIns {
                 .map(|path| Directory {
                     path,
                     entries: HashMap::new(),
+                    unread: HashSet::new(),
                 })
                 .collect(),
             data: Arc::default(),
@@ -253,10 +257,18 @@ impl DropIns {
         for (name, entry) in wanted.into_iter().zip(loaded) {
             match entry {
                 Some(entry) => {
+                    if entry.unread {
+                        dir.unread.insert(name.as_str().into());
+                    } else {
+                        dir.unread.remove(name.as_str());
+                    }
                     let previous = dir.entries.insert(name.into(), entry.clone());
                     changed |= previous.as_ref() != Some(&entry);
                 }
-                None => changed |= dir.entries.remove(name.as_str()).is_some(),
+                None => {
+                    dir.unread.remove(name.as_str());
+                    changed |= dir.entries.remove(name.as_str()).is_some();
+                }
             }
         }
         changed
@@ -294,6 +306,7 @@ impl DropIns {
         let dir = &mut self.dirs[index];
         let before = dir.entries.len();
         dir.entries.retain(|name, _| present.contains(&**name));
+        dir.unread.retain(|name| present.contains(&**name));
         let mut changed = dir.entries.len() != before;
         let stale: Vec<String> = names
             .iter()
@@ -356,12 +369,7 @@ impl LocalSource for DropIns {
     fn unread(&self) -> Vec<PathBuf> {
         self.dirs
             .iter()
-            .flat_map(|dir| {
-                dir.entries
-                    .iter()
-                    .filter(|(_, entry)| entry.unread)
-                    .map(|(name, _)| dir.path.join(&**name))
-            })
+            .flat_map(|dir| dir.unread.iter().map(|name| dir.path.join(&**name)))
             .collect()
     }
 
