@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use userdb_broker_tests::fixture::{BASE_GROUP, BASE_PASSWD, BASE_SHADOW, FILESUSER_HASH};
 use userdb_broker_tests::nss::{BROKER_ONLY, FILES_THEN_BROKER, NOBODY};
 use userdb_broker_tests::populated::{

@@ -67,7 +67,10 @@ struct TwoPaths {
 impl TwoPaths {
     fn start(f: &Fixture) -> TwoPaths {
         let with_file = Broker::start(f);
-        let socket_only = Broker::launch(f).socket(&second_socket(f, "socket-only")).socket_only().start();
+        let socket_only = Broker::launch(f)
+            .socket(&second_socket(f, "socket-only"))
+            .socket_only()
+            .start();
         assert!(f.snapshot_path().is_file(), "the broker published no file");
         assert!(
             !path_for(socket_only.socket()).exists(),
@@ -1186,9 +1189,9 @@ fn a_frozen_or_killed_broker_leaves_every_answer_to_the_file_under_a_millisecond
             ms(big_took)
         ));
     };
-    broker.freeze();
+    broker.signal(libc::SIGSTOP);
     check("frozen (SIGSTOP)");
-    broker.thaw();
+    broker.signal(libc::SIGCONT);
     broker.kill();
     check("killed");
     figure("broker frozen and killed", rows.join("; "));
