@@ -179,6 +179,9 @@ impl Watcher {
         for source in &mut self.sources {
             source.refresh(None);
         }
+        // Discovery must know before it first meets PID 1's socket.
+        self.varlink
+            .set_dynamic_users_local(self.dynamic_dir.is_dir());
         self.varlink.maintain();
         self.rebuild();
     }

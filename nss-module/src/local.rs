@@ -10,7 +10,7 @@
 //! where the file is complete.
 
 use userdb_proto::api::LookupOptions;
-use userdb_proto::snapfile::{GroupView, Snapfile, UserView};
+use userdb_proto::snapfile::{GroupView, Invalid, Snapfile, UserView};
 use userdb_proto::visibility;
 
 use crate::client::{Key, Lookup};
@@ -148,12 +148,26 @@ pub struct Listing {
 }
 
 impl Listing {
-    /// A listing of the file, if it holds the whole listing for this caller
-    /// (or the caller may not talk).
-    pub fn open(lookup: &Lookup, options: LookupOptions) -> Option<Listing> {
+    /// A listing of the file's users, if it holds the whole listing for
+    /// this caller (or the caller may not talk) and every record in it is
+    /// sound.
+    pub fn users(lookup: &Lookup, options: LookupOptions) -> Option<Listing> {
+        Listing::open(lookup, options, |file| file.check_users())
+    }
+
+    /// As [`Listing::users`], for groups.
+    pub fn groups(lookup: &Lookup, options: LookupOptions) -> Option<Listing> {
+        Listing::open(lookup, options, |file| file.check_groups())
+    }
+
+    fn open(
+        lookup: &Lookup,
+        options: LookupOptions,
+        check: impl FnOnce(&Snapfile) -> Result<(), Invalid>,
+    ) -> Option<Listing> {
         let mapped = mapping(lookup)?;
         let file = Snapfile::parse(mapped.content()).ok()?;
-        if !whole(&file, lookup, options) {
+        if !whole(&file, lookup, options) || check(&file).is_err() {
             return None;
         }
         Some(Listing {

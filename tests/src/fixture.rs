@@ -396,6 +396,35 @@ impl Fixture {
         self
     }
 
+    /// PID 1's directory of dynamic users below the root.
+    pub fn dynamic_uid_dir(&self) -> PathBuf {
+        self.root.join("run/systemd/dynamic-uid")
+    }
+
+    /// The two links PID 1 keeps for a dynamic user it allocated:
+    /// `direct:NAME` -> UID and `direct:UID` -> NAME (the directory is
+    /// created if missing).
+    pub fn dynamic_user(&self, name: &str, uid: u32) -> &Self {
+        let dir = self.dynamic_uid_dir();
+        create_dir(&dir);
+        for (link, target) in [
+            (name.to_owned(), uid.to_string()),
+            (uid.to_string(), name.to_owned()),
+        ] {
+            let link = dir.join(format!("direct:{link}"));
+            symlink(&target, &link).unwrap_or_else(|e| panic!("symlink {}: {e}", link.display()));
+        }
+        self
+    }
+
+    /// Removes a dynamic user's links, as PID 1 does when its unit stops.
+    pub fn remove_dynamic_user(&self, name: &str, uid: u32) {
+        for key in [name.to_owned(), uid.to_string()] {
+            let link = self.dynamic_uid_dir().join(format!("direct:{key}"));
+            fs::remove_file(&link).unwrap_or_else(|e| panic!("rm {}: {e}", link.display()));
+        }
+    }
+
     pub fn remove_dropin(&self, dir: DropinDir, file_name: &str) {
         let path = self.dropin_path(dir, file_name);
         fs::remove_file(&path).unwrap_or_else(|e| panic!("rm {}: {e}", path.display()));

@@ -13,6 +13,7 @@ pub mod fake;
 pub mod fixture;
 pub mod lines;
 pub mod nss;
+pub mod populated;
 pub mod population;
 pub mod probe;
 pub mod process;

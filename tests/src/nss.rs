@@ -46,6 +46,14 @@ shift 2
 exec "$@"
 "#;
 
+/// What PID 1 gives generators in systemd 252.
+pub const GENERATOR_ENV: [(&str, &str); 4] = [
+    ("SYSTEMD_SCOPE", "system"),
+    ("SYSTEMD_ARCHITECTURE", "x86-64"),
+    ("SYSTEMD_IN_INITRD", "0"),
+    ("SYSTEMD_FIRST_BOOT", "0"),
+];
+
 /// The uid and gid of `nobody` used for unprivileged lookups.
 pub const NOBODY: u32 = 65534;
 
@@ -111,6 +119,13 @@ impl Nss {
         self
     }
 
+    /// Run the command with the environment PID 1 gives generators.
+    pub fn as_generator(self) -> Nss {
+        GENERATOR_ENV
+            .iter()
+            .fold(self, |nss, (k, v)| nss.env(k, *v))
+    }
+
     pub fn limit(mut self, limit: Duration) -> Nss {
         self.limit = limit;
         self
@@ -119,7 +134,21 @@ impl Nss {
     /// The command that runs `argv` in the namespace, with a clean
     /// environment holding only what the lookup needs.
     pub fn command(&self, argv: &[impl AsRef<std::ffi::OsStr>]) -> Command {
-        let mut command = Command::new("unshare");
+        self.command_under(&[], argv)
+    }
+
+    /// As [`Nss::command`], the namespace itself started by `wrapper`
+    /// (a tracer outside the namespace sees the command as it runs there,
+    /// PID 1 included).
+    fn command_under(&self, wrapper: &[&str], argv: &[impl AsRef<std::ffi::OsStr>]) -> Command {
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg("unshare");
+                c
+            }
+            None => Command::new("unshare"),
+        };
         command.args(["--mount", "--propagation", "private"]);
         if self.as_pid1 {
             command.args(["--pid", "--fork", "--kill-child", "--mount-proc"]);
@@ -212,18 +241,41 @@ impl Nss {
         format!("[{}] {}", self.label, argv.join(" "))
     }
 
+    /// The command that runs `argv` in the namespace under strace, every
+    /// `connect` written to `trace`. strace starts the namespace, so a
+    /// command run as PID 1 is traced too; the seccomp filter stops only
+    /// `connect`, so tracing costs next to nothing per look-up.
+    pub fn traced_command(&self, argv: &[impl AsRef<std::ffi::OsStr>], trace: &Path) -> Command {
+        let trace = trace.display().to_string();
+        let strace = [
+            "strace",
+            "-f",
+            "-qq",
+            "--seccomp-bpf",
+            "-e",
+            "trace=connect",
+            "-o",
+            trace.as_str(),
+        ];
+        self.command_under(&strace, argv)
+    }
+
+    /// A file for [`Nss::traced_command`] beside the test's nsswitch.conf.
+    pub fn trace_file(&self) -> PathBuf {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        self.nsswitch.with_file_name(format!(
+            "strace.{}.log",
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+
     /// Runs `argv` under strace; what it did and how many times it
     /// connected to `socket`.
     pub fn connections(&self, argv: &[&str], socket: &Path) -> (Outcome, usize) {
-        let mut full = vec!["strace", "-f", "-qq", "-e", "trace=connect"];
-        full.extend_from_slice(argv);
-        let out = self.run(&full);
-        let socket = socket.display().to_string();
-        let count = out
-            .stderr
-            .lines()
-            .filter(|l| l.contains("connect(") && l.contains(&socket))
-            .count();
+        let trace = self.trace_file();
+        let out = process::run(self.traced_command(argv, &trace), self.limit);
+        let count = connections_in(&trace, socket)
+            .unwrap_or_else(|e| panic!("read {}: {e}\n{}", trace.display(), out.describe()));
         (out, count)
     }
 
@@ -250,6 +302,17 @@ pub fn as_user<S: AsRef<std::ffi::OsStr>>(uid: u32, argv: &[S]) -> Vec<OsString>
     ];
     full.extend(argv.iter().map(|a| a.as_ref().to_os_string()));
     full
+}
+
+/// The connections to `socket` an strace log shows (the log is removed).
+pub fn connections_in(trace: &Path, socket: &Path) -> std::io::Result<usize> {
+    let traced = fs::read_to_string(trace)?;
+    let _ = fs::remove_file(trace);
+    let socket = socket.display().to_string();
+    Ok(traced
+        .lines()
+        .filter(|l| l.contains("connect(") && l.contains(&socket))
+        .count())
 }
 
 /// `<scratch>/lib` holding `libnss_broker.so.2` -> the built module, for

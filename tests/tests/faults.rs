@@ -663,25 +663,13 @@ fn lookup_reentered_from_a_signal_handler_fails_at_once() {
     );
 }
 
-/// What PID 1 gives generators in systemd 252.
-const GENERATOR_ENV: [(&str, &str); 4] = [
-    ("SYSTEMD_SCOPE", "system"),
-    ("SYSTEMD_ARCHITECTURE", "x86-64"),
-    ("SYSTEMD_IN_INITRD", "0"),
-    ("SYSTEMD_FIRST_BOOT", "0"),
-];
-
-fn generator(nss: Nss) -> Nss {
-    GENERATOR_ENV.iter().fold(nss, |nss, (k, v)| nss.env(k, *v))
-}
-
 #[test]
 fn generator_context_never_connects_and_answers_from_the_file() {
     let _serial = exclusive();
     let f = fixture_with_alice();
     {
         let fake = FakeBroker::start(&f.socket_path(), Behaviour::NeverAnswer);
-        let nss = generator(Nss::new(&f, BROKER_ONLY));
+        let nss = Nss::new(&f, BROKER_ONLY).as_generator();
         assert_row("generator environment, hung broker, no file", 5.0, || {
             let run = probe::time(&nss, &["group:nosuchgroup"]);
             assert_failed(run.first());
@@ -694,12 +682,12 @@ fn generator_context_never_connects_and_answers_from_the_file() {
         );
     }
     let broker = Broker::start(&f);
-    let nss = generator(Nss::new(&f, BROKER_ONLY));
+    let nss = Nss::new(&f, BROKER_ONLY).as_generator();
     let (out, connections) = nss.connections(&["getent", "passwd", "alice"], broker.socket());
     out.assert_code(0, "generator, live broker");
     assert_eq!(out.stdout.trim_end(), ALICE_LINE);
     assert_eq!(connections, 0, "a generator connected\n{}", out.describe());
-    let merged = generator(Nss::new(&f, FILES_THEN_BROKER));
+    let merged = Nss::new(&f, FILES_THEN_BROKER).as_generator();
     let out = merged.run(&["getent", "group", "wheel"]);
     out.assert_code(0, "generator, live broker, merge");
     assert_eq!(out.stdout, "wheel:x:10:filesuser,alice\n");

@@ -551,10 +551,18 @@ impl VarlinkSources {
         }
     }
 
-    /// Tells discovery whether PID 1's dynamic users are read locally.
+    /// Tells discovery whether PID 1's dynamic users are read locally; from
+    /// the moment they are, PID 1's services are no longer sources (not
+    /// only from the next discovery).
     pub fn set_dynamic_users_local(&self, local: bool) {
         self.dynamic_users_local
             .store(local, std::sync::atomic::Ordering::Relaxed);
+        if local {
+            match self.current.write() {
+                Ok(mut list) => list.retain(|s| !s.info.pid1_users),
+                Err(poisoned) => poisoned.into_inner().retain(|s| !s.info.pid1_users),
+            }
+        }
     }
 
     /// Every known service, in name order.
@@ -733,6 +741,7 @@ impl VarlinkSources {
                 .iter()
                 .find(|s| s.info.name == name && s.identity == identity);
             found.push(match known {
+                Some(s) if s.info.pid1_users && dynamic_local => continue,
                 Some(s) => Arc::clone(s),
                 None => {
                     let pid1 = name == DYNAMIC_USER || listener_is_pid1(&path, timeout);

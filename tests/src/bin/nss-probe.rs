@@ -12,6 +12,9 @@
 //!   nss-probe fds N QUERY...          open descriptors after one round of QUERY and after N more
 //!   nss-probe enum passwd|group SIZE  enumerate with a SIZE-byte buffer doubled on every ERANGE
 //!   nss-probe reenter OUTER INNER MS  look up OUTER; after MS ms a SIGALRM handler looks up INNER
+//!   nss-probe follow QUERY            look QUERY up until stdin closes; `µs-since-start answer` on every change
+//!   nss-probe spin T US EXPECT...     T threads cycle through EXPECT, pausing US µs after each
+//!                                     look-up, until stdin closes
 //!   nss-probe watch SECONDS EXPECT... EXPECT in a loop for SECONDS, each call timed; one summary line
 //!   nss-probe hold SOCKET N SECONDS [enumerate]
 //!                                     keep N connections to SOCKET open for SECONDS, connecting again
@@ -20,7 +23,8 @@
 //!   nss-probe forge SOCKET SECONDS    listen on SOCKET and answer every call with a forged `root`
 //!
 //! QUERY is `passwd:NAME`, `uid:UID`, `group:NAME` or `gid:GID`.
-//! EXPECT is `passwd:NAME=UID`, `group:NAME=GID`, or `passwd:NAME=-` (not found).
+//! EXPECT is `passwd:NAME=UID`, `group:NAME=GID`, `QUERY=LINE` (the whole entry, as
+//! `time` prints it after `found`), or `QUERY=-` (not found).
 //! The exit code is 0 when every EXPECT held, 1 otherwise, 2 on bad usage.
 //! `hold` and `forge` never call NSS: they are the hostile peers of the
 //! tests, run as an unprivileged user.
@@ -33,7 +37,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -214,22 +218,30 @@ fn lookup_group(query: &Query, buf: &mut [libc::c_char]) -> Result<Answer, i32> 
 #[derive(Debug, Clone)]
 struct Expectation {
     query: Query,
-    /// `None`: must not be found.
-    id: Option<u32>,
+    want: Want,
+}
+
+#[derive(Debug, Clone)]
+enum Want {
+    /// Found, with the name asked for and this id.
+    Id(u32),
+    /// Found, printing exactly this line.
+    Line(String),
+    Missing,
 }
 
 impl Expectation {
     fn parse(text: &str) -> Option<Expectation> {
-        let (query, id) = text.rsplit_once('=')?;
+        let (query, want) = text.split_once('=')?;
         let query = parse_query(query)?;
-        if !matches!(query.key, Key::Name(_)) {
-            return None;
-        }
-        let id = match id {
-            "-" => None,
-            n => Some(n.parse().ok()?),
+        let want = match want {
+            "-" => Want::Missing,
+            line if line.contains(':') => Want::Line(line.to_owned()),
+            // The id check compares the name too.
+            n if matches!(query.key, Key::Name(_)) => Want::Id(n.parse().ok()?),
+            _ => return None,
         };
-        Some(Expectation { query, id })
+        Some(Expectation { query, want })
     }
 
     /// None when the answer is right, otherwise a description of what was wrong.
@@ -240,17 +252,16 @@ impl Expectation {
     }
 
     fn verdict(&self, answer: &Answer) -> Verdict {
-        let Key::Name(wanted) = &self.query.key else {
-            return Verdict::Wrong;
-        };
-        match (answer, self.id) {
-            (Answer::Found { name, id, .. }, Some(want))
-                if *id == want && name.as_bytes() == wanted.as_bytes() =>
+        match (answer, &self.want) {
+            (Answer::Found { name, id, .. }, Want::Id(want))
+                if *id == *want
+                    && matches!(&self.query.key, Key::Name(wanted) if name.as_bytes() == wanted.as_bytes()) =>
             {
                 Verdict::Right
             }
-            (Answer::NotFound, None) => Verdict::Right,
-            (Answer::NotFound, Some(_)) => Verdict::NotFound,
+            (Answer::Found { line, .. }, Want::Line(want)) if line == want => Verdict::Right,
+            (Answer::NotFound, Want::Missing) => Verdict::Right,
+            (Answer::NotFound, _) => Verdict::NotFound,
             (Answer::Error(_), _) => Verdict::Failed,
             (Answer::Found { .. }, _) => Verdict::Wrong,
         }
@@ -626,6 +637,92 @@ fn cmd_fds(rounds: usize, queries: &[Query]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// A flag raised once stdin reaches its end: the test's way of saying "stop".
+fn stop_at_end_of_stdin() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let raised = Arc::clone(&stop);
+    thread::spawn(move || {
+        let mut sink = [0u8; 256];
+        let mut stdin = std::io::stdin();
+        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+        raised.store(true, Ordering::SeqCst);
+    });
+    stop
+}
+
+/// Looks `query` up back to back and prints each answer that differs from
+/// the one before, with the µs since the start: the test changes the data
+/// and reads how soon this one process sees it.
+fn cmd_follow(query: &Query) -> ExitCode {
+    let stop = stop_at_end_of_stdin();
+    let started = Instant::now();
+    let mut last: Option<Answer> = None;
+    let mut lookups: u64 = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let answer = lookup(query);
+        lookups += 1;
+        if last.as_ref() != Some(&answer) {
+            println!("{}\t{answer}", micros(started.elapsed()));
+            last = Some(answer);
+        }
+        thread::sleep(Duration::from_micros(200));
+    }
+    println!("lookups={lookups}");
+    ExitCode::SUCCESS
+}
+
+/// T threads look up EXPECT in turn, each pausing `pause` after every
+/// look-up, until stdin closes (the test watches the process from outside
+/// meanwhile).
+fn cmd_spin(threads: usize, pause: Duration, expectations: Vec<Expectation>) -> ExitCode {
+    let stop = stop_at_end_of_stdin();
+    let expectations = Arc::new(expectations);
+    let done = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let (expectations, stop, done) = (
+                Arc::clone(&expectations),
+                Arc::clone(&stop),
+                Arc::clone(&done),
+            );
+            thread::spawn(move || {
+                let mut wrong = Vec::new();
+                let mut i = t;
+                while !stop.load(Ordering::SeqCst) {
+                    if let Some(problem) = expectations[i % expectations.len()].check() {
+                        wrong.push(problem);
+                    }
+                    i += 1;
+                    done.fetch_add(1, Ordering::Relaxed);
+                    thread::sleep(pause);
+                }
+                wrong
+            })
+        })
+        .collect();
+    let mut wrong = Vec::new();
+    let mut crashed = 0;
+    for worker in workers {
+        match worker.join() {
+            Ok(w) => wrong.extend(w),
+            Err(_) => crashed += 1,
+        }
+    }
+    println!(
+        "lookups={} wrong={} crashed_threads={crashed}",
+        done.load(Ordering::SeqCst),
+        wrong.len()
+    );
+    for problem in wrong.iter().take(5) {
+        println!("wrong: {problem}");
+    }
+    if wrong.is_empty() && crashed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 /// Looks the expectations up in turn until `seconds` have passed, timing
 /// every call; one summary line, then the first few problems.
 fn cmd_watch(seconds: f64, expectations: &[Expectation]) -> ExitCode {
@@ -824,7 +921,7 @@ fn cmd_forge(socket: &Path, seconds: f64) -> ExitCode {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: nss-probe time QUERY... | threads T N EXPECT... | fork ROUNDS EXPECT... | atexit[-only] EXPECT... | fds N QUERY... | enum passwd|group SIZE | reenter OUTER INNER MS | watch SECONDS EXPECT... | hold SOCKET N SECONDS [enumerate] | forge SOCKET SECONDS");
+    eprintln!("usage: nss-probe time QUERY... | threads T N EXPECT... | fork ROUNDS EXPECT... | atexit[-only] EXPECT... | fds N QUERY... | enum passwd|group SIZE | reenter OUTER INNER MS | watch SECONDS EXPECT... | hold SOCKET N SECONDS [enumerate] | forge SOCKET SECONDS | follow QUERY | spin T US EXPECT...");
     ExitCode::from(2)
 }
 
@@ -884,6 +981,18 @@ fn main() -> ExitCode {
             parse_all(rest.get(1..).unwrap_or(&[]), parse_query),
         ) {
             (Some(rounds), Some(queries)) => cmd_fds(rounds, &queries),
+            _ => usage(),
+        },
+        "follow" => match rest.first().and_then(|q| parse_query(q)) {
+            Some(query) if rest.len() == 1 => cmd_follow(&query),
+            _ => usage(),
+        },
+        "spin" => match (
+            number(0),
+            rest.get(1).and_then(|n| n.parse::<u64>().ok()),
+            parse_all(rest.get(2..).unwrap_or(&[]), Expectation::parse),
+        ) {
+            (Some(t), Some(us), Some(e)) if t > 0 => cmd_spin(t, Duration::from_micros(us), e),
             _ => usage(),
         },
         "watch" => match (
