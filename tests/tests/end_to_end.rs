@@ -768,7 +768,7 @@ fn unprivileged_peer_gets_the_record_without_privileged_data() {
     assert_eq!(broker.user_record("alice", Some(NOBODY)), expected);
 }
 
-/// DESIGN.md: exactly these symbols are public.
+/// Exactly these symbols are public: the NSS entry points glibc looks for, nothing else.
 const EXPORTED: [&str; 16] = [
     "_nss_broker_endgrent",
     "_nss_broker_endpwent",
