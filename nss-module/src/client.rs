@@ -229,8 +229,8 @@ impl Lookup {
     }
 
     /// Where the broker publishes its snapshot file.
-    pub fn snapshot_path(&self) -> std::path::PathBuf {
-        userdb_proto::snapfile::path_for(&self.plan.socket)
+    pub fn snapshot_path(&self) -> &Path {
+        &self.plan.snapshot
     }
 
     pub fn now_ms(&self) -> u64 {

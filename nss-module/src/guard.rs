@@ -10,10 +10,12 @@
 //! The decisions are pure functions of an environment lookup and the pid, so
 //! they are tested directly; `ffi` supplies `secure_getenv` and `getpid`.
 
+use std::borrow::Cow;
 use std::cell::Cell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use userdb_proto::snapfile::{self, DEFAULT_SNAPSHOT_PATH};
 use userdb_proto::{BROKER_SERVICE, DEFAULT_SOCKET_PATH};
 
 /// Set by the broker in its own environment, and by anyone who wants this
@@ -29,6 +31,26 @@ pub const DYNAMIC_BYPASS_VAR: &str = "SYSTEMD_NSS_DYNAMIC_BYPASS";
 /// The unit the service manager is resolving `User=`/`Group=` for.
 pub const ACTIVATION_UNIT_VAR: &str = "SYSTEMD_ACTIVATION_UNIT";
 pub const BROKER_UNIT: &str = "userdb-brokerd.service";
+/// What PID 1 gives generators, and services only (see [`is_generator`]).
+const SCOPE_VAR: &str = "SYSTEMD_SCOPE";
+const ARCHITECTURE_VAR: &str = "SYSTEMD_ARCHITECTURE";
+const EXEC_PID_VAR: &str = "SYSTEMD_EXEC_PID";
+const INVOCATION_VAR: &str = "INVOCATION_ID";
+
+/// Every variable the guard reads: the caller may look them all up in one
+/// pass over the environment, before the guard asks.
+pub const VARIABLES: [&str; 10] = [
+    BYPASS_VAR,
+    SOCKET_VAR,
+    TIMEOUT_VAR,
+    SYSTEMD_BYPASS_VAR,
+    DYNAMIC_BYPASS_VAR,
+    ACTIVATION_UNIT_VAR,
+    SCOPE_VAR,
+    ARCHITECTURE_VAR,
+    EXEC_PID_VAR,
+    INVOCATION_VAR,
+];
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// `USERDB_BROKER_TIMEOUT_MS` is clamped to this range.
@@ -63,7 +85,11 @@ pub enum Silence {
 /// How a call that passed the guard may talk to the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    pub socket: PathBuf,
+    /// Borrowed for the default paths, so that a call allocates nothing
+    /// for them.
+    pub socket: Cow<'static, Path>,
+    /// Where the broker on `socket` publishes its snapshot file.
+    pub snapshot: Cow<'static, Path>,
     /// Set when the call may not open a socket, with the reason.
     pub silent: Option<Silence>,
     /// The deadline of one call, and of each wait for the next reply of a
@@ -121,8 +147,8 @@ fn systemd_bypasses_us(value: Option<String>) -> bool {
 /// generators, which get no `SYSTEMD_SCOPE`). A false positive only costs a
 /// shorter deadline and answers without PID 1's dynamic users.
 pub fn is_generator(env: &dyn Fn(&str) -> Option<String>) -> bool {
-    let unit_generator = env("SYSTEMD_SCOPE").is_some() && env("SYSTEMD_ARCHITECTURE").is_some();
-    let spawned_not_service = env("SYSTEMD_EXEC_PID").is_some() && env("INVOCATION_ID").is_none();
+    let unit_generator = env(SCOPE_VAR).is_some() && env(ARCHITECTURE_VAR).is_some();
+    let spawned_not_service = env(EXEC_PID_VAR).is_some() && env(INVOCATION_VAR).is_none();
     unit_generator || spawned_not_service
 }
 
@@ -152,11 +178,20 @@ pub fn plan(env: &dyn Fn(&str) -> Option<String>, pid: u32) -> Result<Plan, Refu
     if generator {
         timeout = timeout.min(GENERATOR_TIMEOUT);
     }
-    let socket = env(SOCKET_VAR)
-        .filter(|path| !path.is_empty())
-        .unwrap_or_else(|| DEFAULT_SOCKET_PATH.to_owned());
+    let (socket, snapshot) = match env(SOCKET_VAR).filter(|path| !path.is_empty()) {
+        Some(path) => {
+            let socket = PathBuf::from(path);
+            let snapshot = snapfile::path_for(&socket);
+            (Cow::Owned(socket), Cow::Owned(snapshot))
+        }
+        None => (
+            Cow::Borrowed(Path::new(DEFAULT_SOCKET_PATH)),
+            Cow::Borrowed(Path::new(DEFAULT_SNAPSHOT_PATH)),
+        ),
+    };
     Ok(Plan {
-        socket: PathBuf::from(socket),
+        socket,
+        snapshot,
         silent,
         timeout,
         // A generator's whole listing gets no more than one call: PID 1 waits.
@@ -207,9 +242,36 @@ mod tests {
     }
 
     #[test]
+    fn the_guard_asks_for_no_variable_outside_its_list() {
+        let asked = std::cell::RefCell::new(Vec::new());
+        let env = |name: &str| {
+            asked.borrow_mut().push(name.to_owned());
+            // Present, so that every branch that reads more is taken.
+            Some("x".to_owned())
+        };
+        let _ = plan(&env, 4242);
+        let _ = is_generator(&|name: &str| {
+            asked.borrow_mut().push(name.to_owned());
+            None
+        });
+        let asked = asked.into_inner();
+        assert!(asked.len() >= VARIABLES.len(), "{asked:?}");
+        for name in &asked {
+            assert!(
+                VARIABLES.contains(&name.as_str()),
+                "{name} is not in VARIABLES"
+            );
+        }
+    }
+
+    #[test]
     fn defaults_without_environment() {
         let plan = plan(&env_of(&[]), 4242).unwrap();
-        assert_eq!(plan.socket, PathBuf::from(DEFAULT_SOCKET_PATH));
+        assert_eq!(plan.socket, Path::new(DEFAULT_SOCKET_PATH));
+        assert_eq!(
+            plan.snapshot,
+            snapfile::path_for(Path::new(DEFAULT_SOCKET_PATH))
+        );
         assert_eq!(plan.timeout, DEFAULT_TIMEOUT);
         assert_eq!(plan.listing_limit, LISTING_LIMIT);
         assert_eq!(plan.silent, None);
@@ -306,7 +368,8 @@ mod tests {
         let env = env_of(&[(TIMEOUT_VAR, "250"), (SOCKET_VAR, "/tmp/x.sock")]);
         let p = plan(&env, 4242).unwrap();
         assert_eq!(p.timeout, Duration::from_millis(250));
-        assert_eq!(p.socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(p.socket, Path::new("/tmp/x.sock"));
+        assert_eq!(p.snapshot, Path::new("/tmp/snapshot"));
         for (value, expected) in [
             ("0", MIN_TIMEOUT),
             ("999999999", MAX_TIMEOUT),

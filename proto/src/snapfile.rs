@@ -56,6 +56,10 @@ use crate::visibility::Origin;
 /// The file's name, in the directory of the broker's socket.
 pub const FILE_NAME: &str = "snapshot";
 
+/// Where the broker on the default socket publishes it
+/// (`path_for(DEFAULT_SOCKET_PATH)`, spelt out so that finding it costs nothing).
+pub const DEFAULT_SNAPSHOT_PATH: &str = "/run/userdb-broker/snapshot";
+
 /// Where the broker listening on `socket` publishes its snapshot file.
 pub fn path_for(socket: &Path) -> PathBuf {
     socket.with_file_name(FILE_NAME)
@@ -778,6 +782,14 @@ mod tests {
         caller_reads_files: false,
         dynamic_bypass: true,
     };
+
+    #[test]
+    fn the_default_snapshot_path_is_the_default_sockets() {
+        assert_eq!(
+            path_for(Path::new(crate::DEFAULT_SOCKET_PATH)),
+            Path::new(DEFAULT_SNAPSHOT_PATH)
+        );
+    }
 
     fn user<'a>(name: &'a str, uid: u32, origin: Origin) -> UserIn<'a> {
         UserIn {
