@@ -6,7 +6,7 @@ use std::os::unix::fs::symlink;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use userdb_broker_tests::{artifacts, Broker, DropinDir, Fixture, Nss};
+use userdb_broker_tests::{artifacts, Broker, Fixture, Nss};
 
 use crate::data;
 
@@ -66,8 +66,8 @@ impl Lines {
     }
 }
 
-/// Makes drop-ins in the fixture's `etc/userdb` visible to nss-systemd at
-/// `/run/userdb` inside the namespace (a tmpfs over `/run` hides everything
+/// Makes the fixture's drop-ins ([`data::systemd_dropins`]) visible to
+/// nss-systemd at `/run/userdb` inside the namespace (a tmpfs over `/run` hides everything
 /// else there, including any userdb service sockets), then runs the command.
 /// Every backend runs under it, so that all see the same namespace.
 const SHOW_DROPINS: &str = r#"set -e
@@ -128,7 +128,7 @@ impl Served {
     /// Runs `program ARGS...` (the probe, or valgrind running it) with
     /// `backend`; its stdout, or why it failed.
     pub fn run(&self, backend: Backend, lines: Lines, argv: &[String]) -> Result<String, String> {
-        let dropins = self.fixture.root().join(DropinDir::Etc.relative());
+        let dropins = data::systemd_dropins(&self.fixture);
         let mut full: Vec<String> = vec![
             "sh".into(),
             "-c".into(),

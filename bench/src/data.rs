@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::os::unix::fs::symlink;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use userdb_broker_tests::{DropinDir, Fixture};
@@ -75,15 +75,24 @@ fn write_etc(fixture: &Fixture, db: &str, lines: Vec<String>) {
     fixture.replace_etc_file(db, &all);
 }
 
+/// Where [`both_forms`] writes its drop-ins: beside the fixture's root,
+/// not in it, so that only nss-systemd reads them (the look-up namespace
+/// mounts them at `/run/userdb`) and the broker serves the /etc lines.
+pub fn systemd_dropins(fixture: &Fixture) -> PathBuf {
+    fixture.scratch().join("systemd-userdb")
+}
+
 /// `size` users and `size` groups, each both an /etc line (what `files`
-/// reads) and a drop-in (what `systemd` reads), the same entry in both;
+/// and the broker read) and a drop-in (what `systemd` reads), the same
+/// entry in both;
 /// user `i` is a member of group `i`. Plus [`MANY_USER`], a member of the
 /// first [`MANY_GROUPS`] groups (never of the last one, which the
 /// look-ups use), with the first as its primary group: listed on those
 /// groups' lines and records and as `.membership` drop-ins.
 pub fn both_forms(size: u32) -> Fixture {
     let fixture = Fixture::new();
-    let dir = fixture.root().join(DropinDir::Etc.relative());
+    let dir = systemd_dropins(&fixture);
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
     let mut dropins = DropinWriter {
         dir: &dir,
         files: 0,

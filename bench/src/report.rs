@@ -94,8 +94,9 @@ pub fn preamble(options: &Options) {
          names the module; the cells take turns, {} rounds, each look-up repeated for {} s per round \
          (at least 3 times) and timed call by call with CLOCK_MONOTONIC; a figure is the median over \
          the rounds of that round's p50 (or p90). The data are the same for every module: each user \
-         and group is an /etc line and a drop-in; `file path` and `socket path` are two brokers on \
-         them, one publishing the snapshot file and one with `snapshot_file = false`.",
+         and group is an /etc line (read by files and by the broker) and a drop-in (read by \
+         nss-systemd only); `file path` and `socket path` are two brokers on them, one publishing \
+         the snapshot file and one with `snapshot_file = false`.",
         options.rounds, options.seconds
     );
 }

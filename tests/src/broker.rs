@@ -35,20 +35,41 @@ impl Broker {
 
     /// Same, on another socket path.
     pub fn start_at(fixture: &Fixture, socket: &Path) -> Broker {
-        Self::launch(fixture, socket, None, None)
+        Self::launch(fixture, socket, None, None, READY_LIMIT)
     }
 
     /// Same, with `config` written to a file and passed as `--config`.
     pub fn start_with_config(fixture: &Fixture, config: &str) -> Broker {
+        Self::start_with_config_within(fixture, config, READY_LIMIT)
+    }
+
+    /// Same, waiting up to `ready_limit` for READY=1 (a very large root).
+    pub fn start_with_config_within(
+        fixture: &Fixture,
+        config: &str,
+        ready_limit: Duration,
+    ) -> Broker {
         let path = fixture.scratch().join("broker.toml");
         fs::write(&path, config).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-        Self::launch(fixture, &fixture.socket_path(), None, Some(&path))
+        Self::launch(
+            fixture,
+            &fixture.socket_path(),
+            None,
+            Some(&path),
+            ready_limit,
+        )
     }
 
     /// Starts the broker inside `nss`'s namespace, so that its own lookups
     /// (if it made any) would go through that nsswitch.conf and the module.
     pub fn start_under(fixture: &Fixture, nss: &Nss) -> Broker {
-        Self::launch(fixture, &fixture.socket_path(), Some(nss), None)
+        Self::launch(
+            fixture,
+            &fixture.socket_path(),
+            Some(nss),
+            None,
+            READY_LIMIT,
+        )
     }
 
     fn launch(
@@ -56,6 +77,7 @@ impl Broker {
         socket: &Path,
         nss: Option<&Nss>,
         config: Option<&Path>,
+        ready_limit: Duration,
     ) -> Broker {
         let scratch = fixture.scratch();
         let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
@@ -108,16 +130,16 @@ impl Broker {
             socket: socket.to_path_buf(),
             log,
         };
-        broker.wait_ready(&notify);
+        broker.wait_ready(&notify, ready_limit);
         let _ = fs::remove_file(&notify_path);
         broker
     }
 
-    fn wait_ready(&mut self, notify: &UnixDatagram) {
+    fn wait_ready(&mut self, notify: &UnixDatagram, limit: Duration) {
         let started = Instant::now();
         let mut buf = [0u8; 4096];
         let _ = notify.set_read_timeout(Some(Duration::from_millis(50)));
-        while started.elapsed() < READY_LIMIT {
+        while started.elapsed() < limit {
             if let Ok(len) = notify.recv(&mut buf) {
                 let message = String::from_utf8_lossy(&buf[..len]);
                 if message.lines().any(|line| line == "READY=1") {
@@ -132,7 +154,7 @@ impl Broker {
             }
         }
         panic!(
-            "userdb-brokerd sent no READY=1 within {READY_LIMIT:?}\n{}",
+            "userdb-brokerd sent no READY=1 within {limit:?}\n{}",
             self.log()
         );
     }
