@@ -172,10 +172,14 @@ pub fn run(
             let t = std::time::Instant::now();
             let figures = run_cell(served, cell, budget, &mut results.timer)?;
             eprintln!(
-                "userdb-broker-bench:   {} users, {} ({:?}): {:.1} s",
+                "userdb-broker-bench:   {} users, {}, {}: {:.1} s",
                 cell.size,
-                cell.backend.label(),
-                cell.lines,
+                cell.lines.nsswitch(cell.backend).replace('\n', "; "),
+                if cell.items.contains(&Item::Id) {
+                    "id"
+                } else {
+                    "look-ups"
+                },
                 t.elapsed().as_secs_f64()
             );
             for (item, figures) in figures {
