@@ -2,14 +2,22 @@
 # Installs userdb-broker the way a distribution package would:
 #   libnss_broker.so.2  -> the multiarch libdir (glibc dlopen()s it by name)
 #   userdb-brokerd      -> $PREFIX/sbin, userdb-brokerctl -> $PREFIX/bin
-#   the systemd unit, the tmpfiles.d entry, the docs.
+#   the systemd unit, the tmpfiles.d entry, the docs;
+#   the default configuration /etc/userdb-broker/userdb-brokerd.toml
+#   (only when there is none: an administrator's file is never replaced);
+#   man pages and shell completions from ASSETS_DIR, the output of
+#   `cargo run -p xtask -- dist-assets ASSETS_DIR`, uncompressed.
 # It never edits nsswitch.conf: run `userdb-brokerctl enable` for that.
 #
 # Variables: DESTDIR (staging root, default none), PREFIX (default /usr),
-# LIBDIR (module directory, default: detected), UNITDIR, TMPFILESDIR,
-# TARGET_DIR (cargo output, default <repo>/target/release).
+# SYSCONFDIR (default /etc), LIBDIR (module directory, default: detected),
+# SBINDIR, BINDIR, UNITDIR, TMPFILESDIR, DOCDIR, MANDIR, BASHCOMPDIR,
+# ZSHCOMPDIR, FISHCOMPDIR, TARGET_DIR (cargo output, default
+# <repo>/target/release), ASSETS_DIR (default <repo>/target/dist-assets).
 # Every file and directory it creates is listed in a manifest that
-# uninstall.sh reads, so uninstalling removes exactly what was added.
+# uninstall.sh reads, so uninstalling removes exactly what was added; the
+# configuration file is listed with its checksum, so that uninstall.sh
+# removes it only while unchanged.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -17,7 +25,9 @@ repo=$(dirname "$here")
 
 DESTDIR=${DESTDIR:-}
 PREFIX=${PREFIX:-/usr}
+SYSCONFDIR=${SYSCONFDIR:-/etc}
 TARGET_DIR=${TARGET_DIR:-${CARGO_TARGET_DIR:-$repo/target}/release}
+ASSETS_DIR=${ASSETS_DIR:-${CARGO_TARGET_DIR:-$repo/target}/dist-assets}
 
 # The directory glibc's loader searches for NSS modules: Debian's multiarch
 # triplet (from dpkg-architecture or gcc when installed), else the directory
@@ -51,6 +61,11 @@ BINDIR=${BINDIR:-$PREFIX/bin}
 UNITDIR=${UNITDIR:-$PREFIX/lib/systemd/system}
 TMPFILESDIR=${TMPFILESDIR:-$PREFIX/lib/tmpfiles.d}
 DOCDIR=${DOCDIR:-$PREFIX/share/doc/userdb-broker}
+MANDIR=${MANDIR:-$PREFIX/share/man}
+BASHCOMPDIR=${BASHCOMPDIR:-$PREFIX/share/bash-completion/completions}
+ZSHCOMPDIR=${ZSHCOMPDIR:-$PREFIX/share/zsh/vendor-completions}
+FISHCOMPDIR=${FISHCOMPDIR:-$PREFIX/share/fish/vendor_completions.d}
+CONFDIR=${CONFDIR:-$SYSCONFDIR/userdb-broker}
 MANIFEST=${MANIFEST:-$PREFIX/share/userdb-broker/install-manifest}
 
 for built in libnss_broker.so userdb-brokerd userdb-brokerctl; do
@@ -60,20 +75,31 @@ for built in libnss_broker.so userdb-brokerd userdb-brokerctl; do
     fi
 done
 
-# Directories this run creates, plus those an earlier install created
-# (a re-install must not forget them).
+# Directories this run creates, plus those an earlier install created, and
+# the configuration file an earlier install put there (a re-install must not
+# forget them).
 created_dirs=()
+previous_conf=()
 if [[ -f $DESTDIR$MANIFEST ]]; then
-    while read -r kind path; do
-        [[ $kind == dir ]] && created_dirs+=("$path")
+    while read -r kind first rest; do
+        case $kind in
+        dir) created_dirs+=("$first") ;;
+        conf) previous_conf+=("$first $rest") ;;
+        esac
     done <"$DESTDIR$MANIFEST"
 fi
 installed_files=()
+installed_conf=()
+
+# A staging root may not exist yet (rpmbuild does not always create it).
+if [[ -n $DESTDIR ]]; then
+    mkdir -p "$DESTDIR"
+fi
 
 make_dir() {
     local dir=$1 missing=() d
     d=$dir
-    while [[ ! -d $DESTDIR$d ]]; do
+    while [[ $d != / && ! -d $DESTDIR$d ]]; do
         missing=("$d" "${missing[@]}")
         d=$(dirname "$d")
     done
@@ -106,9 +132,51 @@ if [[ -f $repo/README.md ]]; then
     put 0644 "$repo/README.md" "$DOCDIR/README.md"
 fi
 
+# The default configuration: every setting commented out, so the broker's
+# built-in defaults apply until the administrator edits it.
+conf_source=$here/userdb-brokerd.toml
+conf=$CONFDIR/userdb-brokerd.toml
+if [[ ! -f $conf_source ]]; then
+    echo "install.sh: $conf_source is missing; no default configuration installed" >&2
+elif [[ -e $DESTDIR$conf ]]; then
+    echo "kept existing $DESTDIR$conf"
+    for entry in "${previous_conf[@]}"; do
+        if [[ ${entry#* } == "$conf" ]]; then
+            installed_conf+=("$entry")
+        fi
+    done
+else
+    make_dir "$CONFDIR"
+    install -m 0644 "$conf_source" "$DESTDIR$conf"
+    installed_conf+=("$(sha256sum <"$DESTDIR$conf" | cut -d' ' -f1) $conf")
+    echo "installed $DESTDIR$conf"
+fi
+
+# Man pages by section (NAME.N into man<N>/), completions by shell.
+if [[ -d $ASSETS_DIR ]]; then
+    for page in "$ASSETS_DIR"/man/*.[1-8]; do
+        if [[ -f $page ]]; then
+            put 0644 "$page" "$MANDIR/man${page##*.}/${page##*/}"
+        fi
+    done
+    for shell_dir in bash:"$BASHCOMPDIR" zsh:"$ZSHCOMPDIR" fish:"$FISHCOMPDIR"; do
+        for completion in "$ASSETS_DIR/completions/${shell_dir%%:*}"/*; do
+            if [[ -f $completion ]]; then
+                put 0644 "$completion" "${shell_dir#*:}/${completion##*/}"
+            fi
+        done
+    done
+else
+    echo "install.sh: no $ASSETS_DIR, so no man pages or completions" \
+        "(cargo run -p xtask -- dist-assets $ASSETS_DIR writes them)" >&2
+fi
+
 make_dir "$(dirname "$MANIFEST")"
 {
     printf 'file %s\n' "${installed_files[@]}"
+    if ((${#installed_conf[@]})); then
+        printf 'conf %s\n' "${installed_conf[@]}"
+    fi
     if ((${#created_dirs[@]})); then
         printf 'dir %s\n' "${created_dirs[@]}" | sort -u
     fi

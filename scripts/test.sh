@@ -12,8 +12,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Debian packages the tests use; installed only when missing. man-db, zsh
-# and fish check the generated man pages and shell completions.
-packages=(systemd systemd-container debootstrap libnss-systemd valgrind strace binutils util-linux procps dpkg-dev man-db zsh fish)
+# and fish check the generated man pages and shell completions, lintian the
+# Debian package.
+packages=(systemd systemd-container debootstrap libnss-systemd valgrind strace binutils util-linux procps dpkg-dev man-db zsh fish lintian)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -52,7 +53,19 @@ for target in $(cargo fuzz list); do
         -max_total_time="$fuzz_seconds" -timeout=10 -print_final_stats=1 2>&1 |
         grep -v -E '^#[0-9]+[[:space:]]+(NEW|REDUCE|pulse)|^".*" # Uses: [0-9]+$'
 done
+echo "== Debian package, checked by lintian"
+# Every tag of every level fails the build unless the package overrides it
+# with a reason (packaging/debian/userdb-broker.lintian-overrides).
+debs=$(packaging/debian/build-deb.sh)
+# shellcheck disable=SC2086 # one path per line, none with spaces
+lintian --pedantic --display-info --display-experimental \
+    --fail-on error,warning,info,pedantic $debs
+# The boot test installs the package just built.
+export USERDB_BROKER_DEB=${debs##*$'\n'}
 # Boots bookworm and trixie, plain and through an initrd, with the broker and
 # the control; the first run debootstraps both trees into the cache.
 echo "== systemd-nspawn boot test (bookworm, trixie; plain, initrd; broker, control)"
 bash tests/nspawn/boot-test.sh
+# Needs the trixie tree the boot test caches, for systemd 257's varlinkctl.
+echo "== generic Varlink clients (Python varlink, systemd 257's varlinkctl)"
+bash tests/varlink-clients/run.sh

@@ -99,7 +99,7 @@ impl Served {
         fs::create_dir_all(&file_dir)
             .unwrap_or_else(|e| panic!("mkdir {}: {e}", file_dir.display()));
         let file_broker = Broker::start_at(&fixture, &file_dir.join("io.userdb.Broker"));
-        let socket_broker = Broker::start_with_config(&fixture, "snapshot_file = false\n");
+        let socket_broker = Broker::launch(&fixture).socket_only().start();
         Served {
             size,
             file_broker,

@@ -131,7 +131,10 @@ pub fn run(users: u32, form: Form, changes: u32) -> Result<Run, String> {
     let (fixture, scale) = data::at_scale(users, form);
     eprintln!("userdb-broker-bench: starting the broker on them");
     let started = monotonic_ns();
-    let broker = Broker::start_with_config_within(&fixture, "log_level = \"debug\"\n", READY_LIMIT);
+    let broker = Broker::launch(&fixture)
+        .config("log_level = \"debug\"\n")
+        .ready_within(READY_LIMIT)
+        .start();
     let ready_ms = (monotonic_ns() - started) as f64 / 1e6;
     let nss = Nss::new(&fixture, "passwd: broker\ngroup: broker\n");
     let last = users - 1;

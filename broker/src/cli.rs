@@ -21,11 +21,14 @@ pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_NOT_FOUND: u8 = 2;
 /// Exit status: the broker is absent or did not answer in time.
 pub const EXIT_UNREACHABLE: u8 = 3;
+/// Exit status: not found where the broker could look, but a source was
+/// down: the user or group may exist there.
+pub const EXIT_INCOMPLETE: u8 = 4;
 /// Exit status: the command line itself is wrong (sysexits' EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
 
 /// The exit statuses of `userdb-brokerctl`, for `--help` and the man page.
-pub const BROKERCTL_EXIT_STATUS: [(u8, &str); 5] = [
+pub const BROKERCTL_EXIT_STATUS: [(u8, &str); 6] = [
     (
         EXIT_OK,
         "Success: the user or group is known, the file is as asked, check found no warning.",
@@ -43,6 +46,11 @@ pub const BROKERCTL_EXIT_STATUS: [(u8, &str); 5] = [
         EXIT_UNREACHABLE,
         "The broker is absent or does not answer within --timeout-ms; the message names \
          the socket.",
+    ),
+    (
+        EXIT_INCOMPLETE,
+        "Not found where the broker could look, but a source was down (status says which): \
+         the user or group may exist there.",
     ),
     (EXIT_USAGE, "The command line is wrong."),
 ];
@@ -205,8 +213,16 @@ pub enum CtlCommand {
         #[arg(value_name = "NAME|UID")]
         user: String,
     },
-    /// The broker's sources, their state and latency, its snapshot and connections
+    /// The broker's version, uptime, configuration, calls by method with latency
+    /// percentiles, and every source with its state and last error
     Status,
+    /// Drop the cached answers of the Varlink services (root only)
+    #[command(
+        long_about = "Drop the cached answers of the Varlink services, so that the next \
+            look-ups ask them again (as nscd -i and sss_cache -E do). Local sources are never \
+            cached: they are re-read when they change. Root only."
+    )]
+    Flush,
     /// Review nsswitch.conf and the daemon's configuration file; exit 1 on a warning
     #[command(
         long_about = "Review nsswitch.conf: warn about lines that can deadlock with PID 1, \

@@ -20,6 +20,8 @@ use crate::cli::Brokerd;
 /// Settings the daemon runs with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    /// The configuration file read, if any.
+    pub file: Option<PathBuf>,
     pub socket: PathBuf,
     pub root: PathBuf,
     pub log_level: String,
@@ -63,6 +65,7 @@ impl Default for VarlinkSettings {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            file: None,
             socket: PathBuf::from(userdb_proto::DEFAULT_SOCKET_PATH),
             root: PathBuf::from("/"),
             log_level: "info".to_owned(),
@@ -162,7 +165,9 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
         self.apply_toml(&text)
-            .map_err(|ConfigError(e)| ConfigError(format!("{}: {e}", path.display())))
+            .map_err(|ConfigError(e)| ConfigError(format!("{}: {e}", path.display())))?;
+        self.file = Some(path.to_path_buf());
+        Ok(())
     }
 
     fn apply_toml(&mut self, text: &str) -> Result<(), ConfigError> {

@@ -14,8 +14,8 @@ use userdb_proto::record::{GroupRecord, UserRecord};
 use userdb_proto::BROKER_SERVICE;
 
 use crate::cli::{
-    self, Brokerctl, CtlCommand, CtlOptions, EXIT_FAILURE, EXIT_NOT_FOUND, EXIT_OK,
-    EXIT_UNREACHABLE,
+    self, Brokerctl, CtlCommand, CtlOptions, EXIT_FAILURE, EXIT_INCOMPLETE, EXIT_NOT_FOUND,
+    EXIT_OK, EXIT_UNREACHABLE,
 };
 use crate::config::{Config, DEFAULT_CONFIG_FILE};
 use crate::nsswitch_config::{self as nsswitch, Edit, EditReport, Finding, Severity};
@@ -24,6 +24,8 @@ use crate::nsswitch_config::{self as nsswitch, Edit, EditReport, Finding, Severi
 #[derive(Debug, PartialEq)]
 pub enum Failure {
     NotFound(String),
+    /// Not found where the broker could look, but some source was down.
+    Incomplete(String),
     Unreachable(String),
     Other(String),
 }
@@ -32,6 +34,7 @@ impl Failure {
     fn exit_code(&self) -> u8 {
         match self {
             Failure::NotFound(_) => EXIT_NOT_FOUND,
+            Failure::Incomplete(_) => EXIT_INCOMPLETE,
             Failure::Unreachable(_) => EXIT_UNREACHABLE,
             Failure::Other(_) => EXIT_FAILURE,
         }
@@ -39,7 +42,10 @@ impl Failure {
 
     fn message(&self) -> &str {
         match self {
-            Failure::NotFound(m) | Failure::Unreachable(m) | Failure::Other(m) => m,
+            Failure::NotFound(m)
+            | Failure::Incomplete(m)
+            | Failure::Unreachable(m)
+            | Failure::Other(m) => m,
         }
     }
 }
@@ -130,6 +136,17 @@ pub fn run(command_line: &Brokerctl, root: &Path) -> Result<Answer, Failure> {
             let status = ctl.call(api::broker::GET_STATUS, json!({}), "status")?;
             ctl.answer(|| status.clone(), || Ok(status_lines(&status)))
         }
+        CtlCommand::Flush => {
+            ctl.call(api::broker::FLUSH, json!({}), "flush")?;
+            ctl.answer(
+                || json!({ "flushed": true }),
+                || {
+                    Ok(vec![
+                        "cached answers of the Varlink services dropped".to_owned()
+                    ])
+                },
+            )
+        }
         CtlCommand::Check { file, config } => ctl.check(&file.file, config.as_deref(), root),
         CtlCommand::Enable { file } => ctl.edit(&file.file, Edit::Enable, root),
         CtlCommand::Disable { file } => ctl.edit(&file.file, Edit::Disable, root),
@@ -219,6 +236,12 @@ impl Ctl {
         match e {
             ClientError::Remote(name) if name == api::userdb::NO_RECORD_FOUND => {
                 Failure::NotFound(format!("{what}: not known"))
+            }
+            ClientError::Remote(name) if name == api::userdb::SERVICE_NOT_AVAILABLE => {
+                Failure::Incomplete(format!(
+                    "{what}: not found, but some sources could not be asked \
+                     (userdb-brokerctl status says which): it may exist there"
+                ))
             }
             ClientError::Remote(name) => {
                 Failure::Other(format!("{what}: the broker answered {name}"))
@@ -440,31 +463,66 @@ pub fn group_line(g: &GroupRecord) -> String {
     format!("{}:x:{}:{}", g.name, g.gid, g.members.join(","))
 }
 
+/// Microseconds as a reader wants them.
+fn duration(us: u64) -> String {
+    match us {
+        0..=999 => format!("{us} µs"),
+        1_000..=999_999 => format!("{:.1} ms", us as f64 / 1e3),
+        1_000_000..=359_999_999 => format!("{:.1} s", us as f64 / 1e6),
+        _ => format!("{:.1} h", us as f64 / 3.6e9),
+    }
+}
+
 fn status_lines(status: &Value) -> Vec<String> {
+    let us = |v: &Value| v.as_u64().unwrap_or(0);
     let mut lines = vec![
         format!(
-            "snapshot generation {}, built {:.1} s ago; {} open connections",
-            status["generation"],
-            status["snapshotAgeUSec"].as_u64().unwrap_or(0) as f64 / 1e6,
-            status["connections"],
+            "userdb-brokerd {}, up {}; configuration {}",
+            status["version"].as_str().unwrap_or("?"),
+            duration(us(&status["uptimeUSec"])),
+            status["configFile"]
+                .as_str()
+                .unwrap_or("(none, built-in defaults)"),
         ),
         format!(
-            "{:<28} {:<8} {:<28} {:>7} {:>7} {:>11} {:>8} {:>10}",
-            "SOURCE", "KIND", "STATE", "USERS", "GROUPS", "MEMBERSHIPS", "PROBLEMS", "LATENCY"
+            "snapshot generation {}, built {} ago; {} open connections",
+            status["generation"],
+            duration(us(&status["snapshotAgeUSec"])),
+            status["connections"],
+        ),
+        String::new(),
+        format!(
+            "{:<44} {:>9} {:>7} {:>9} {:>9} {:>9}",
+            "METHOD", "CALLS", "ERRORS", "P50", "P90", "P99"
         ),
     ];
+    for c in status["calls"].as_array().into_iter().flatten() {
+        lines.push(format!(
+            "{:<44} {:>9} {:>7} {:>9} {:>9} {:>9}",
+            c["method"].as_str().unwrap_or("-"),
+            us(&c["calls"]),
+            us(&c["errors"]),
+            format!("≤{}", duration(us(&c["p50USec"]))),
+            format!("≤{}", duration(us(&c["p90USec"]))),
+            format!("≤{}", duration(us(&c["p99USec"]))),
+        ));
+    }
+    lines.push(String::new());
+    lines.push(format!(
+        "{:<28} {:<8} {:<36} {:>7} {:>7} {:>11} {:>8} {:>10}",
+        "SOURCE", "KIND", "STATE", "USERS", "GROUPS", "MEMBERSHIPS", "PROBLEMS", "LATENCY"
+    ));
+    let mut errors = Vec::new();
     for s in status["sources"].as_array().into_iter().flatten() {
         let text = |k: &str| s[k].as_str().unwrap_or("-").to_owned();
         let count = |k: &str| s[k].as_u64().map_or("-".to_owned(), |n| n.to_string());
-        let latency = s["latencyUSec"]
-            .as_u64()
-            .map_or("-".to_owned(), |us| format!("{:.2} ms", us as f64 / 1e3));
+        let latency = s["latencyUSec"].as_u64().map_or("-".to_owned(), duration);
         let mut state = text("state");
         if s["servedByPid1"] == true {
             state.push_str(", PID 1");
         }
         lines.push(format!(
-            "{:<28} {:<8} {:<28} {:>7} {:>7} {:>11} {:>8} {:>10}",
+            "{:<28} {:<8} {:<36} {:>7} {:>7} {:>11} {:>8} {:>10}",
             text("name"),
             text("kind"),
             state,
@@ -474,6 +532,14 @@ fn status_lines(status: &Value) -> Vec<String> {
             count("problems"),
             latency,
         ));
+        if let Some(e) = s["lastError"].as_str() {
+            errors.push(format!("  {}: {e}", text("name")));
+        }
+    }
+    if !errors.is_empty() {
+        lines.push(String::new());
+        lines.push("last errors:".to_owned());
+        lines.extend(errors);
     }
     lines
 }
@@ -504,30 +570,44 @@ mod tests {
     #[test]
     fn status_shows_every_source_with_state_and_latency() {
         let status = json!({
+            "version": "0.1.0", "uptimeUSec": 90_000_000u64, "configFile": null,
             "generation": 4, "snapshotAgeUSec": 1_500_000u64, "connections": 2,
+            "calls": [{"method": "io.userdb.Broker.GetUserRecord", "calls": 10, "errors": 1,
+                       "p50USec": 4, "p90USec": 128, "p99USec": 8192}],
             "sources": [
                 {"name": "files", "kind": "files", "state": "ok", "users": 3, "groups": 4,
                  "memberships": 5, "problems": 0, "latencyUSec": 120},
                 {"name": "io.systemd.DynamicUser", "kind": "varlink", "state": "failing, next try in 4 s",
-                 "servedByPid1": true, "latencyUSec": null},
+                 "servedByPid1": true, "latencyUSec": null, "lastError": "timed out"},
             ]
         });
         let lines = status_lines(&status);
-        assert_eq!(lines.len(), 4);
+        let text = lines.join("\n");
         assert!(
-            lines[0].contains("generation 4") && lines[0].contains("2 open connections"),
-            "{}",
-            lines[0]
+            lines[0].contains("0.1.0, up 90.0 s") && lines[0].contains("built-in defaults"),
+            "{text}"
         );
         assert!(
-            lines[2].starts_with("files") && lines[2].ends_with("0.12 ms"),
-            "{}",
-            lines[2]
+            lines[1].contains("generation 4") && lines[1].contains("2 open connections"),
+            "{text}"
         );
         assert!(
-            lines[3].contains("failing, next try in 4 s, PID 1") && lines[3].ends_with('-'),
-            "{}",
-            lines[3]
+            text.contains("io.userdb.Broker.GetUserRecord") && text.contains("≤8.2 ms"),
+            "{text}"
+        );
+        let files = lines.iter().find(|l| l.starts_with("files")).unwrap();
+        assert!(files.ends_with("120 µs"), "{files}");
+        let dynamic = lines
+            .iter()
+            .find(|l| l.starts_with("io.systemd.DynamicUser"))
+            .unwrap();
+        assert!(
+            dynamic.contains("failing, next try in 4 s, PID 1") && dynamic.ends_with('-'),
+            "{dynamic}"
+        );
+        assert!(
+            text.ends_with("  io.systemd.DynamicUser: timed out"),
+            "{text}"
         );
     }
 

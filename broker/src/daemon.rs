@@ -36,20 +36,102 @@ pub fn is_pid1() -> bool {
     std::process::id() == 1
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` or else `default_filter`. When
+/// stderr is the journal's stream (systemd sets `$JOURNAL_STREAM` to its
+/// device and inode), each line starts with its syslog priority (`<4>` for a
+/// warning), which journald reads as the entry's priority, and carries no
+/// timestamp or level word, since the journal records both. Otherwise lines
+/// are plain text with a timestamp and level.
+///
+/// Priority prefixes rather than journald's native protocol: the native
+/// layer puts only the message into `MESSAGE=` and every structured field
+/// (`source=...`) into fields of its own that `journalctl` does not show, so
+/// a warning would no longer say which source failed.
 pub fn init_logging(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(default_filter))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let to_journal = is_journal_stream(
+        std::env::var("JOURNAL_STREAM").ok().as_deref(),
+        stderr_identity().ok(),
+    );
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)
-        .with_ansi(io::stderr().is_terminal())
         .with_target(false)
-        // A broken stderr must never stop the broker: by default the
-        // formatter reports its own write errors with eprintln!, which
-        // panics when stderr is gone.
-        .log_internal_errors(false)
-        .init();
+        // A failed write is reported with eprintln!, which panics when stderr
+        // is gone (a closed pipe, a journal stream that went away), killing
+        // whichever thread logged: the signal thread then never exits the
+        // daemon. A lost log line is better.
+        .log_internal_errors(false);
+    if to_journal {
+        let plain = tracing_subscriber::fmt::format()
+            .without_time()
+            .with_level(false)
+            .with_target(false)
+            .with_ansi(false);
+        builder
+            .with_ansi(false)
+            .event_format(SyslogPriorityPrefix(plain))
+            .init();
+    } else {
+        builder.with_ansi(io::stderr().is_terminal()).init();
+    }
+}
+
+/// Whether `$JOURNAL_STREAM` ("DEVICE:INODE", both decimal, as systemd
+/// writes it) names the file stderr is: a service's stderr that the
+/// administrator redirected elsewhere keeps the variable but not the stream.
+fn is_journal_stream(journal_stream: Option<&str>, stderr: Option<(u64, u64)>) -> bool {
+    let (Some(value), Some(stderr)) = (journal_stream, stderr) else {
+        return false;
+    };
+    let Some((device, inode)) = value.split_once(':') else {
+        return false;
+    };
+    match (device.parse::<u64>(), inode.parse::<u64>()) {
+        (Ok(device), Ok(inode)) => (device, inode) == stderr,
+        _ => false,
+    }
+}
+
+/// Device and inode of the file open as stderr (`fstat` on a duplicate).
+fn stderr_identity() -> io::Result<(u64, u64)> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let stderr = std::fs::File::from(io::stderr().as_fd().try_clone_to_owned()?);
+    let metadata = stderr.metadata()?;
+    Ok((metadata.dev(), metadata.ino()))
+}
+
+/// Writes the event's syslog priority (sd-daemon(3): `<3>` error,
+/// `<4>` warning, `<6>` info, `<7>` debug) before the inner format.
+struct SyslogPriorityPrefix<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for SyslogPriorityPrefix<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "<{}>", syslog_priority(*event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+fn syslog_priority(level: tracing::Level) -> u8 {
+    match level {
+        tracing::Level::ERROR => 3,
+        tracing::Level::WARN => 4,
+        tracing::Level::INFO => 6,
+        _ => 7,
+    }
 }
 
 /// Re-reads the configuration the daemon was started with.
@@ -198,11 +280,10 @@ pub fn run(config: Config, reload: Reload) -> Result<(), String> {
     watcher
         .spawn(watch_commands)
         .map_err(|e| format!("cannot start the change watcher: {e}"))?;
-    let service = Arc::new(Service::new(Resolver::new(
-        store,
-        Arc::clone(&varlink),
-        priority,
-    )));
+    let service = Arc::new(Service::new(
+        Resolver::new(store, Arc::clone(&varlink), priority),
+        config.file.clone(),
+    ));
     let (server, handle) = Server::new(
         listener,
         config.socket.clone(),
@@ -235,4 +316,55 @@ pub fn run(config: Config, reload: Reload) -> Result<(), String> {
         tracing::warn!("cannot notify the service manager: {e}");
     }
     server.serve()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_stream_matches_only_stderrs_own_device_and_inode() {
+        let stderr = Some((9, 1339297));
+        let cases = [
+            (Some("9:1339297"), stderr, true),
+            (Some("9:1339298"), stderr, false),
+            (Some("8:1339297"), stderr, false),
+            (None, stderr, false),
+            (Some("9:1339297"), None, false),
+            (Some(""), stderr, false),
+            (Some("9"), stderr, false),
+            (Some("9:"), stderr, false),
+            (Some(":1339297"), stderr, false),
+            (Some("9:1339297:1"), stderr, false),
+            (Some(" 9:1339297"), stderr, false),
+            (Some("-9:1339297"), stderr, false),
+            (Some("0x9:1339297"), stderr, false),
+        ];
+        for (variable, identity, expected) in cases {
+            assert_eq!(
+                is_journal_stream(variable, identity),
+                expected,
+                "JOURNAL_STREAM={variable:?}, stderr {identity:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn stderr_identity_is_the_file_open_as_fd_2() {
+        use std::os::unix::fs::MetadataExt;
+        let proc_view = std::fs::metadata("/proc/self/fd/2").expect("stat /proc/self/fd/2");
+        assert_eq!(
+            stderr_identity().expect("fstat stderr"),
+            (proc_view.dev(), proc_view.ino())
+        );
+    }
+
+    #[test]
+    fn levels_map_to_syslog_priorities() {
+        assert_eq!(syslog_priority(tracing::Level::ERROR), 3);
+        assert_eq!(syslog_priority(tracing::Level::WARN), 4);
+        assert_eq!(syslog_priority(tracing::Level::INFO), 6);
+        assert_eq!(syslog_priority(tracing::Level::DEBUG), 7);
+        assert_eq!(syslog_priority(tracing::Level::TRACE), 7);
+    }
 }

@@ -8,6 +8,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod log_once;
 pub mod merge;
+pub mod metrics;
 pub mod model;
 pub mod nsswitch_config;
 pub mod publish;

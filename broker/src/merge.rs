@@ -66,6 +66,8 @@ pub trait Keyed {
     const LABEL: &'static str;
     fn name(&self) -> &str;
     fn id(&self) -> u32;
+    /// Found by name and listed, not only found by id.
+    fn listed(&self) -> bool;
 }
 
 impl Keyed for User {
@@ -76,6 +78,9 @@ impl Keyed for User {
     fn id(&self) -> u32 {
         self.uid
     }
+    fn listed(&self) -> bool {
+        self.listed
+    }
 }
 
 impl Keyed for Group {
@@ -85,6 +90,9 @@ impl Keyed for Group {
     }
     fn id(&self) -> u32 {
         self.gid
+    }
+    fn listed(&self) -> bool {
+        self.listed
     }
 }
 

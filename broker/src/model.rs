@@ -99,6 +99,16 @@ pub struct Group {
     pub json: Option<Box<JsonRecord>>,
 }
 
+/// The shadow part as a peer may see it: only root does.
+fn for_peer<T: Clone>(shadow: &Option<Box<T>>, peer_privileged: bool) -> Option<T> {
+    shadow.as_deref().filter(|_| peer_privileged).cloned()
+}
+
+/// Whether a record holds anything only root may see.
+fn has_private<T>(shadow: &Option<Box<T>>, json: &Option<Box<JsonRecord>>) -> bool {
+    shadow.is_some() || json.as_ref().is_some_and(|j| j.privileged.is_some())
+}
+
 /// `USEC` fields of a user record that carry shadow aging data: privileged
 /// when they come from `/etc/shadow`.
 pub use userdb_proto::record::SHADOW_FIELDS;
@@ -138,17 +148,13 @@ impl User {
             gecos: self.gecos.to_string(),
             home: self.home.to_string(),
             shell: self.shell.to_string(),
-            shadow: if peer_privileged {
-                self.shadow.as_deref().cloned()
-            } else {
-                None
-            },
+            shadow: for_peer(&self.shadow, peer_privileged),
         }
     }
 
     /// Whether a peer without privileges misses something of this record.
     pub fn has_privileged(&self) -> bool {
-        self.shadow.is_some() || self.json.as_ref().is_some_and(|j| j.privileged.is_some())
+        has_private(&self.shadow, &self.json)
     }
 
     /// The full userdb record as the peer may see it, and whether anything
@@ -192,16 +198,12 @@ impl Group {
             name: self.name.to_string(),
             gid: self.gid,
             members,
-            shadow: if peer_privileged {
-                self.shadow.as_deref().cloned()
-            } else {
-                None
-            },
+            shadow: for_peer(&self.shadow, peer_privileged),
         }
     }
 
     pub fn has_privileged(&self) -> bool {
-        self.shadow.is_some() || self.json.as_ref().is_some_and(|j| j.privileged.is_some())
+        has_private(&self.shadow, &self.json)
     }
 
     /// The full userdb record with `members` in place of the record's own

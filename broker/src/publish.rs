@@ -9,6 +9,7 @@
 //! written by the watcher, off the request path, whenever a new snapshot is
 //! in place or the set of Varlink services changes what it covers.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
@@ -130,6 +131,20 @@ pub fn encode(snapshot: &Snapshot, coverage: Coverage) -> Vec<u8> {
                 .collect(),
         });
     }
+    // Which (group, member) pairs /etc/group states, looked up per pair
+    // below: one pass over every member, never one per user and group.
+    let by_files: HashSet<(usize, &str)> = snapshot
+        .groups
+        .iter()
+        .enumerate()
+        .flat_map(|(g, entry)| {
+            entry
+                .members
+                .iter()
+                .filter(|m| m.by_files)
+                .map(move |m| (g, &*m.name))
+        })
+        .collect();
     let mut members: Vec<(&str, &[u32])> = snapshot
         .groups_of
         .iter()
@@ -140,12 +155,7 @@ pub fn encode(snapshot: &Snapshot, coverage: Coverage) -> Vec<u8> {
     for (name, groups) in members {
         let listed: Vec<(u32, bool)> = groups
             .iter()
-            .map(|&g| {
-                let by_files = snapshot.groups.get(g as usize).is_some_and(|entry| {
-                    entry.members.iter().any(|m| m.by_files && &*m.name == name)
-                });
-                (g, by_files)
-            })
+            .map(|&g| (g, by_files.contains(&(g as usize, name))))
             .collect();
         b.member(name, &listed);
     }

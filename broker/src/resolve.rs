@@ -42,6 +42,14 @@ pub struct FoundGroup {
     pub members: Vec<Name>,
 }
 
+/// A miss that may not be one: these services could not be asked or did
+/// not answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incomplete(pub Vec<String>);
+
+/// A look-up's answer: found, not found, or not known for sure.
+pub type Answer<T> = Result<Option<T>, Incomplete>;
+
 /// One membership as answered; `gid` when the group is known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Membership {
@@ -218,7 +226,45 @@ impl Resolver {
         }
     }
 
-    pub fn user(&self, key: Key, options: LookupOptions) -> Option<Arc<User>> {
+    pub fn user(&self, key: Key, options: LookupOptions) -> Answer<Arc<User>> {
+        let mut failed = Vec::new();
+        let found = self.find_user(key, options, &mut failed);
+        self.settle(found, failed, options)
+    }
+
+    pub fn group(&self, key: Key, options: LookupOptions) -> Answer<FoundGroup> {
+        let mut failed = Vec::new();
+        let found = self.find_group(key, options, &mut failed);
+        self.settle(found, failed, options)
+    }
+
+    /// A miss is a miss only if every service that would be asked answered.
+    fn settle<T>(
+        &self,
+        found: Option<T>,
+        failed: Vec<String>,
+        options: LookupOptions,
+    ) -> Answer<T> {
+        if found.is_some() {
+            return Ok(found);
+        }
+        let mut down = self.varlink.down(options.dynamic_bypass);
+        down.extend(failed);
+        down.sort();
+        down.dedup();
+        if down.is_empty() {
+            Ok(None)
+        } else {
+            Err(Incomplete(down))
+        }
+    }
+
+    fn find_user(
+        &self,
+        key: Key,
+        options: LookupOptions,
+        failed: &mut Vec<String>,
+    ) -> Option<Arc<User>> {
         let snapshot = self.snapshot();
         let view = View::new(&snapshot, options);
         let local = view.user(key);
@@ -232,6 +278,7 @@ impl Resolver {
             Key::Id(id) => Request::UserById(id),
         };
         let answers = self.varlink.ask(services, &[request]);
+        failed.extend(failures(&answers));
         let priority = self.priority();
         let mut candidates: Vec<Candidate<User>> = remote_records(&answers, 0, |d| &d.users)
             .map(|(source, user)| Candidate {
@@ -260,7 +307,12 @@ impl Resolver {
         })
     }
 
-    pub fn group(&self, key: Key, options: LookupOptions) -> Option<FoundGroup> {
+    fn find_group(
+        &self,
+        key: Key,
+        options: LookupOptions,
+        failed: &mut Vec<String>,
+    ) -> Option<FoundGroup> {
         let snapshot = self.snapshot();
         let view = View::new(&snapshot, options);
         let local = view.group(key);
@@ -278,6 +330,7 @@ impl Resolver {
             Key::Id(id) => Request::GroupById(id),
         };
         let answers = self.varlink.ask(above, &[request]);
+        failed.extend(failures(&answers));
         let priority = self.priority();
         let mut candidates: Vec<Candidate<Group>> = remote_records(&answers, 0, |d| &d.groups)
             .map(|(source, group)| Candidate {
@@ -322,8 +375,9 @@ impl Resolver {
                 group
             }
         };
-        for (_, answer) in &stated {
+        for answer in &stated {
             for (user, _) in answer
+                .data
                 .first()
                 .into_iter()
                 .flat_map(|a| a.memberships.iter())
@@ -358,6 +412,8 @@ impl Resolver {
             (Some(u), None) => self.memberships_of_user(u, options),
             (None, Some(g)) => self
                 .group(Key::Name(g), options)
+                .ok()
+                .flatten()
                 .map(|found| {
                     found
                         .members
@@ -420,8 +476,9 @@ impl Resolver {
                 group: None,
             }],
         );
-        for (_, answer) in &answers {
+        for answer in &answers {
             for (_, group) in answer
+                .data
                 .first()
                 .into_iter()
                 .flat_map(|a| a.memberships.iter())
@@ -431,7 +488,11 @@ impl Resolver {
         }
         for group in unresolved {
             if seen.insert(Name::clone(&group)) {
-                let gid = self.group(Key::Name(&group), options).map(|g| g.group.gid);
+                let gid = self
+                    .group(Key::Name(&group), options)
+                    .ok()
+                    .flatten()
+                    .map(|g| g.group.gid);
                 out.push(Membership {
                     user: Name::clone(&user_name),
                     group,
@@ -454,30 +515,12 @@ impl Resolver {
             };
         }
         let answers = self.varlink.ask(services, &[Request::AllUsers]);
-        let priority = self.priority();
         let view = View::new(&snapshot, options);
-        // Records the caller reads itself still take their keys; they are
-        // only not listed.
-        let mut candidates: Vec<(merge::Rank, &str, &Arc<User>, bool)> = snapshot
-            .users()
-            .filter(|u| view.visible(u.source))
-            .filter_map(|u| {
-                let info = snapshot.source(u.source)?;
-                Some((
-                    priority.rank(info),
-                    info.name.as_str(),
-                    &u.user,
-                    view.listed(u.source),
-                ))
-            })
-            .collect();
-        candidates.extend(
-            remote_records(&answers, 0, |d| &d.users)
-                .filter(|(_, u)| u.listed)
-                .map(|(s, u)| (priority.rank(&s.info), s.name(), u, true)),
+        let winners = self.listed_winners(
+            &view,
+            snapshot.users().map(|u| (u.source, &u.user)),
+            remote_records(&answers, 0, |d| &d.users),
         );
-        let (winners, conflicts) = first_per_key(candidates);
-        self.log_conflicts(conflicts);
         UserListing::Merged {
             items: winners.into_iter().cloned().collect(),
             next: 0,
@@ -505,38 +548,27 @@ impl Resolver {
                 },
             ],
         );
-        let priority = self.priority();
         let view = View::new(&snapshot, options);
         let mut remote_members: HashMap<&str, Vec<&Name>> = HashMap::new();
-        for (_, answer) in &answers {
-            for (user, group) in answer.get(1).into_iter().flat_map(|a| a.memberships.iter()) {
+        for answer in &answers {
+            for (user, group) in answer
+                .data
+                .get(1)
+                .into_iter()
+                .flat_map(|a| a.memberships.iter())
+            {
                 remote_members.entry(group).or_default().push(user);
             }
         }
-        let mut candidates: Vec<(merge::Rank, &str, &Arc<Group>, bool)> = snapshot
-            .groups()
-            .filter(|g| view.visible(g.source))
-            .filter_map(|g| {
-                let info = snapshot.source(g.source)?;
-                Some((
-                    priority.rank(info),
-                    info.name.as_str(),
-                    &g.group,
-                    view.listed(g.source),
-                ))
-            })
-            .collect();
-        candidates.extend(
-            remote_records(&answers, 0, |d| &d.groups)
-                .filter(|(_, g)| g.listed)
-                .map(|(s, g)| (priority.rank(&s.info), s.name(), g, true)),
+        let winners = self.listed_winners(
+            &view,
+            snapshot.groups().map(|g| (g.source, &g.group)),
+            remote_records(&answers, 0, |d| &d.groups),
         );
         let local_entries: HashMap<*const Group, &GroupEntry> = snapshot
             .groups()
             .map(|g| (Arc::as_ptr(&g.group), g))
             .collect();
-        let (winners, conflicts) = first_per_key(candidates);
-        self.log_conflicts(conflicts);
         let items = winners
             .into_iter()
             .map(|group| {
@@ -564,6 +596,38 @@ impl Resolver {
             })
             .collect();
         GroupListing::Merged { items, next: 0 }
+    }
+
+    /// A listing by rule 2 over the local records and the services'
+    /// answers. Records the caller reads itself still take their keys; they
+    /// are only not listed.
+    fn listed_winners<'a, R: merge::Keyed>(
+        &self,
+        view: &View<'a>,
+        local: impl Iterator<Item = (usize, &'a Arc<R>)>,
+        remote: impl Iterator<Item = (&'a Arc<VarlinkSource>, &'a Arc<R>)>,
+    ) -> Vec<&'a Arc<R>> {
+        let priority = self.priority();
+        let mut candidates: Vec<(merge::Rank, &str, &Arc<R>, bool)> = local
+            .filter(|(source, _)| view.visible(*source))
+            .filter_map(|(source, record)| {
+                let info = view.snapshot.source(source)?;
+                Some((
+                    priority.rank(info),
+                    info.name.as_str(),
+                    record,
+                    view.listed(source),
+                ))
+            })
+            .collect();
+        candidates.extend(
+            remote
+                .filter(|(_, record)| record.listed())
+                .map(|(s, record)| (priority.rank(&s.info), s.name(), record, true)),
+        );
+        let (winners, conflicts) = first_per_key(candidates);
+        self.log_conflicts(conflicts);
+        winners
     }
 
     /// Every source in priority order, for status output.
@@ -600,14 +664,24 @@ impl Resolver {
     }
 }
 
+/// The services whose answer could not be had.
+fn failures(answers: &Answers) -> impl Iterator<Item = String> + '_ {
+    answers
+        .iter()
+        .filter(|a| a.failed)
+        .map(|a| a.source.name().to_owned())
+}
+
 /// The records of every answer to request `index`, with their service.
 fn remote_records<'a, T: 'a>(
     answers: &'a Answers,
     index: usize,
     records: fn(&SourceData) -> &Vec<Arc<T>>,
 ) -> impl Iterator<Item = (&'a Arc<VarlinkSource>, &'a Arc<T>)> + 'a {
-    answers.iter().flat_map(move |(source, answer)| {
+    answers.iter().flat_map(move |answer| {
+        let source = &answer.source;
         answer
+            .data
             .get(index)
             .into_iter()
             .flat_map(move |data| records(data).iter())

@@ -17,6 +17,10 @@
 //!   bytes) and the replies not yet taken by the client; a listing is
 //!   produced only as the client reads it ([`STREAM_BUDGET`] ahead), and a
 //!   client that reads nothing for `write_timeout` is dropped;
+//! - time: listings are produced one [`STREAM_BUDGET`] chunk per connection
+//!   in turn, at most [`STREAM_CHUNKS_PER_TURN`] chunks between two looks
+//!   at new events, so that many listings (read or not) cannot keep the
+//!   loop from answering a new client;
 //! - one call in flight per connection; the workers take calls from the
 //!   peers' uids in turn, so one uid's calls cannot queue up ahead of
 //!   everyone else's.
@@ -56,6 +60,17 @@ pub const RESERVED_FDS: usize = 256;
 
 /// A stream is produced this far ahead of what the client has read.
 pub const STREAM_BUDGET: usize = 64 * 1024;
+
+/// Connections the kernel queues before the loop accepts them. A new
+/// client waits behind every one queued before it, and during a flood the
+/// queue is always full: at tens of microseconds per accepted (and evicted)
+/// connection, 256 is a few milliseconds of waiting where `SOMAXCONN`
+/// (4096) was over 100 ms. A client finding the queue full retries.
+pub const LISTEN_BACKLOG: libc::c_int = 256;
+
+/// Listing chunks produced between two polls for events: a few
+/// milliseconds of work, whatever the number of listings in progress.
+pub const STREAM_CHUNKS_PER_TURN: usize = 4;
 
 /// Connections accepted per turn of the loop, so that a flood of new
 /// connections cannot starve the ones already held.
@@ -158,9 +173,8 @@ pub fn bind(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
     }
     let listener = std::os::unix::net::UnixListener::bind(path)?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o666))?;
-    // The kernel caps the backlog at net.core.somaxconn.
     // SAFETY: re-listening on a bound listening socket only sets its backlog.
-    unsafe { libc::listen(listener.as_raw_fd(), libc::SOMAXCONN) };
+    unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) };
     listener.set_nonblocking(true)?;
     Ok(listener)
 }
@@ -193,6 +207,8 @@ struct Connection {
     /// When replies started waiting for the client to read them.
     blocked_since: Option<Instant>,
     peer_closed: bool,
+    /// Waits in [`Server::streams`] for its next listing chunk.
+    queued: bool,
 }
 
 impl Connection {
@@ -296,13 +312,7 @@ impl Pool {
                         .unwrap_or_else(|poisoned| poisoned.into_inner());
                 }
             };
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                service.handle(&job.call, &job.peer)
-            }))
-            .unwrap_or_else(|_| {
-                tracing::error!(method = %job.call.method, "a call panicked; answered with an error");
-                Outcome::Replies(encode(&Reply::error(errors::INVALID_PARAMETER)))
-            });
+            let outcome = answer_call(service, &job.call, &job.peer);
             lock(&self.done).push(Done {
                 token: job.token,
                 serial: job.serial,
@@ -370,6 +380,18 @@ pub struct Server {
     spare_fd: Option<fs::File>,
     accept_backlog: bool,
     accept_errors: RateLimited,
+    /// Listings whose client can take more, in turn: `(slot, serial)`.
+    streams: VecDeque<(usize, u64)>,
+}
+
+/// What a connection needs after a round of work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// An event: more to read, room to write, a worker's answer.
+    Wait,
+    /// Its next listing chunk, when its turn comes.
+    Chunk,
+    Close,
 }
 
 /// A way to reach a running server from another thread.
@@ -420,6 +442,7 @@ impl Server {
                 spare_fd: fs::File::open("/dev/null").ok(),
                 accept_backlog: false,
                 accept_errors: RateLimited::new(),
+                streams: VecDeque::new(),
             },
             Handle {
                 waker,
@@ -433,7 +456,7 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         let mut last_tick = Instant::now();
         loop {
-            let timeout = if self.accept_backlog {
+            let timeout = if self.accept_backlog || !self.streams.is_empty() {
                 Duration::ZERO
             } else {
                 TICK
@@ -457,6 +480,7 @@ impl Server {
             if self.accept_backlog {
                 self.accept();
             }
+            self.produce_chunks();
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 self.expire();
@@ -538,6 +562,7 @@ impl Server {
             partial_since: None,
             blocked_since: None,
             peer_closed: false,
+            queued: false,
         });
         *self.per_uid.entry(peer.uid).or_default() += 1;
         self.open += 1;
@@ -592,15 +617,49 @@ impl Server {
         self.counter.store(self.open, Ordering::Relaxed);
     }
 
-    /// Does everything a connection can do now: read, answer, write,
-    /// continue a stream; closes it when it is done.
+    /// Does everything a connection can do now: read, answer, write; queues
+    /// it for its next listing chunk; closes it when it is done.
     fn pump(&mut self, index: usize) {
-        let keep = match self.slots.get_mut(index).and_then(Option::as_mut) {
-            Some(connection) => step(connection, index, &self.service, &self.pool),
-            None => return,
+        let Some(connection) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+            return;
         };
-        if !keep {
-            self.close(index);
+        match step(connection, index, &self.service, &self.pool) {
+            Next::Wait => {}
+            Next::Chunk => {
+                if !connection.queued {
+                    connection.queued = true;
+                    self.streams.push_back((index, connection.serial));
+                }
+            }
+            Next::Close => self.close(index),
+        }
+    }
+
+    /// Produces the next chunk of the listings waiting in turn, up to
+    /// [`STREAM_CHUNKS_PER_TURN`], each connection once per round.
+    fn produce_chunks(&mut self) {
+        for _ in 0..STREAM_CHUNKS_PER_TURN {
+            let Some((index, serial)) = self.streams.pop_front() else {
+                return;
+            };
+            let Some(c) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+                continue;
+            };
+            if c.serial != serial {
+                continue;
+            }
+            c.queued = false;
+            let nothing_pending = c.pending_out() == 0;
+            if let State::Streaming(stream) = &mut c.state {
+                if nothing_pending {
+                    c.out.clear();
+                    c.written = 0;
+                    if stream.fill(&mut c.out, STREAM_BUDGET) {
+                        c.state = State::Idle;
+                    }
+                }
+            }
+            self.pump(index);
         }
     }
 
@@ -703,30 +762,22 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
         .map(|m| (m.dev(), m.ino()))
 }
 
-/// One round of work on a connection; `false` when it must be closed.
-fn step(c: &mut Connection, index: usize, service: &Arc<Service>, pool: &Pool) -> bool {
+/// One round of work on a connection: writes what is pending, takes the
+/// next calls; a listing's next chunk waits for its turn.
+fn step(c: &mut Connection, index: usize, service: &Arc<Service>, pool: &Pool) -> Next {
     loop {
-        // Write what is pending; continue a stream while the client keeps up.
         match flush(c) {
             Ok(()) => {}
-            Err(_) => return false,
+            Err(_) => return Next::Close,
         }
         if c.pending_out() > 0 {
-            return true;
+            return Next::Wait;
         }
-        if let State::Streaming(stream) = &mut c.state {
-            c.out.clear();
-            c.written = 0;
-            if stream.fill(&mut c.out, STREAM_BUDGET) {
-                c.state = State::Idle;
-            }
-            continue;
-        }
-        if matches!(c.state, State::Closing) {
-            return false;
-        }
-        if !matches!(c.state, State::Idle) {
-            return true;
+        match c.state {
+            State::Streaming(_) => return Next::Chunk,
+            State::Closing => return Next::Close,
+            State::Busy => return Next::Wait,
+            State::Idle => {}
         }
         match c.frames.next_frame() {
             Ok(Some(frame)) => {
@@ -744,12 +795,12 @@ fn step(c: &mut Connection, index: usize, service: &Arc<Service>, pool: &Pool) -
             c.partial_since = None;
         }
         if c.peer_closed {
-            return false;
+            return Next::Close;
         }
         match read_some(c) {
             Ok(true) => continue,
-            Ok(false) => return true,
-            Err(_) => return false,
+            Ok(false) => return Next::Wait,
+            Err(_) => return Next::Close,
         }
     }
 }
@@ -760,8 +811,10 @@ fn read_some(c: &mut Connection) -> io::Result<bool> {
     loop {
         match c.stream.read(&mut buf) {
             Ok(0) => {
+                // Once what was sent before is answered, the connection
+                // is closed: no further event will come for it.
                 c.peer_closed = true;
-                return Ok(c.frames.pending() > 0);
+                return Ok(true);
             }
             Ok(n) => {
                 c.frames.push(&buf[..n]);
@@ -819,20 +872,26 @@ fn dispatch(c: &mut Connection, index: usize, frame: &[u8], service: &Arc<Servic
             peer: c.peer,
         });
     } else {
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            service.handle(&call, &c.peer)
-        }))
+        deliver(c, answer_call(service, &call, &c.peer));
+    }
+}
+
+/// The service's answer; a panic in it becomes an error reply, and the
+/// loop or the worker goes on.
+fn answer_call(service: &Service, call: &Call, peer: &Peer) -> Outcome {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| service.handle(call, peer)))
         .unwrap_or_else(|_| {
             tracing::error!(method = %call.method, "a call panicked; answered with an error");
-            Outcome::Replies(encode(&Reply::error(errors::INVALID_PARAMETER)))
-        });
-        deliver(c, outcome);
-    }
+            Outcome::Replies {
+                bytes: encode(&Reply::error(errors::INVALID_PARAMETER)),
+                failed: true,
+            }
+        })
 }
 
 fn deliver(c: &mut Connection, outcome: Outcome) {
     match outcome {
-        Outcome::Replies(bytes) => {
+        Outcome::Replies { bytes, .. } => {
             c.out.extend_from_slice(&bytes);
             c.state = State::Idle;
         }
@@ -882,7 +941,10 @@ mod tests {
                 .collect(),
             ..Default::default()
         };
-        let service = Arc::new(Service::new(resolver_over(vec![(SourceKind::Files, data)])));
+        let service = Arc::new(Service::new(
+            resolver_over(vec![(SourceKind::Files, data)]),
+            None,
+        ));
         let (server, _) = Server::new(bind(&path).unwrap(), path.clone(), service, limits).unwrap();
         std::thread::spawn(move || server.serve());
         path

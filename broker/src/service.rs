@@ -3,14 +3,23 @@
 //! Serves `io.systemd.UserDatabase` (systemd's userdb API, so any userdb
 //! client can use the broker: full JSON records), `io.userdb.Broker` (the
 //! same look-ups with [`LookupOptions`], answering the NSS view of a record
-//! the module needs, plus status) and `org.varlink.service.GetInfo`.
+//! the module needs, plus status and flushing the services' caches) and
+//! `org.varlink.service` (`GetInfo`, and `GetInterfaceDescription` with the
+//! interface definitions in `proto/idl/`).
+//!
+//! As systemd's own services do, a look-up must name the service it asks
+//! (`"service": "io.userdb.Broker"`); anything else is `BadService`. A
+//! miss while a source could not be asked is not a miss: on the broker's
+//! interface it is `SourcesUnavailable`, naming them.
 //!
 //! Single answers are encoded at once; listings become a [`Stream`] that the
 //! server drains as the client reads, so a listing of 100,000 users is never
 //! held whole for one connection.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
@@ -19,11 +28,11 @@ use userdb_proto::peer::Peer;
 use userdb_proto::varlink::{encode, errors, Call, Reply};
 use userdb_proto::BROKER_SERVICE;
 
+use crate::metrics::Metrics;
 use crate::model::User;
-use crate::resolve::{FoundGroup, GroupListing, Key, Membership, Resolver, UserListing};
+use crate::resolve::{Answer, FoundGroup, GroupListing, Key, Membership, Resolver, UserListing};
 
-const GET_INFO: &str = "org.varlink.service.GetInfo";
-const VARLINK_SERVICE_INTERFACE: &str = "org.varlink.service";
+use api::varlink_service::{GET_INFO, GET_INTERFACE_DESCRIPTION};
 
 /// Which interface a call came in on: options, the NSS view and `gid` in
 /// membership replies exist only on the broker's own.
@@ -35,8 +44,9 @@ enum Interface {
 
 /// What one call produces.
 pub enum Outcome {
-    /// Every reply, encoded (empty for a `oneway` call).
-    Replies(Vec<u8>),
+    /// Every reply, encoded (empty for a `oneway` call); `failed` when it
+    /// is an error other than "not found".
+    Replies { bytes: Vec<u8>, failed: bool },
     /// A listing, encoded as the client reads it.
     Stream(Stream),
 }
@@ -44,13 +54,20 @@ pub enum Outcome {
 pub struct Service {
     resolver: Resolver,
     connections: Arc<AtomicUsize>,
+    started: Instant,
+    config_file: Option<PathBuf>,
+    metrics: Metrics,
 }
 
 impl Service {
-    pub fn new(resolver: Resolver) -> Self {
+    /// `config_file`: the configuration file in use, for status.
+    pub fn new(resolver: Resolver, config_file: Option<PathBuf>) -> Self {
         Service {
             resolver,
             connections: Arc::new(AtomicUsize::new(0)),
+            started: Instant::now(),
+            config_file,
+            metrics: Metrics::default(),
         }
     }
 
@@ -86,13 +103,38 @@ impl Service {
 
     /// Answers one call. Errors are Varlink error replies.
     pub fn handle(&self, call: &Call, peer: &Peer) -> Outcome {
+        let started = Instant::now();
+        let outcome = self.dispatch(call, peer);
+        let failed = matches!(outcome, Outcome::Replies { failed: true, .. });
+        self.metrics.record(&call.method, started.elapsed(), failed);
+        if call.oneway {
+            Outcome::Replies {
+                bytes: Vec::new(),
+                failed,
+            }
+        } else {
+            outcome
+        }
+    }
+
+    fn dispatch(&self, call: &Call, peer: &Peer) -> Outcome {
         let ctx = Context {
             resolver: &self.resolver,
             peer: *peer,
         };
-        let outcome = match (call.method.as_str(), interface_of(&call.method)) {
+        match (call.method.as_str(), interface_of(&call.method)) {
             (GET_INFO, _) => single(get_info()),
+            (GET_INTERFACE_DESCRIPTION, _) => describe(call),
             (api::broker::GET_STATUS, _) => single(self.status()),
+            (api::broker::FLUSH, _) if peer.privileged() => {
+                self.resolver.varlink().flush();
+                tracing::info!(
+                    pid = peer.pid,
+                    "cached answers of the Varlink services dropped"
+                );
+                single(json!({}))
+            }
+            (api::broker::FLUSH, _) => error(errors::PERMISSION_DENIED),
             (m, Some(interface)) if m.ends_with(".GetUserRecord") => ctx.get_user(interface, call),
             (m, Some(interface)) if m.ends_with(".GetGroupRecord") => {
                 ctx.get_group(interface, call)
@@ -100,12 +142,7 @@ impl Service {
             (m, Some(interface)) if m.ends_with(".GetMemberships") => {
                 ctx.get_memberships(interface, call)
             }
-            (other, _) => Outcome::Replies(encode(&unknown_method(other))),
-        };
-        if call.oneway {
-            Outcome::Replies(Vec::new())
-        } else {
-            outcome
+            (other, _) => failure(unknown_method(other)),
         }
     }
 
@@ -113,9 +150,12 @@ impl Service {
         let snapshot = self.resolver.snapshot();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
+            "uptimeUSec": self.started.elapsed().as_micros() as u64,
+            "configFile": self.config_file.as_ref().map(|p| p.display().to_string()),
             "generation": snapshot.generation,
             "snapshotAgeUSec": snapshot.built_at.elapsed().as_micros() as u64,
             "connections": self.connections.load(Ordering::Relaxed),
+            "calls": self.metrics.status(),
             "sources": self.resolver.sources_status(),
         })
     }
@@ -134,11 +174,22 @@ fn interface_of(method: &str) -> Option<Interface> {
 }
 
 fn single(parameters: Value) -> Outcome {
-    Outcome::Replies(encode(&Reply::ok(parameters, false)))
+    Outcome::Replies {
+        bytes: encode(&Reply::ok(parameters, false)),
+        failed: false,
+    }
+}
+
+fn failure(reply: Reply) -> Outcome {
+    let failed = reply.error.as_deref() != Some(api::userdb::NO_RECORD_FOUND);
+    Outcome::Replies {
+        bytes: encode(&reply),
+        failed,
+    }
 }
 
 fn error(name: &str) -> Outcome {
-    Outcome::Replies(encode(&Reply::error(name)))
+    failure(Reply::error(name))
 }
 
 fn get_info() -> Value {
@@ -147,23 +198,28 @@ fn get_info() -> Value {
         "product": "userdb-brokerd",
         "version": env!("CARGO_PKG_VERSION"),
         "url": "https://systemd.io/USER_GROUP_API/",
-        "interfaces": [
-            VARLINK_SERVICE_INTERFACE,
-            api::userdb::INTERFACE,
-            api::broker::INTERFACE,
-        ],
+        "interfaces": api::INTERFACES.map(|(name, _)| name),
     })
+}
+
+/// `org.varlink.service.GetInterfaceDescription`.
+fn describe(call: &Call) -> Outcome {
+    let wanted = call.parameters.get("interface").and_then(Value::as_str);
+    match api::INTERFACES
+        .iter()
+        .find(|(name, _)| Some(*name) == wanted)
+    {
+        Some((_, idl)) => single(json!({ "description": idl })),
+        None => failure(error_with(
+            errors::INTERFACE_NOT_FOUND,
+            json!({ "interface": wanted.unwrap_or_default() }),
+        )),
+    }
 }
 
 fn unknown_method(method: &str) -> Reply {
     let interface = method.rsplit_once('.').map_or("", |(i, _)| i);
-    if [
-        VARLINK_SERVICE_INTERFACE,
-        api::userdb::INTERFACE,
-        api::broker::INTERFACE,
-    ]
-    .contains(&interface)
-    {
+    if api::INTERFACES.iter().any(|(name, _)| *name == interface) {
         error_with(errors::METHOD_NOT_FOUND, json!({ "method": method }))
     } else {
         error_with(
@@ -191,14 +247,14 @@ fn parse_query<Q: DeserializeOwned>(
         other => other.clone(),
     };
     let query: Q = serde_json::from_value(parameters).map_err(|e| {
-        Outcome::Replies(encode(&error_with(
+        failure(error_with(
             errors::INVALID_PARAMETER,
             json!({ "parameter": e.to_string() }),
-        )))
+        ))
     })?;
     match service(&query) {
-        Some(s) if s != BROKER_SERVICE => Err(error(api::userdb::BAD_SERVICE)),
-        _ => Ok(query),
+        Some(BROKER_SERVICE) => Ok(query),
+        _ => Err(error(api::userdb::BAD_SERVICE)),
     }
 }
 
@@ -260,6 +316,25 @@ impl Render {
     }
 }
 
+/// The reply to a look-up by key: the record, `NoRecordFound`, or, when
+/// some source could not say, `SourcesUnavailable` naming them on the
+/// broker's interface and systemd's `ServiceNotAvailable` on its own.
+fn answered<T>(
+    interface: Interface,
+    answer: Answer<T>,
+    render: impl FnOnce(T) -> Value,
+) -> Outcome {
+    match answer {
+        Ok(Some(found)) => single(render(found)),
+        Ok(None) => error(api::userdb::NO_RECORD_FOUND),
+        Err(incomplete) if interface == Interface::Broker => failure(error_with(
+            api::broker::SOURCES_UNAVAILABLE,
+            json!({ "sources": incomplete.0 }),
+        )),
+        Err(_) => error(api::userdb::SERVICE_NOT_AVAILABLE),
+    }
+}
+
 /// Records answered by the broker say so, unless they name their service.
 fn with_service(record: &mut Value) {
     if let Some(obj) = record.as_object_mut() {
@@ -292,17 +367,14 @@ impl Context<'_> {
                 return Outcome::Stream(Stream::new(Items::Users(listing), render));
             }
             (Some(name), uid) => match self.resolver.user(Key::Name(name), options) {
-                Some(user) if uid.is_some_and(|uid| user.uid != uid) => {
+                Ok(Some(user)) if uid.is_some_and(|uid| user.uid != uid) => {
                     return error(api::userdb::CONFLICTING_RECORD_FOUND)
                 }
                 found => found,
             },
             (None, Some(uid)) => self.resolver.user(Key::Id(uid), options),
         };
-        match found {
-            Some(user) => single(render.user(&user)),
-            None => error(api::userdb::NO_RECORD_FOUND),
-        }
+        answered(interface, found, |user| render.user(&user))
     }
 
     fn get_group(&self, interface: Interface, call: &Call) -> Outcome {
@@ -321,17 +393,14 @@ impl Context<'_> {
                 return Outcome::Stream(Stream::new(Items::Groups(listing), render));
             }
             (Some(name), gid) => match self.resolver.group(Key::Name(name), options) {
-                Some(found) if gid.is_some_and(|gid| found.group.gid != gid) => {
+                Ok(Some(found)) if gid.is_some_and(|gid| found.group.gid != gid) => {
                     return error(api::userdb::CONFLICTING_RECORD_FOUND)
                 }
                 found => found,
             },
             (None, Some(gid)) => self.resolver.group(Key::Id(gid), options),
         };
-        match found {
-            Some(found) => single(render.group(&found)),
-            None => error(api::userdb::NO_RECORD_FOUND),
-        }
+        answered(interface, found, |found| render.group(&found))
     }
 
     fn get_memberships(&self, interface: Interface, call: &Call) -> Outcome {
@@ -434,7 +503,7 @@ impl Outcome {
     /// Every reply encoded, draining a stream.
     pub fn into_bytes(self) -> Vec<u8> {
         match self {
-            Outcome::Replies(bytes) => bytes,
+            Outcome::Replies { bytes, .. } => bytes,
             Outcome::Stream(stream) => stream.collect(),
         }
     }
@@ -557,10 +626,13 @@ pub(crate) mod tests {
             ],
             problems: Vec::new(),
         };
-        Service::new(resolver_over(vec![
-            (SourceKind::Files, files),
-            (SourceKind::DropIns, dropins),
-        ]))
+        Service::new(
+            resolver_over(vec![
+                (SourceKind::Files, files),
+                (SourceKind::DropIns, dropins),
+            ]),
+            None,
+        )
     }
 
     fn call(
@@ -775,7 +847,7 @@ pub(crate) mod tests {
             &s,
             USER,
             api::userdb::GET_GROUP_RECORD,
-            json!({"groupName": "users"}),
+            json!({"groupName": "users", "service": SVC}),
             false,
         );
         assert!(record_of(&users[0]).get("members").is_none());
@@ -832,25 +904,40 @@ pub(crate) mod tests {
                 &s,
                 USER,
                 m,
-                json!({"userName": "alice", "groupName": "wheel"}),
+                json!({"userName": "alice", "groupName": "wheel", "service": SVC}),
                 false
             )),
             [p("alice", "wheel")]
         );
-        assert_eq!(pairs(call(&s, USER, m, json!({}), true)).len(), 3);
         assert_eq!(
-            error_of(&call(&s, USER, m, json!({"userName": "bob"}), false)),
+            pairs(call(&s, USER, m, json!({"service": SVC}), true)).len(),
+            3
+        );
+        assert_eq!(
+            error_of(&call(
+                &s,
+                USER,
+                m,
+                json!({"userName": "bob", "service": SVC}),
+                false
+            )),
             Some(errors::EXPECTED_MORE)
         );
         assert_eq!(
-            error_of(&call(&s, USER, m, json!({"userName": "zed"}), true)),
+            error_of(&call(
+                &s,
+                USER,
+                m,
+                json!({"userName": "zed", "service": SVC}),
+                true
+            )),
             Some(api::userdb::NO_RECORD_FOUND)
         );
         let with_gid = call(
             &s,
             USER,
             api::broker::GET_MEMBERSHIPS,
-            json!({"userName": "alice", "callerReadsFiles": true}),
+            json!({"userName": "alice", "callerReadsFiles": true, "service": SVC}),
             true,
         );
         assert_eq!(error_of(&with_gid), Some(api::userdb::NO_RECORD_FOUND));
@@ -858,7 +945,7 @@ pub(crate) mod tests {
             &s,
             USER,
             api::broker::GET_MEMBERSHIPS,
-            json!({"userName": "bob", "groupName": "devs", "callerReadsFiles": true}),
+            json!({"userName": "bob", "groupName": "devs", "callerReadsFiles": true, "service": SVC}),
             false,
         );
         assert_eq!(
@@ -868,14 +955,67 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn look_ups_must_name_the_service_as_systemd_requires() {
+        let s = service();
+        for method in [api::userdb::GET_USER_RECORD, api::broker::GET_GROUP_RECORD] {
+            let r = call(&s, USER, method, json!({"userName": "alice"}), false);
+            assert_eq!(error_of(&r), Some(api::userdb::BAD_SERVICE), "{method}");
+        }
+    }
+
+    #[test]
+    fn every_listed_interface_is_described() {
+        let s = service();
+        let info = call(&s, USER, GET_INFO, Value::Null, false);
+        let interfaces = info[0].parameters.as_ref().unwrap()["interfaces"].clone();
+        for interface in interfaces.as_array().unwrap() {
+            let r = call(
+                &s,
+                USER,
+                GET_INTERFACE_DESCRIPTION,
+                json!({ "interface": interface }),
+                false,
+            );
+            let idl = r[0].parameters.as_ref().unwrap()["description"]
+                .as_str()
+                .unwrap();
+            assert!(
+                idl.contains(&format!("interface {}", interface.as_str().unwrap())),
+                "{idl}"
+            );
+        }
+        let unknown = call(
+            &s,
+            USER,
+            GET_INTERFACE_DESCRIPTION,
+            json!({"interface": "x.y"}),
+            false,
+        );
+        assert_eq!(error_of(&unknown), Some(errors::INTERFACE_NOT_FOUND));
+    }
+
+    #[test]
+    fn only_root_may_flush() {
+        let s = service();
+        let as_user = call(&s, USER, api::broker::FLUSH, json!({}), false);
+        assert_eq!(error_of(&as_user), Some(errors::PERMISSION_DENIED));
+        let as_root = call(&s, ROOT, api::broker::FLUSH, json!({}), false);
+        assert_eq!(error_of(&as_root), None);
+    }
+
+    #[test]
     fn status_and_info() {
         let s = service();
+        call(&s, USER, api::broker::GET_STATUS, Value::Null, false);
         let status = call(&s, USER, api::broker::GET_STATUS, Value::Null, false);
         let p = status[0].parameters.as_ref().unwrap();
         assert_eq!(p["generation"], 3);
         assert_eq!(p["sources"][0]["name"], "files");
         assert_eq!(p["sources"][1]["users"], 1);
         assert_eq!(p["sources"][1]["latencyUSec"], 50);
+        assert_eq!(p["version"], env!("CARGO_PKG_VERSION"));
+        assert!(p["uptimeUSec"].is_u64());
+        assert_eq!(p["calls"][0]["method"], api::broker::GET_STATUS);
         let info = call(&s, USER, GET_INFO, Value::Null, false);
         assert_eq!(
             info[0].parameters.as_ref().unwrap()["interfaces"][1],

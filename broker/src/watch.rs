@@ -10,6 +10,8 @@
 //!   also catches what inotify cannot see (a link's target outside the
 //!   watched directories).
 //! - Without inotify (no instances left), every `poll_interval` is a rescan.
+//! - A file that could not be read for a reason that may pass (no
+//!   descriptor left) is read again every half second until it can be.
 //! - Each turn also follows the Varlink services (discovery, breaker
 //!   probes), republishes the snapshot file when they change what it
 //!   covers, and frees replaced snapshots nobody reads any more.
@@ -39,6 +41,11 @@ const TICK: Duration = Duration::from_millis(250);
 /// After a first event, further events this close are read with it, so a
 /// burst of writes makes one rebuild.
 const SETTLE: Duration = Duration::from_millis(20);
+
+/// How soon a file whose read failed for a reason that may pass (no
+/// descriptor left) is read again: its change was seen once and will not be
+/// announced again.
+const RETRY_UNREAD: Duration = Duration::from_millis(500);
 
 /// What the daemon tells the watcher.
 #[derive(Debug)]
@@ -172,6 +179,9 @@ impl Watcher {
         for source in &mut self.sources {
             source.refresh(None);
         }
+        // Discovery must know before it first meets PID 1's socket.
+        self.varlink
+            .set_dynamic_users_local(self.dynamic_dir.is_dir());
         self.varlink.maintain();
         self.rebuild();
     }
@@ -273,6 +283,7 @@ impl Watcher {
 
     fn run(&mut self, control: &Receiver<Control>) {
         let mut last_rescan = Instant::now();
+        let mut last_retry = Instant::now();
         loop {
             let changed = self.wait_for_events(TICK);
             match changed {
@@ -309,6 +320,13 @@ impl Watcher {
                 if self.inotify.is_none() {
                     std::thread::sleep(started.elapsed() * 4);
                 }
+            }
+            if last_retry.elapsed() >= RETRY_UNREAD {
+                let unread: Vec<PathBuf> = self.sources.iter().flat_map(|s| s.unread()).collect();
+                if !unread.is_empty() {
+                    self.refresh(Some(&unread));
+                }
+                last_retry = Instant::now();
             }
             self.varlink.maintain();
             self.publish();

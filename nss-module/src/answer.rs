@@ -162,7 +162,7 @@ pub fn gids(lookup: &Lookup, user: &str) -> Result<Vec<u32>, Failure> {
 /// `setpwent`: the file's listing when it holds it whole, else the broker's.
 pub fn open_users(lookup: &Lookup) -> Result<Opened<UserRecord>, Failure> {
     let options = lookup.options(Database::Passwd);
-    if let Some(listing) = Listing::open(lookup, options) {
+    if let Some(listing) = Listing::users(lookup, options) {
         return Ok(Opened::File(listing));
     }
     let users = lookup.all_users(Database::Passwd)?;
@@ -174,7 +174,7 @@ pub fn open_users(lookup: &Lookup) -> Result<Opened<UserRecord>, Failure> {
 /// `setgrent`.
 pub fn open_groups(lookup: &Lookup) -> Result<Opened<GroupRecord>, Failure> {
     let options = lookup.options(Database::Group);
-    if let Some(listing) = Listing::open(lookup, options) {
+    if let Some(listing) = Listing::groups(lookup, options) {
         return Ok(Opened::File(listing));
     }
     let groups = lookup.all_groups(Database::Group)?;

@@ -153,6 +153,11 @@ fn refused(_: Refusal) -> Failure {
 fn client_failure(error: &ClientError) -> Failure {
     match error {
         ClientError::Remote(name) if name == userdb::NO_RECORD_FOUND => Failure::NOT_FOUND,
+        // Not found where the broker could look, but a source was down: the
+        // name may exist, so this is no NOTFOUND.
+        ClientError::Remote(name) if name == broker::SOURCES_UNAVAILABLE => {
+            Failure::unavail(libc::EAGAIN)
+        }
         ClientError::Absent => Failure::unavail(libc::ENOENT),
         ClientError::Refused => Failure::unavail(libc::ECONNREFUSED),
         ClientError::Untrusted => Failure::unavail(libc::EPERM),

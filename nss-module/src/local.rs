@@ -10,7 +10,7 @@
 //! where the file is complete.
 
 use userdb_proto::api::LookupOptions;
-use userdb_proto::snapfile::{GroupView, Snapfile, UserView};
+use userdb_proto::snapfile::{GroupView, Invalid, Snapfile, UserView};
 use userdb_proto::visibility;
 
 use crate::client::{Key, Lookup};
@@ -30,6 +30,17 @@ pub enum Local<T> {
 /// The file for this call, if there is one to use.
 fn mapping(lookup: &Lookup) -> Option<Mapped> {
     mapped::current(&lookup.snapshot_path(), lookup.now_ms())
+}
+
+/// `answer` over the file for this call, while its mapping is held.
+fn with_file<R>(lookup: &Lookup, answer: impl FnOnce(&Snapfile) -> Local<R>) -> Local<R> {
+    let Some(mapped) = mapping(lookup) else {
+        return Local::Unknown;
+    };
+    match Snapfile::parse(mapped.content()) {
+        Ok(file) => answer(&file),
+        Err(_) => Local::Unknown,
+    }
 }
 
 /// Whether the file answers this call whole (members, memberships,
@@ -55,27 +66,23 @@ pub fn user<R>(
     options: LookupOptions,
     answer: impl FnOnce(&UserView) -> R,
 ) -> Local<R> {
-    let Some(mapped) = mapping(lookup) else {
-        return Local::Unknown;
-    };
-    let Ok(file) = Snapfile::parse(mapped.content()) else {
-        return Local::Unknown;
-    };
-    let found = match key {
-        Key::Name(name) => file.user_by_name(name),
-        Key::Id(uid) => file.user_by_uid(uid),
-    };
-    match found {
-        Ok(Some(user)) if visibility::visible(user.origin, options) => {
-            if file.coverage().exact_user(user.origin, options) || !lookup.may_talk() {
-                Local::Answered(answer(&user))
-            } else {
-                Local::Unknown
+    with_file(lookup, |file| {
+        let found = match key {
+            Key::Name(name) => file.user_by_name(name),
+            Key::Id(uid) => file.user_by_uid(uid),
+        };
+        match found {
+            Ok(Some(user)) if visibility::visible(user.origin, options) => {
+                if file.coverage().exact_user(user.origin, options) || !lookup.may_talk() {
+                    Local::Answered(answer(&user))
+                } else {
+                    Local::Unknown
+                }
             }
+            Ok(_) => miss(file, options),
+            Err(_) => Local::Unknown,
         }
-        Ok(_) => miss(&file, options),
-        Err(_) => Local::Unknown,
-    }
+    })
 }
 
 /// A group by key with the members this caller is answered, handed to
@@ -86,48 +93,40 @@ pub fn group<R>(
     options: LookupOptions,
     answer: impl FnOnce(&GroupView, &[&str]) -> R,
 ) -> Local<R> {
-    let Some(mapped) = mapping(lookup) else {
-        return Local::Unknown;
-    };
-    let Ok(file) = Snapfile::parse(mapped.content()) else {
-        return Local::Unknown;
-    };
-    let found = match key {
-        Key::Name(name) => file.group_by_name(name),
-        Key::Id(gid) => file.group_by_gid(gid),
-    };
-    match found {
-        Ok(Some(group)) if visibility::visible(group.origin, options) => {
-            // Services may state more members: only a complete file knows all.
-            if !whole(&file, lookup, options) {
-                return Local::Unknown;
+    with_file(lookup, |file| {
+        let found = match key {
+            Key::Name(name) => file.group_by_name(name),
+            Key::Id(gid) => file.group_by_gid(gid),
+        };
+        match found {
+            Ok(Some(group)) if visibility::visible(group.origin, options) => {
+                // Services may state more members: only a complete file knows all.
+                if !whole(file, lookup, options) {
+                    return Local::Unknown;
+                }
+                match group.members(options).collect::<Result<Vec<&str>, _>>() {
+                    Ok(members) => Local::Answered(answer(&group, &members)),
+                    Err(_) => Local::Unknown,
+                }
             }
-            match group.members(options).collect::<Result<Vec<&str>, _>>() {
-                Ok(members) => Local::Answered(answer(&group, &members)),
-                Err(_) => Local::Unknown,
-            }
+            Ok(_) => miss(file, options),
+            Err(_) => Local::Unknown,
         }
-        Ok(_) => miss(&file, options),
-        Err(_) => Local::Unknown,
-    }
+    })
 }
 
 /// The gids of the groups that list `user`, for `initgroups`.
 pub fn gids_of(lookup: &Lookup, user: &str, options: LookupOptions) -> Local<Vec<u32>> {
-    let Some(mapped) = mapping(lookup) else {
-        return Local::Unknown;
-    };
-    let Ok(file) = Snapfile::parse(mapped.content()) else {
-        return Local::Unknown;
-    };
-    if !whole(&file, lookup, options) {
-        return Local::Unknown;
-    }
-    match file.gids_of(user, options) {
-        Ok(gids) if gids.is_empty() => miss(&file, options),
-        Ok(gids) => Local::Answered(gids),
-        Err(_) => Local::Unknown,
-    }
+    with_file(lookup, |file| {
+        if !whole(file, lookup, options) {
+            return Local::Unknown;
+        }
+        match file.gids_of(user, options) {
+            Ok(gids) if gids.is_empty() => miss(file, options),
+            Ok(gids) => Local::Answered(gids),
+            Err(_) => Local::Unknown,
+        }
+    })
 }
 
 /// One step of a listing.
@@ -149,12 +148,26 @@ pub struct Listing {
 }
 
 impl Listing {
-    /// A listing of the file, if it holds the whole listing for this caller
-    /// (or the caller may not talk).
-    pub fn open(lookup: &Lookup, options: LookupOptions) -> Option<Listing> {
+    /// A listing of the file's users, if it holds the whole listing for
+    /// this caller (or the caller may not talk) and every record in it is
+    /// sound.
+    pub fn users(lookup: &Lookup, options: LookupOptions) -> Option<Listing> {
+        Listing::open(lookup, options, |file| file.check_users())
+    }
+
+    /// As [`Listing::users`], for groups.
+    pub fn groups(lookup: &Lookup, options: LookupOptions) -> Option<Listing> {
+        Listing::open(lookup, options, |file| file.check_groups())
+    }
+
+    fn open(
+        lookup: &Lookup,
+        options: LookupOptions,
+        check: impl FnOnce(&Snapfile) -> Result<(), Invalid>,
+    ) -> Option<Listing> {
         let mapped = mapping(lookup)?;
         let file = Snapfile::parse(mapped.content()).ok()?;
-        if !whole(&file, lookup, options) {
+        if !whole(&file, lookup, options) || check(&file).is_err() {
             return None;
         }
         Some(Listing {

@@ -123,18 +123,36 @@ pub fn current(path: &Path, now_ms: u64) -> Option<Mapped> {
     if last_miss != 0 && now_ms.saturating_sub(last_miss) < RETRY_MS {
         return None;
     }
-    if !swap_in(path) {
-        LAST_MISS_MS.store(now_ms.max(1), Ordering::Relaxed);
-        return None;
+    match swap_in(path) {
+        Swap::Done => {
+            LAST_MISS_MS.store(0, Ordering::Relaxed);
+            acquire().filter(|m| !m.superseded())
+        }
+        // Not a missing file: the next call tries again (a few atomic
+        // operations), rather than waiting out the retry interval after
+        // every republication in a busy process.
+        Swap::Busy => None,
+        Swap::Unusable => {
+            LAST_MISS_MS.store(now_ms.max(1), Ordering::Relaxed);
+            None
+        }
     }
-    LAST_MISS_MS.store(0, Ordering::Relaxed);
-    acquire().filter(|m| !m.superseded())
+}
+
+/// How an attempt to map a new file ended.
+enum Swap {
+    /// A usable file is now current.
+    Done,
+    /// Another thread is mapping one, or a reader still holds the older
+    /// generation whose slot the new file needs.
+    Busy,
+    /// There is no file to believe.
+    Unusable,
 }
 
 /// Maps the file at `path` into the slot that is not current, if nobody
-/// reads it, and makes it current. Returns whether a usable file is now
-/// current.
-fn swap_in(path: &Path) -> bool {
+/// reads it, and makes it current.
+fn swap_in(path: &Path) -> Swap {
     // SAFETY: getpid has no preconditions and cannot fail.
     let pid = u64::try_from(unsafe { libc::getpid() }).unwrap_or(0);
     let holder = SWAPPING.load(Ordering::SeqCst);
@@ -145,35 +163,39 @@ fn swap_in(path: &Path) -> bool {
             .compare_exchange(holder, pid, Ordering::SeqCst, Ordering::SeqCst)
             .is_err()
     {
-        return false;
+        return Swap::Busy;
     }
     let done = swap_in_locked(path);
     SWAPPING.store(0, Ordering::SeqCst);
     done
 }
 
-fn swap_in_locked(path: &Path) -> bool {
+fn swap_in_locked(path: &Path) -> Swap {
     let current = CURRENT.load(Ordering::SeqCst);
     let free = if current == 1 { 1 } else { 0 };
     let slot = &SLOTS[free];
     if slot.readers.load(Ordering::SeqCst) != 0 {
         // Someone still reads the older generation: keep it, use none now.
-        return false;
+        return Swap::Busy;
     }
-    let Some((base, len)) = map(path) else {
-        return false;
-    };
+    // The older generation goes before the new one is mapped: never three
+    // at once.
     let old = slot.base.swap(std::ptr::null_mut(), Ordering::SeqCst);
     let old_len = slot.len.swap(0, Ordering::SeqCst);
     if !old.is_null() {
         // SAFETY: `old`/`old_len` are a mapping this module made; the slot
-        // is not current and has no reader, so nothing can touch it.
+        // is not current and has no reader, so nothing can touch it (a
+        // reader counting itself in sees the slot is not current and
+        // leaves without reading).
         unsafe { libc::munmap(old.cast(), old_len) };
     }
+    let Some((base, len)) = map(path) else {
+        return Swap::Unusable;
+    };
     slot.len.store(len, Ordering::SeqCst);
     slot.base.store(base, Ordering::SeqCst);
     CURRENT.store(free + 1, Ordering::SeqCst);
-    true
+    Swap::Done
 }
 
 /// Opens, checks and maps the file; `None` when it is not to be believed.

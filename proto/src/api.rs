@@ -7,8 +7,17 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// `org.varlink.service`, which every Varlink service implements.
+pub mod varlink_service {
+    pub const INTERFACE: &str = "org.varlink.service";
+    pub const GET_INFO: &str = "org.varlink.service.GetInfo";
+    pub const GET_INTERFACE_DESCRIPTION: &str = "org.varlink.service.GetInterfaceDescription";
+    pub const IDL: &str = include_str!("../idl/org.varlink.service.varlink");
+}
+
 pub mod userdb {
     pub const INTERFACE: &str = "io.systemd.UserDatabase";
+    pub const IDL: &str = include_str!("../idl/io.systemd.UserDatabase.varlink");
     pub const GET_USER_RECORD: &str = "io.systemd.UserDatabase.GetUserRecord";
     pub const GET_GROUP_RECORD: &str = "io.systemd.UserDatabase.GetGroupRecord";
     pub const GET_MEMBERSHIPS: &str = "io.systemd.UserDatabase.GetMemberships";
@@ -22,11 +31,23 @@ pub mod userdb {
 
 pub mod broker {
     pub const INTERFACE: &str = "io.userdb.Broker";
+    pub const IDL: &str = include_str!("../idl/io.userdb.Broker.varlink");
     pub const GET_USER_RECORD: &str = "io.userdb.Broker.GetUserRecord";
     pub const GET_GROUP_RECORD: &str = "io.userdb.Broker.GetGroupRecord";
     pub const GET_MEMBERSHIPS: &str = "io.userdb.Broker.GetMemberships";
     pub const GET_STATUS: &str = "io.userdb.Broker.GetStatus";
+    pub const FLUSH: &str = "io.userdb.Broker.Flush";
+
+    /// Not found, but some sources could not be asked.
+    pub const SOURCES_UNAVAILABLE: &str = "io.userdb.Broker.SourcesUnavailable";
 }
+
+/// Every interface the broker serves, with its description.
+pub const INTERFACES: [(&str, &str); 3] = [
+    (varlink_service::INTERFACE, varlink_service::IDL),
+    (userdb::INTERFACE, userdb::IDL),
+    (broker::INTERFACE, broker::IDL),
+];
 
 /// What the module knows about its caller that changes the answer. Only the
 /// `io.userdb.Broker` methods read these; on `io.systemd.UserDatabase` they

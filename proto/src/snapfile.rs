@@ -396,6 +396,24 @@ impl<'a> Snapfile<'a> {
             .chain((0..count).map(move |i| lists.u32_at(offset + 4 + i * 4)))
     }
 
+    /// Checks every user record, so that a listing either hands out all of
+    /// them or is not taken from this file at all: a record found corrupt
+    /// half-way would end it early. The same order of work as the listing.
+    pub fn check_users(&self) -> Result<(), Invalid> {
+        (0..self.user_count()).try_for_each(|i| self.user_at(i).map(drop))
+    }
+
+    /// As [`Snapfile::check_users`], for groups and every member they list.
+    pub fn check_groups(&'a self) -> Result<(), Invalid> {
+        (0..self.group_count()).try_for_each(|i| {
+            let group = self.group_at(i)?;
+            self.list(group.members).try_for_each(|item| {
+                self.name(item? & !BY_FILES)?;
+                Ok(())
+            })
+        })
+    }
+
     /// The user at `index` in listing order.
     pub fn user_at(&self, index: usize) -> Result<UserView<'a>, Invalid> {
         let base = index

@@ -181,6 +181,13 @@ deb=${USERDB_BROKER_DEB:-$("$repo/packaging/debian/build-deb.sh" | tail -n1)}
 echo "$deb"
 finish "build .deb"
 
+# nss-probe times each look-up around the libc call inside the process, so
+# the generator can show what a look-up costs apart from starting a process.
+begin "nss-probe"
+(cd "$repo" && cargo build --release -q -p userdb-broker-tests --bin nss-probe)
+probe=${CARGO_TARGET_DIR:-$repo/target}/release/nss-probe
+finish "build nss-probe"
+
 workdir=$(mktemp -d /var/tmp/userdb-broker-boot.XXXXXX)
 
 mkdir -p /run/systemd/nspawn
@@ -298,8 +305,12 @@ JSON
     echo '{}' >"$root/etc/userdb/dropuser:users.membership"
     echo '{}' >"$root/etc/userdb/dropuser:adm.membership"
     sed -i -E '/^adm:/{s/:$/:dropuser/;t;s/$/,dropuser/}' "$root/etc/group"
+    # An invalid drop-in: the broker skips it with one warning, which the
+    # journal must hold at priority "warning".
+    echo '{' >"$root/etc/userdb/broken.user"
 
     install -D -m 0755 "$here/guest/boot-test-generator" "$root/etc/systemd/system-generators/boot-test-generator"
+    install -D -m 0755 "$probe" "$root/usr/local/bin/nss-probe"
     install -D -m 0755 "$here/guest/boot-test-check" "$root/usr/local/sbin/boot-test-check"
     local unit
     for unit in boot-test-user boot-test-dynamic boot-test-check; do
@@ -451,6 +462,8 @@ generator_max() {
         p == phase && $2 == lookup { if ($3 > max) max = $3; seen = 1 }
         END { if (seen) print max }'
 }
+# What the generator looks up each time it runs (guest/boot-test-generator).
+generator_lookups=4
 generator_ran() { # generator_ran RUN PHASE: how many look-ups the generator logged in PHASE
     generator_log "$1" | awk -F'\t' -v p="$2" '$1 == p && $2 != "spawn"' | wc -l
 }
@@ -463,6 +476,30 @@ reload_max() {
 }
 # loop_stat RUN WHAT STAT: over the restart loop's look-ups of WHAT: count,
 # max (µs) or misses (look-ups that did not answer).
+# probe_lookups RUN PHASE: the µs of every dropuser look-up nss-probe timed
+# in the generator during PHASE (all of its rounds), space-separated.
+probe_lookups() {
+    generator_log "$1" | awk -F'\t' -v phase="$2" '
+        { p = $1; sub(/-[0-9]+$/, "", p) }
+        p == phase && $2 == "probe-dropuser" {
+            n = split($5, f, " ")
+            for (i = 1; i < n; i++) {
+                if (f[i] ~ /^(passwd|group):dropuser$/) {
+                    printf "%s%s", sep, f[i + 1]
+                    sep = " "
+                }
+            }
+            if ($5 !~ /found dropuser:x:4711:4711:/) printf "%s(wrong: %s)", sep, $5
+        }'
+}
+all_below() { # all_below "N N ..." BOUND: non-empty, every N a number below BOUND
+    local n
+    [[ -n $1 ]] || return 1
+    for n in $1; do
+        [[ $n =~ ^[0-9]+(\.[0-9]+)?$ ]] || return 1
+        awk -v n="$n" -v b="$2" 'BEGIN { exit !(n < b) }' || return 1
+    done
+}
 loop_stat() {
     [[ -f $workdir/$1/results/restart-lookups.log ]] || return 0
     awk -F'\t' -v what="$2" -v stat="$3" '
@@ -518,6 +555,10 @@ assert_broker() {
         matches "$(value "$r" dynamic-by-name.out)" "^boot-test-dynamic:[^:]*:$dynamic_uid:"
     check "$r: DynamicUser= unit's user resolves through the broker by uid" \
         matches "$(value "$r" dynamic-by-uid.out)" '^boot-test-dynamic:'
+    check "$r: ... exactly as PID 1's own io.systemd.DynamicUser answers it" \
+        equals "$(value "$r" dynamic-by-name.out)" "$(value "$r" dynamic-from-pid1.out)"
+    check "$r: ... and the broker never uses PID 1's socket (its sources: $(value "$r" broker.sources))" \
+        equals "$(grep -c io.systemd.DynamicUser <<<"$(value "$r" broker.sources)")" 0
     check "$r: broker was stopped, then frozen (state T)" \
         equals "$(value "$r" broker.stopped)/$(value "$r" broker.frozen)" "inactive/T"
     check "$r: a killed broker is restarted by a new process ($(value "$r" broker.restarted))" \
@@ -528,10 +569,14 @@ assert_broker() {
         for ((i = 1; i <= broker_reloads; i++)); do
             check "$r: daemon-reload $phase #$i < 2 s ($(ms "$(value "$r" "reload.$phase.$i.us")") ms)" \
                 below "$(value "$r" "reload.$phase.$i.us")" "$reload_bound_us"
-            check "$r: daemon-reload $phase #$i re-ran the generator" equals "$(generator_ran "$r" "$phase-$i")" 3
+            check "$r: daemon-reload $phase #$i re-ran the generator" equals "$(generator_ran "$r" "$phase-$i")" "$generator_lookups"
         done
     done
-    check "$r: generator ran at boot" equals "$(generator_ran "$r" boot)" 3
+    check "$r: generator ran at boot" equals "$(generator_ran "$r" boot)" "$generator_lookups"
+    # With the broker frozen the snapshot file answers, inside the process.
+    frozen=$(probe_lookups "$r" frozen)
+    check "$r: generator, broker frozen: dropuser from the snapshot file ($frozen µs)" \
+        all_below "$frozen" 5000
 
     check "$r: the unit has no alias ($(value "$r" broker.names))" equals "$(value "$r" broker.names)" userdb-brokerd.service
     for phase in stopping restarting; do
@@ -539,7 +584,7 @@ assert_broker() {
             matches "$(value "$r" "$phase.before")" '^deactivating/'
         check "$r: daemon-reload while $phase < 2 s ($(ms "$(value "$r" "reload.$phase.us")") ms)" \
             below "$(value "$r" "reload.$phase.us")" "$reload_bound_us"
-        check "$r: daemon-reload while $phase re-ran the generator" equals "$(generator_ran "$r" "$phase")" 3
+        check "$r: daemon-reload while $phase re-ran the generator" equals "$(generator_ran "$r" "$phase")" "$generator_lookups"
     done
     check "$r: ... the stop completed ($(value "$r" stopping.after))" matches "$(value "$r" stopping.after)" '^inactive/'
     check "$r: ... the restart completed ($(value "$r" restarting.after))" restarted "$(value "$r" restarting.after)"
@@ -550,6 +595,8 @@ assert_broker() {
     check "$r: ... no unit failed ($(value "$r" restart-loop.failed-units))" equals "$(value "$r" restart-loop.failed-units)" ""
     for what in passwd-dropuser group-users; do
         check "$r: ... look-up loop ran ($(loop_stat "$r" "$what" count) getent $what)" below 0 "$(loop_stat "$r" "$what" count)"
+        check "$r: ... every getent $what answered, from the snapshot file while the broker restarted" \
+            equals "$(loop_stat "$r" "$what" misses)" 0
         check "$r: ... no getent $what waited past the deadline (slowest $(ms "$(loop_stat "$r" "$what" max)") ms)" \
             below "$(loop_stat "$r" "$what" max)" "$lookup_deadline_us"
     done
@@ -566,6 +613,17 @@ assert_broker() {
         $2 == "spawn" { spawn[$1] = $3 }
         $2 != "spawn" && $3 >= bound { printf "%s%s %s %d ms (spawn %d ms)", sep, $1, $2, $3 / 1000, spawn[$1] / 1000; sep = "; " }')
     check "$r: every generator look-up < 200 ms${slow:+ (slow: $slow)}" equals "$slow" ""
+    check "$r: the broker's warning is in the journal at priority warning" \
+        matches "$(broker_journal "$r" -p warning..warning)" 'etc/userdb/broken\.user: skipped: invalid JSON'
+    check "$r: its info lines are at priority info, with no timestamp of their own" \
+        matches "$(broker_journal "$r" -p info..info | grep -m1 'ready socket=')" '^ready socket='
+}
+
+# broker_journal RUN JOURNALCTL-OPTIONS...: the broker's messages in the run's journal.
+broker_journal() {
+    local run=$1
+    shift
+    journalctl -D "$workdir/$run/root/var/log/journal" -u userdb-brokerd.service -o cat --no-pager "$@" 2>/dev/null || true
 }
 
 # assert_control RUN: the control must show what the broker avoids.

@@ -41,3 +41,8 @@ pub fn brokerd() -> PathBuf {
 pub fn brokerctl() -> PathBuf {
     artifact("userdb-brokerctl")
 }
+
+/// The test helper that calls glibc's look-ups directly (`tests/src/bin/nss-probe.rs`).
+pub fn probe() -> PathBuf {
+    artifact("nss-probe")
+}

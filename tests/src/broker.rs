@@ -1,9 +1,10 @@
 //! The real `userdb-brokerd`, started on a fixture root.
 
 use std::fs::{self, File};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -25,87 +26,118 @@ pub struct Broker {
     child: Child,
     socket: PathBuf,
     log: PathBuf,
+    config: PathBuf,
+    /// The write end of the broker's stdin, when it is a pipe: kept open and
+    /// silent, so that a read from it would block.
+    _stdin: Option<ChildStdin>,
 }
 
-impl Broker {
-    /// Starts the broker on `fixture`'s root and socket and waits for READY=1.
-    pub fn start(fixture: &Fixture) -> Broker {
-        Self::start_at(fixture, &fixture.socket_path())
+/// Where the broker's stderr goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stderr {
+    /// A log file of the test's own ([`Broker::log`]).
+    Log,
+    /// A pipe whose read end is already closed: every write fails with EPIPE.
+    Broken,
+}
+
+/// How to start a broker: [`Broker::launch`], options, then [`Launch::start`].
+#[derive(Debug, Clone)]
+pub struct Launch<'a> {
+    fixture: &'a Fixture,
+    socket: PathBuf,
+    nss: Option<&'a Nss>,
+    config: String,
+    nofile: Option<u64>,
+    stdin_pipe: bool,
+    stderr: Stderr,
+    ready_limit: Duration,
+    socket_only: bool,
+}
+
+impl<'a> Launch<'a> {
+    /// How long it may take to send READY=1 (default [`READY_LIMIT`]).
+    pub fn ready_within(mut self, limit: Duration) -> Self {
+        self.ready_limit = limit;
+        self
     }
 
-    /// Same, on another socket path.
-    pub fn start_at(fixture: &Fixture, socket: &Path) -> Broker {
-        Self::launch(fixture, socket, None, None, READY_LIMIT)
+    /// Listen on another socket path.
+    pub fn socket(mut self, socket: &Path) -> Self {
+        self.socket = socket.to_path_buf();
+        self
     }
 
-    /// Same, with `config` written to a file and passed as `--config`.
-    pub fn start_with_config(fixture: &Fixture, config: &str) -> Broker {
-        Self::start_with_config_within(fixture, config, READY_LIMIT)
+    /// Run inside `nss`'s namespace, so that its own look-ups (if it made
+    /// any) would go through that nsswitch.conf and the module.
+    pub fn under(mut self, nss: &'a Nss) -> Self {
+        self.nss = Some(nss);
+        self
     }
 
-    /// Same, waiting up to `ready_limit` for READY=1 (a very large root).
-    pub fn start_with_config_within(
-        fixture: &Fixture,
-        config: &str,
-        ready_limit: Duration,
-    ) -> Broker {
-        let path = fixture.scratch().join("broker.toml");
-        fs::write(&path, config).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-        Self::launch(
-            fixture,
-            &fixture.socket_path(),
-            None,
-            Some(&path),
-            ready_limit,
-        )
+    /// The configuration file's text (written to [`Broker::config_path`]).
+    pub fn config(mut self, config: &str) -> Self {
+        self.config = config.to_owned();
+        self
     }
 
-    /// Starts the broker inside `nss`'s namespace, so that its own lookups
-    /// (if it made any) would go through that nsswitch.conf and the module.
-    pub fn start_under(fixture: &Fixture, nss: &Nss) -> Broker {
-        Self::launch(
-            fixture,
-            &fixture.socket_path(),
-            Some(nss),
-            None,
-            READY_LIMIT,
-        )
+    /// No snapshot file: every look-up goes through the socket, for tests
+    /// of the server itself (with the file, local look-ups never reach it).
+    pub fn socket_only(mut self) -> Self {
+        self.socket_only = true;
+        self
     }
 
-    fn launch(
-        fixture: &Fixture,
-        socket: &Path,
-        nss: Option<&Nss>,
-        config: Option<&Path>,
-        ready_limit: Duration,
-    ) -> Broker {
-        let scratch = fixture.scratch();
+    /// Soft and hard `RLIMIT_NOFILE` (set by `prlimit`, which then execs the
+    /// broker: the pid is the broker's).
+    pub fn nofile(mut self, limit: u64) -> Self {
+        self.nofile = Some(limit);
+        self
+    }
+
+    /// stdin a pipe that nobody ever writes to.
+    pub fn stdin_pipe(mut self) -> Self {
+        self.stdin_pipe = true;
+        self
+    }
+
+    /// stderr a pipe nobody reads any more: every log line fails to write.
+    pub fn broken_stderr(mut self) -> Self {
+        self.stderr = Stderr::Broken;
+        self
+    }
+
+    /// Starts the broker and waits for READY=1.
+    pub fn start(self) -> Broker {
+        let scratch = self.fixture.scratch();
         let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
         let notify_path = scratch.join(format!("notify.{generation}"));
         let notify = UnixDatagram::bind(&notify_path)
             .unwrap_or_else(|e| panic!("bind {}: {e}", notify_path.display()));
         let log = scratch.join(format!("broker.{generation}.log"));
-        let log_file =
-            File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
-        let mut argv = vec![
-            artifacts::brokerd().into_os_string(),
-            "--root".into(),
-            fixture.root().into(),
-            "--socket".into(),
-            socket.into(),
-        ];
         // Always a file of the test's own, so that the host's
         // /etc/userdb-broker/userdb-brokerd.toml never applies.
-        let empty = scratch.join("empty.toml");
-        let config = match config {
-            Some(config) => config.to_path_buf(),
-            None => {
-                fs::write(&empty, "").unwrap_or_else(|e| panic!("write {}: {e}", empty.display()));
-                empty
-            }
-        };
-        argv.extend(["--config".into(), config.into()]);
-        let mut command = match nss {
+        let config = scratch.join(format!("broker.{generation}.toml"));
+        let mut text = self.config.clone();
+        if self.socket_only {
+            text.push_str("\nsnapshot_file = false\n");
+        }
+        fs::write(&config, text).unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(limit) = self.nofile {
+            argv.extend(["prlimit".into(), format!("--nofile={limit}:{limit}").into()]);
+            argv.push("--".into());
+        }
+        argv.extend([
+            artifacts::brokerd().into_os_string(),
+            "--root".into(),
+            self.fixture.root().into(),
+            "--socket".into(),
+            self.socket.clone().into(),
+            "--config".into(),
+            config.clone().into(),
+        ]);
+        let mut command = match self.nss {
             Some(nss) => nss.command(&argv),
             None => {
                 let mut plain = Command::new(&argv[0]);
@@ -116,23 +148,116 @@ impl Broker {
                 plain
             }
         };
+        let stderr = match self.stderr {
+            Stderr::Log => Stdio::from(
+                File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display())),
+            ),
+            Stderr::Broken => Stdio::from(broken_pipe()),
+        };
         command
             .env("RUST_BACKTRACE", "1")
             .env("NOTIFY_SOCKET", &notify_path)
-            .stdin(Stdio::null())
+            .stdin(if self.stdin_pipe {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::null())
-            .stderr(log_file);
-        let child = command
+            .stderr(stderr);
+        let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+        let stdin = child.stdin.take();
         let mut broker = Broker {
             child,
-            socket: socket.to_path_buf(),
+            socket: self.socket,
             log,
+            config,
+            _stdin: stdin,
         };
-        broker.wait_ready(&notify, ready_limit);
+        broker.wait_ready(&notify, self.ready_limit);
         let _ = fs::remove_file(&notify_path);
         broker
+    }
+}
+
+/// The write end of a pipe whose read end is closed.
+fn broken_pipe() -> OwnedFd {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 returns.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just created and are owned here only.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    write
+}
+
+/// What `/proc/PID/status` says about a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStatus {
+    pub threads: u64,
+    /// Resident memory now, KiB.
+    pub rss_kib: u64,
+    /// The most resident memory ever, KiB.
+    pub hwm_kib: u64,
+}
+
+impl ProcStatus {
+    pub fn of(pid: u32) -> ProcStatus {
+        let path = format!("/proc/{pid}/status");
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        let field = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {path}:\n{text}"))
+        };
+        ProcStatus {
+            threads: field("Threads:"),
+            rss_kib: field("VmRSS:"),
+            hwm_kib: field("VmHWM:"),
+        }
+    }
+}
+
+impl Broker {
+    /// Starts the broker on `fixture`'s root and socket and waits for READY=1.
+    pub fn start(fixture: &Fixture) -> Broker {
+        Self::launch(fixture).start()
+    }
+
+    /// Same, on another socket path.
+    pub fn start_at(fixture: &Fixture, socket: &Path) -> Broker {
+        Self::launch(fixture).socket(socket).start()
+    }
+
+    /// Same, with `config` as its configuration file.
+    pub fn start_with_config(fixture: &Fixture, config: &str) -> Broker {
+        Self::launch(fixture).config(config).start()
+    }
+
+    /// Starts the broker inside `nss`'s namespace, so that its own lookups
+    /// (if it made any) would go through that nsswitch.conf and the module.
+    pub fn start_under(fixture: &Fixture, nss: &Nss) -> Broker {
+        Self::launch(fixture).under(nss).start()
+    }
+
+    /// A broker on `fixture`'s root and socket with an empty configuration
+    /// file, to be changed by the [`Launch`] options before it starts.
+    pub fn launch(fixture: &Fixture) -> Launch<'_> {
+        Launch {
+            fixture,
+            socket: fixture.socket_path(),
+            nss: None,
+            config: String::new(),
+            nofile: None,
+            stdin_pipe: false,
+            stderr: Stderr::Log,
+            ready_limit: READY_LIMIT,
+            socket_only: false,
+        }
     }
 
     fn wait_ready(&mut self, notify: &UnixDatagram, limit: Duration) {
@@ -167,6 +292,86 @@ impl Broker {
         self.child.id()
     }
 
+    /// The configuration file it was started with (a reload reads it again).
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// Threads and memory now.
+    pub fn proc_status(&self) -> ProcStatus {
+        ProcStatus::of(self.pid())
+    }
+
+    /// CPU time used so far (user and system).
+    pub fn cpu_time(&self) -> Duration {
+        let path = format!("/proc/{}/stat", self.pid());
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        // The fields after the parenthesised command name; utime and stime
+        // are the 14th and 15th of the line.
+        let after = text.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<u64> = after
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        assert_eq!(
+            fields.len(),
+            2,
+            "cannot read utime/stime from {path}: {text}"
+        );
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_millis((fields[0] + fields[1]) * 1000 / ticks)
+    }
+
+    /// How many descriptors it has open.
+    pub fn open_fds(&self) -> usize {
+        let dir = format!("/proc/{}/fd", self.pid());
+        fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("list {dir}: {e}"))
+            .count()
+    }
+
+    /// Sets its soft descriptor limit (`prlimit --pid`), hard limit unchanged.
+    pub fn set_soft_nofile(&self, soft: usize) {
+        let mut command = Command::new("prlimit");
+        command
+            .arg("--pid")
+            .arg(self.pid().to_string())
+            .arg(format!("--nofile={soft}:"));
+        process::run(command, Duration::from_secs(10)).assert_code(0, "prlimit --pid");
+    }
+
+    /// Sends `signal` (a `libc::SIG*`).
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill has no memory preconditions; the pid is our child's,
+        // not yet reaped (it is reaped only by kill() or drop).
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    }
+
+    /// Starts counting `VmHWM` again from the current resident size.
+    pub fn reset_peak_memory(&self) {
+        let path = format!("/proc/{}/clear_refs", self.pid());
+        fs::write(&path, "5").unwrap_or_else(|e| panic!("write {path}: {e}"));
+    }
+
+    /// Waits until a line of the log satisfies `wanted`; that line, if one
+    /// did within `limit`.
+    pub fn wait_for_log(&self, limit: Duration, wanted: impl Fn(&str) -> bool) -> Option<String> {
+        let started = Instant::now();
+        loop {
+            if let Some(line) = self.log().lines().find(|l| wanted(l)) {
+                return Some(line.to_owned());
+            }
+            if started.elapsed() >= limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Everything the broker wrote to stderr so far.
     pub fn log(&self) -> String {
         fs::read(&self.log)
@@ -185,6 +390,33 @@ impl Broker {
         out.assert_code(0, "userdb-brokerctl status");
         serde_json::from_str(&out.stdout)
             .unwrap_or_else(|e| panic!("status is not JSON ({e}):\n{}", out.stdout))
+    }
+
+    /// `userdb-brokerctl --json user NAME` against this broker, as root or
+    /// as `uid` (its gid the same number), parsed.
+    pub fn user_record(&self, name: &str, uid: Option<u32>) -> serde_json::Value {
+        let mut argv: Vec<std::ffi::OsString> = vec![
+            artifacts::brokerctl().into(),
+            "--socket".into(),
+            self.socket.clone().into(),
+            "--json".into(),
+            "user".into(),
+            name.into(),
+        ];
+        if let Some(uid) = uid {
+            argv = crate::nss::as_user(uid, &argv);
+        }
+        let mut command = Command::new(&argv[0]);
+        command.args(&argv[1..]);
+        let out = process::run(command, Duration::from_secs(10));
+        out.assert_code(0, "userdb-brokerctl --json user");
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout))
+    }
+
+    /// How it ended, if it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// Whether the process is still alive (not exited, not crashed).

@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,9 +15,38 @@ use serde_json::{json, Value};
 #[derive(Debug)]
 pub struct TempDir {
     path: PathBuf,
+    /// A tmpfs is mounted on it (unmounted on drop).
+    tmpfs: bool,
 }
 
 impl TempDir {
+    /// Same, on a tmpfs of its own: hundreds of thousands of files are
+    /// written without a journal and are gone at once with the unmount.
+    pub fn on_tmpfs() -> Self {
+        let mut dir = TempDir::new();
+        let target = std::ffi::CString::new(dir.path.as_os_str().as_bytes())
+            .unwrap_or_else(|_| panic!("NUL in {}", dir.path.display()));
+        // SAFETY: every argument is a valid NUL-terminated string.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                c"mode=0755,size=8g,nr_inodes=4m".as_ptr().cast(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "mount a tmpfs on {}: {}",
+            dir.path.display(),
+            std::io::Error::last_os_error()
+        );
+        dir.tmpfs = true;
+        dir
+    }
+
     pub fn new() -> Self {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         // Short: sockets live in here and sun_path holds 108 bytes.
@@ -29,7 +59,7 @@ impl TempDir {
             let _ = fs::remove_dir_all(&path);
         }
         create_dir(&path);
-        TempDir { path }
+        TempDir { path, tmpfs: false }
     }
 
     pub fn path(&self) -> &Path {
@@ -45,6 +75,13 @@ impl Default for TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if self.tmpfs {
+            if let Ok(target) = std::ffi::CString::new(self.path.as_os_str().as_bytes()) {
+                // SAFETY: `target` is a valid NUL-terminated path. Detached,
+                // so a broker still holding a file there cannot keep it.
+                unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
         let _ = fs::remove_dir_all(&self.path);
     }
 }
@@ -66,6 +103,21 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) {
 /// `lines` as file content, each ended by a newline.
 fn lines_text(lines: &[&str]) -> String {
     lines.iter().map(|l| format!("{l}\n")).collect()
+}
+
+/// A FIFO at `path` (mode 0644), as `mkfifo` makes it.
+pub fn make_fifo(path: &Path) {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .unwrap_or_else(|_| panic!("NUL in {}", path.display()));
+    // SAFETY: `c_path` is a valid NUL-terminated path for the call.
+    let rc = unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) };
+    assert_eq!(
+        rc,
+        0,
+        "mkfifo {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 /// The userdb drop-in directories, in systemd's priority order (earlier wins).
@@ -155,7 +207,15 @@ pub struct Fixture {
 impl Fixture {
     /// A root holding the `BASE_*` files and empty drop-in directories.
     pub fn new() -> Self {
-        let dir = TempDir::new();
+        Self::in_dir(TempDir::new())
+    }
+
+    /// Same, on a tmpfs of its own: for trees of hundreds of thousands of files.
+    pub fn on_tmpfs() -> Self {
+        Self::in_dir(TempDir::on_tmpfs())
+    }
+
+    fn in_dir(dir: TempDir) -> Self {
         let root = dir.path().join("root");
         create_dir(&root.join("etc"));
         for d in DropinDir::ALL {
@@ -216,14 +276,30 @@ impl Fixture {
         writeln!(file, "{line}").unwrap_or_else(|e| panic!("append {}: {e}", path.display()));
     }
 
+    /// `etc/DB` below the root.
+    pub fn etc_path(&self, db: &str) -> PathBuf {
+        self.root.join("etc").join(db)
+    }
+
     /// Replaces `etc/DB` whole by writing a new file and renaming it over
     /// the old one, as shadow-utils does.
-    pub fn replace_etc_file(&self, db: &str, lines: &[&str]) {
-        let path = self.root.join("etc").join(db);
-        let staging = self.root.join("etc").join(format!("{db}+"));
+    pub fn replace_etc_file<S: AsRef<str>>(&self, db: &str, lines: &[S]) {
+        let text: String = lines.iter().map(|l| format!("{}\n", l.as_ref())).collect();
+        self.replace_etc_bytes(db, text.as_bytes());
+    }
+
+    /// Same, with any bytes (not necessarily UTF-8, not necessarily lines).
+    pub fn replace_etc_bytes(&self, db: &str, bytes: &[u8]) {
+        let staging = self.etc_path(&format!("{db}+"));
         let mode = if db.contains("shadow") { 0o600 } else { 0o644 };
-        write_file(&staging, lines_text(lines).as_bytes(), mode);
-        fs::rename(&staging, &path).unwrap_or_else(|e| panic!("rename to {}: {e}", path.display()));
+        write_file(&staging, bytes, mode);
+        self.rename_over_etc(db, &staging);
+    }
+
+    /// Renames `from` (anything: a FIFO, a sparse file) over `etc/DB`.
+    pub fn rename_over_etc(&self, db: &str, from: &Path) {
+        let path = self.etc_path(db);
+        fs::rename(from, &path).unwrap_or_else(|e| panic!("rename to {}: {e}", path.display()));
     }
 
     /// Appends a raw line to `etc/passwd`.
@@ -250,7 +326,8 @@ impl Fixture {
         path
     }
 
-    fn dropin_link(&self, dir: DropinDir, link_name: &str, target: &str) {
+    /// A symlink `link_name` in `dir` to `target` (replacing what was there).
+    pub fn dropin_link(&self, dir: DropinDir, link_name: &str, target: &str) {
         let link = self.dropin_path(dir, link_name);
         let _ = fs::remove_file(&link);
         symlink(target, &link).unwrap_or_else(|e| panic!("symlink {}: {e}", link.display()));
@@ -319,6 +396,35 @@ impl Fixture {
         self
     }
 
+    /// PID 1's directory of dynamic users below the root.
+    pub fn dynamic_uid_dir(&self) -> PathBuf {
+        self.root.join("run/systemd/dynamic-uid")
+    }
+
+    /// The two links PID 1 keeps for a dynamic user it allocated:
+    /// `direct:NAME` -> UID and `direct:UID` -> NAME (the directory is
+    /// created if missing).
+    pub fn dynamic_user(&self, name: &str, uid: u32) -> &Self {
+        let dir = self.dynamic_uid_dir();
+        create_dir(&dir);
+        for (link, target) in [
+            (name.to_owned(), uid.to_string()),
+            (uid.to_string(), name.to_owned()),
+        ] {
+            let link = dir.join(format!("direct:{link}"));
+            symlink(&target, &link).unwrap_or_else(|e| panic!("symlink {}: {e}", link.display()));
+        }
+        self
+    }
+
+    /// Removes a dynamic user's links, as PID 1 does when its unit stops.
+    pub fn remove_dynamic_user(&self, name: &str, uid: u32) {
+        for key in [name.to_owned(), uid.to_string()] {
+            let link = self.dynamic_uid_dir().join(format!("direct:{key}"));
+            fs::remove_file(&link).unwrap_or_else(|e| panic!("rm {}: {e}", link.display()));
+        }
+    }
+
     pub fn remove_dropin(&self, dir: DropinDir, file_name: &str) {
         let path = self.dropin_path(dir, file_name);
         fs::remove_file(&path).unwrap_or_else(|e| panic!("rm {}: {e}", path.display()));
@@ -329,4 +435,18 @@ impl Default for Fixture {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A drop-in user record with nothing but what a passwd line needs: gid
+/// equal to the uid, no real name, home `/home/NAME`, shell `/bin/sh`.
+pub fn plain_user(name: &str, uid: u32) -> Value {
+    json!({
+        "userName": name, "uid": uid, "gid": uid,
+        "homeDirectory": format!("/home/{name}"), "shell": "/bin/sh",
+    })
+}
+
+/// The passwd line of [`plain_user`].
+pub fn plain_passwd_line(name: &str, uid: u32) -> String {
+    format!("{name}:x:{uid}:{uid}::/home/{name}:/bin/sh")
 }

@@ -7,18 +7,22 @@
 //! written.
 
 pub mod artifacts;
+pub mod attacker;
 pub mod broker;
 pub mod fake;
 pub mod fixture;
 pub mod lines;
 pub mod nss;
+pub mod populated;
+pub mod population;
+pub mod probe;
 pub mod process;
 pub mod userdb_service;
 pub mod varlink;
 
 use std::sync::{Mutex, MutexGuard};
 
-pub use broker::Broker;
+pub use broker::{Broker, ProcStatus};
 pub use fake::{Backlogged, Behaviour, FakeBroker};
 pub use fixture::{DropinDir, Fixture};
 pub use lines::{assert_line, assert_same_lines};

@@ -11,7 +11,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::artifacts;
 use crate::fixture::Fixture;
@@ -45,6 +45,14 @@ for db in passwd group shadow gshadow; do mount --bind "$2/$db" "/etc/$db"; done
 shift 2
 exec "$@"
 "#;
+
+/// What PID 1 gives generators in systemd 252.
+pub const GENERATOR_ENV: [(&str, &str); 4] = [
+    ("SYSTEMD_SCOPE", "system"),
+    ("SYSTEMD_ARCHITECTURE", "x86-64"),
+    ("SYSTEMD_IN_INITRD", "0"),
+    ("SYSTEMD_FIRST_BOOT", "0"),
+];
 
 /// The uid and gid of `nobody` used for unprivileged lookups.
 pub const NOBODY: u32 = 65534;
@@ -111,6 +119,13 @@ impl Nss {
         self
     }
 
+    /// Run the command with the environment PID 1 gives generators.
+    pub fn as_generator(self) -> Nss {
+        GENERATOR_ENV
+            .iter()
+            .fold(self, |nss, (k, v)| nss.env(k, *v))
+    }
+
     pub fn limit(mut self, limit: Duration) -> Nss {
         self.limit = limit;
         self
@@ -119,7 +134,21 @@ impl Nss {
     /// The command that runs `argv` in the namespace, with a clean
     /// environment holding only what the lookup needs.
     pub fn command(&self, argv: &[impl AsRef<std::ffi::OsStr>]) -> Command {
-        let mut command = Command::new("unshare");
+        self.command_under(&[], argv)
+    }
+
+    /// As [`Nss::command`], the namespace itself started by `wrapper`
+    /// (a tracer outside the namespace sees the command as it runs there,
+    /// PID 1 included).
+    fn command_under(&self, wrapper: &[&str], argv: &[impl AsRef<std::ffi::OsStr>]) -> Command {
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg("unshare");
+                c
+            }
+            None => Command::new("unshare"),
+        };
         command.args(["--mount", "--propagation", "private"]);
         if self.as_pid1 {
             command.args(["--pid", "--fork", "--kill-child", "--mount-proc"]);
@@ -181,34 +210,109 @@ impl Nss {
         assert_eq!(out.stdout, "", "{what}: printed something");
     }
 
+    /// Runs `argv` until it prints `expected` (exit 0 and that one line) or,
+    /// for `None`, finds nothing (exit 2); how long that took, if it
+    /// happened within `limit`.
+    pub fn wait_for(
+        &self,
+        argv: &[&str],
+        expected: Option<&str>,
+        limit: Duration,
+    ) -> Option<Duration> {
+        let started = Instant::now();
+        loop {
+            let out = self.run(argv);
+            let done = match expected {
+                Some(line) => out.code() == Some(0) && out.stdout.trim_end() == line,
+                None => out.code() == Some(2),
+            };
+            if done {
+                return Some(started.elapsed());
+            }
+            if started.elapsed() >= limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `[nsswitch lines] command`, for failure messages.
     fn describe(&self, argv: &[&str]) -> String {
         format!("[{}] {}", self.label, argv.join(" "))
     }
 
+    /// The command that runs `argv` in the namespace under strace, every
+    /// `connect` written to `trace`. strace starts the namespace, so a
+    /// command run as PID 1 is traced too; the seccomp filter stops only
+    /// `connect`, so tracing costs next to nothing per look-up.
+    pub fn traced_command(&self, argv: &[impl AsRef<std::ffi::OsStr>], trace: &Path) -> Command {
+        let trace = trace.display().to_string();
+        let strace = [
+            "strace",
+            "-f",
+            "-qq",
+            "--seccomp-bpf",
+            "-e",
+            "trace=connect",
+            "-o",
+            trace.as_str(),
+        ];
+        self.command_under(&strace, argv)
+    }
+
+    /// A file for [`Nss::traced_command`] beside the test's nsswitch.conf.
+    pub fn trace_file(&self) -> PathBuf {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        self.nsswitch.with_file_name(format!(
+            "strace.{}.log",
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+
     /// Runs `argv` under strace; what it did and how many times it
     /// connected to `socket`.
     pub fn connections(&self, argv: &[&str], socket: &Path) -> (Outcome, usize) {
-        let mut full = vec!["strace", "-f", "-qq", "-e", "trace=connect"];
-        full.extend_from_slice(argv);
-        let out = self.run(&full);
-        let socket = socket.display().to_string();
-        let count = out
-            .stderr
-            .lines()
-            .filter(|l| l.contains("connect(") && l.contains(&socket))
-            .count();
+        let trace = self.trace_file();
+        let out = process::run(self.traced_command(argv, &trace), self.limit);
+        let count = connections_in(&trace, socket)
+            .unwrap_or_else(|e| panic!("read {}: {e}\n{}", trace.display(), out.describe()));
         (out, count)
     }
 
     /// Runs `argv` as nobody with no supplementary groups.
     pub fn run_as_nobody(&self, argv: &[&str]) -> Outcome {
-        let reuid = format!("--reuid={NOBODY}");
-        let regid = format!("--regid={NOBODY}");
-        let mut full = vec!["setpriv", reuid.as_str(), regid.as_str(), "--clear-groups"];
-        full.extend_from_slice(argv);
-        self.run(&full)
+        self.run_as(NOBODY, argv)
     }
+
+    /// Runs `argv` as `uid` (its gid the same number) with no supplementary groups.
+    pub fn run_as(&self, uid: u32, argv: &[&str]) -> Outcome {
+        process::run(self.command(&as_user(uid, argv)), self.limit)
+    }
+}
+
+/// `argv` run by `setpriv` as `uid` (gid the same number), with no
+/// supplementary groups.
+pub fn as_user<S: AsRef<std::ffi::OsStr>>(uid: u32, argv: &[S]) -> Vec<OsString> {
+    let mut full: Vec<OsString> = vec![
+        "setpriv".into(),
+        format!("--reuid={uid}").into(),
+        format!("--regid={uid}").into(),
+        "--clear-groups".into(),
+        "--".into(),
+    ];
+    full.extend(argv.iter().map(|a| a.as_ref().to_os_string()));
+    full
+}
+
+/// The connections to `socket` an strace log shows (the log is removed).
+pub fn connections_in(trace: &Path, socket: &Path) -> std::io::Result<usize> {
+    let traced = fs::read_to_string(trace)?;
+    let _ = fs::remove_file(trace);
+    let socket = socket.display().to_string();
+    Ok(traced
+        .lines()
+        .filter(|l| l.contains("connect(") && l.contains(&socket))
+        .count())
 }
 
 /// `<scratch>/lib` holding `libnss_broker.so.2` -> the built module, for

@@ -6,186 +6,19 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use userdb_broker_tests::fixture::{BASE_GROUP, BASE_PASSWD, BASE_SHADOW, FILESUSER_HASH};
-use userdb_broker_tests::nss::{BROKER_ONLY, FILES_THEN_BROKER};
+use userdb_broker_tests::nss::{BROKER_ONLY, FILES_THEN_BROKER, NOBODY};
+use userdb_broker_tests::populated::{
+    big_members, dropin_group_lines, many_group_name, populated, User, ALICE, ALICE_HASH, BIG_GID,
+    DAYS_19000_USEC, DEVS_GID, DEVS_HASH, DROPIN_USERS, DUAL, DUAL_SHADOWED, MANY_FIRST_GID,
+    MANY_GROUPS,
+};
 use userdb_broker_tests::varlink;
 use userdb_broker_tests::{
     artifacts, assert_line, assert_same_lines, exclusive, Broker, DropinDir, Fixture, Nss, Outcome,
 };
 use userdb_proto::api::userdb::{GET_GROUP_RECORD, GET_MEMBERSHIPS, GET_USER_RECORD};
-
-/// A drop-in user with every passwd field set, and the line it must produce.
-struct User {
-    name: &'static str,
-    uid: u32,
-    gecos: &'static str,
-    home: &'static str,
-    shell: &'static str,
-}
-
-impl User {
-    fn record(&self) -> Value {
-        json!({
-            "userName": self.name, "uid": self.uid, "gid": self.uid,
-            "realName": self.gecos, "homeDirectory": self.home, "shell": self.shell,
-        })
-    }
-
-    fn passwd_line(&self) -> String {
-        format!(
-            "{}:x:{}:{}:{}:{}:{}",
-            self.name, self.uid, self.uid, self.gecos, self.home, self.shell
-        )
-    }
-
-    /// The user's own group (same name and id, no members).
-    fn group_record(&self) -> Value {
-        json!({ "groupName": self.name, "gid": self.uid })
-    }
-
-    fn group_line(&self) -> String {
-        format!("{}:x:{}:", self.name, self.uid)
-    }
-}
-
-const ALICE: User = User {
-    name: "alice",
-    uid: 1001,
-    gecos: "Alice Example",
-    home: "/home/alice",
-    shell: "/bin/bash",
-};
-const BOB: User = User {
-    name: "bob",
-    uid: 1002,
-    gecos: "Bob From UsrLib",
-    home: "/home/bob",
-    shell: "/bin/zsh",
-};
-/// In etc/userdb; a different `dual` with the same uid is in usr/lib/userdb.
-const DUAL: User = User {
-    name: "dual",
-    uid: 1003,
-    gecos: "Dual From Etc",
-    home: "/home/dual",
-    shell: "/bin/bash",
-};
-const DUAL_SHADOWED: User = User {
-    name: "dual",
-    uid: 1003,
-    gecos: "Dual From UsrLib",
-    home: "/srv/dual",
-    shell: "/bin/sh",
-};
-const CAROL: User = User {
-    name: "carol",
-    uid: 1004,
-    gecos: "Carol In Run",
-    home: "/home/carol",
-    shell: "/bin/bash",
-};
-const ERIN: User = User {
-    name: "erin",
-    uid: 1005,
-    gecos: "Erin In UsrLocal",
-    home: "/home/erin",
-    shell: "/bin/bash",
-};
-/// Member of 200 drop-in groups.
-const MANY: User = User {
-    name: "many",
-    uid: 1500,
-    gecos: "In 200 Groups",
-    home: "/home/many",
-    shell: "/bin/bash",
-};
-
-const ALICE_HASH: &str = "$6$alicesalt$AliceDropinHashOnlyRootMaySee";
-const DEVS_HASH: &str = "$6$devssalt$DevsGroupHashOnlyRootMaySee";
-/// 19000 days in µs, as `lastPasswordChangeUSec`.
-const DAYS_19000_USEC: u64 = 19_000 * 86_400 * 1_000_000;
-
-const DEVS_GID: u32 = 2000;
-const BIG_GID: u32 = 5000;
-const BIG_MEMBERS: usize = 3000;
-const MANY_GROUPS: u32 = 200;
-const MANY_FIRST_GID: u32 = 6000;
-
-fn big_members() -> Vec<String> {
-    (0..BIG_MEMBERS).map(|i| format!("m{i:04}")).collect()
-}
-
-fn many_group_name(i: u32) -> String {
-    format!("g{i:03}")
-}
-
-/// Users and groups from the drop-ins, in every directory the broker reads.
-fn populated() -> Fixture {
-    let f = Fixture::new();
-    for (user, dir) in [
-        (&ALICE, DropinDir::Etc),
-        (&BOB, DropinDir::UsrLib),
-        (&DUAL, DropinDir::Etc),
-        (&DUAL_SHADOWED, DropinDir::UsrLib),
-        (&CAROL, DropinDir::Run),
-        (&ERIN, DropinDir::UsrLocalLib),
-        (&MANY, DropinDir::Etc),
-    ] {
-        f.dropin_user(dir, &user.record());
-        f.dropin_group(dir, &user.group_record());
-    }
-    let mut alice = ALICE.record();
-    alice["lastPasswordChangeUSec"] = json!(DAYS_19000_USEC);
-    f.dropin_user(DropinDir::Etc, &alice);
-    f.dropin_user_privileged(
-        DropinDir::Etc,
-        "alice",
-        &json!({ "hashedPassword": [ALICE_HASH] }),
-    );
-
-    f.dropin_group(
-        DropinDir::Etc,
-        &json!({ "groupName": "devs", "gid": DEVS_GID, "members": ["alice"] }),
-    );
-    f.dropin_group_privileged(
-        DropinDir::Etc,
-        "devs",
-        &json!({ "hashedPassword": [DEVS_HASH] }),
-    );
-    // alice is already in the record: must still be listed once.
-    f.dropin_membership(DropinDir::Etc, "alice", "devs");
-    f.dropin_membership(DropinDir::UsrLib, "bob", "devs");
-    // wheel is in /etc/group with filesuser; alice joins it by drop-in.
-    f.dropin_membership(DropinDir::Etc, "alice", "wheel");
-
-    f.dropin_group(
-        DropinDir::UsrLib,
-        &json!({ "groupName": "big", "gid": BIG_GID, "members": big_members() }),
-    );
-    for i in 0..MANY_GROUPS {
-        let name = many_group_name(i);
-        f.dropin_group(
-            DropinDir::UsrLib,
-            &json!({ "groupName": name, "gid": MANY_FIRST_GID + i }),
-        );
-        f.dropin_membership(DropinDir::UsrLib, "many", &name);
-    }
-    f
-}
-
-const DROPIN_USERS: [&User; 6] = [&ALICE, &BOB, &DUAL, &CAROL, &ERIN, &MANY];
-
-/// Group lines the drop-ins define, as the broker must serve them merged.
-fn dropin_group_lines() -> Vec<String> {
-    let mut lines: Vec<String> = DROPIN_USERS.iter().map(|u| u.group_line()).collect();
-    lines.push(format!("devs:x:{DEVS_GID}:alice,bob"));
-    lines.push(format!("big:x:{BIG_GID}:{}", big_members().join(",")));
-    lines.extend(
-        (0..MANY_GROUPS).map(|i| format!("{}:x:{}:many", many_group_name(i), MANY_FIRST_GID + i)),
-    );
-    lines
-}
 
 /// `id` output split into (uid part, gid part, supplementary groups as a
 /// set), asserting no group appears twice and the primary group comes first.
@@ -728,22 +561,10 @@ fn hostile_dropins_are_skipped_with_one_log_line_each_and_the_rest_is_served() {
 /// Polls `getent passwd NAME` until it prints `expected` (None: not found);
 /// returns how long that took after the change.
 fn time_until(nss: &Nss, name: &str, expected: Option<&str>, limit: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        let out = nss.run(&["getent", "passwd", name]);
-        let seen = match out.code() {
-            Some(0) => Some(out.stdout.trim_end().to_owned()),
-            _ => None,
-        };
-        if seen.as_deref() == expected {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < limit,
-            "after {limit:?} getent passwd {name} still gives {seen:?}, want {expected:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    nss.wait_for(&["getent", "passwd", name], expected, limit)
+        .unwrap_or_else(|| {
+            panic!("after {limit:?} getent passwd {name} still does not give {expected:?}")
+        })
 }
 
 #[test]
@@ -929,30 +750,11 @@ fn etc_passwd_changed_while_running_is_served_within_a_second() {
     println!("/etc/passwd reload: appended {in_place:?}, replaced {replaced:?}");
 }
 
-/// `userdb-brokerctl --json user NAME`, optionally as nobody, parsed.
-fn brokerctl_user(socket: &std::path::Path, name: &str, as_nobody: bool) -> Value {
-    let mut command = if as_nobody {
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(artifacts::brokerctl());
-        c
-    } else {
-        Command::new(artifacts::brokerctl())
-    };
-    command
-        .arg("--socket")
-        .arg(socket)
-        .args(["--json", "user", name]);
-    let out = userdb_broker_tests::process::run(command, Duration::from_secs(10));
-    out.assert_code(0, "userdb-brokerctl --json user");
-    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout))
-}
-
 #[test]
 fn unprivileged_peer_gets_the_record_without_privileged_data() {
     let f = populated();
     let broker = Broker::start(&f);
-    let full = brokerctl_user(broker.socket(), "alice", false);
+    let full = broker.user_record("alice", None);
     assert_eq!(
         full["privileged"]["hashedPassword"][0], ALICE_HASH,
         "{full}"
@@ -963,7 +765,7 @@ fn unprivileged_peer_gets_the_record_without_privileged_data() {
         record.remove("privileged");
         record.remove("lastPasswordChangeUSec");
     }
-    assert_eq!(brokerctl_user(broker.socket(), "alice", true), expected);
+    assert_eq!(broker.user_record("alice", Some(NOBODY)), expected);
 }
 
 /// DESIGN.md: exactly these symbols are public.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use userdb_broker_tests::fake::{open_idle_connections, Behaviour};
 use userdb_broker_tests::nss::{BROKER_ONLY, FILES_THEN_BROKER};
+use userdb_broker_tests::probe::{self, parse_micros, Timed};
 use userdb_broker_tests::{
     artifacts, exclusive, process, varlink, Backlogged, Broker, DropinDir, FakeBroker, Fixture,
     Nss, Outcome,
@@ -40,60 +41,6 @@ fn fixture_with_alice() -> Fixture {
     );
     f.dropin_membership(DropinDir::Etc, "alice", "wheel");
     f
-}
-
-/// One lookup as `nss-probe time` reports it.
-#[derive(Debug)]
-struct Timed {
-    query: String,
-    took: Duration,
-    answer: String,
-}
-
-#[derive(Debug)]
-struct ProbeRun {
-    lookups: Vec<Timed>,
-    total: Duration,
-}
-
-impl ProbeRun {
-    fn first(&self) -> &Timed {
-        &self.lookups[0]
-    }
-}
-
-fn parse_micros(text: &str, line: &str) -> Duration {
-    Duration::from_micros(
-        text.parse()
-            .unwrap_or_else(|_| panic!("bad µs {text:?} in probe line {line:?}")),
-    )
-}
-
-/// Runs `nss-probe time QUERY...` and parses what it measured around each libc call.
-fn probe_time(nss: &Nss, queries: &[&str]) -> ProbeRun {
-    let mut argv = vec![PROBE, "time"];
-    argv.extend_from_slice(queries);
-    let out = nss.run(&argv);
-    out.assert_code(0, "nss-probe time");
-    let mut lookups = Vec::new();
-    let mut total = None;
-    for line in out.stdout.lines() {
-        let fields: Vec<&str> = line.splitn(3, '\t').collect();
-        match fields[..] {
-            ["total", micros] => total = Some(parse_micros(micros, line)),
-            [query, micros, answer] => lookups.push(Timed {
-                query: query.to_owned(),
-                took: parse_micros(micros, line),
-                answer: answer.to_owned(),
-            }),
-            _ => panic!("unexpected probe line {line:?}\n{}", out.describe()),
-        }
-    }
-    assert_eq!(lookups.len(), queries.len(), "{}", out.describe());
-    ProbeRun {
-        lookups,
-        total: total.unwrap_or_else(|| panic!("no total line\n{}", out.describe())),
-    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -153,7 +100,7 @@ fn socket_absent_fails_within_5_ms() {
     let f = Fixture::new();
     let nss = Nss::new(&f, BROKER_ONLY).socket(&f.scratch().join("absent"));
     assert_row("socket absent (first lookup in the process)", 5.0, || {
-        let run = probe_time(&nss, &["passwd:nosuchuser"]);
+        let run = probe::time(&nss, &["passwd:nosuchuser"]);
         assert_eq!(
             run.first().answer,
             "error 2",
@@ -174,7 +121,7 @@ fn broker_that_accepts_and_never_answers_costs_one_deadline() {
     let fake = FakeBroker::start(&f.socket_path(), Behaviour::NeverAnswer);
     let nss = against_fake(&f);
     assert_row("accepts, never answers, deadline 300 ms", 350.0, || {
-        let run = probe_time(&nss, &["passwd:nosuchuser"]);
+        let run = probe::time(&nss, &["passwd:nosuchuser"]);
         assert_failed(run.first());
         run.first().took
     });
@@ -215,7 +162,7 @@ fn socket_listening_but_never_accepting_costs_one_deadline() {
         "listening, never accepting (full backlog), deadline 300 ms",
         350.0,
         || {
-            let run = probe_time(&nss, &["passwd:nosuchuser"]);
+            let run = probe::time(&nss, &["passwd:nosuchuser"]);
             assert_failed(run.first());
             run.first().took
         },
@@ -253,7 +200,7 @@ fn three_lookups_against_a_hung_broker_cost_one_deadline() {
         "three lookups in one process, hung broker, deadline 300 ms",
         400.0,
         || {
-            let run = probe_time(
+            let run = probe::time(
                 &nss,
                 &["passwd:nosuchuser", "group:nosuchgroup", "uid:4000"],
             );
@@ -283,7 +230,7 @@ fn trickled_or_unterminated_reply_costs_one_deadline() {
         let fake = FakeBroker::start(&f.socket_path(), behaviour);
         let nss = against_fake(&f);
         assert_row(row, 350.0, || {
-            let run = probe_time(&nss, &["passwd:fake"]);
+            let run = probe::time(&nss, &["passwd:fake"]);
             assert_failed(run.first());
             run.first().took
         });
@@ -309,7 +256,7 @@ fn garbage_or_oversized_reply_fails_cleanly_within_the_deadline() {
         let fake = FakeBroker::start(&f.socket_path(), behaviour);
         let nss = against_fake(&f);
         assert_row(row, DEADLINE_MS as f64, || {
-            let run = probe_time(&nss, &["passwd:fake"]);
+            let run = probe::time(&nss, &["passwd:fake"]);
             assert_failed(run.first());
             run.first().took
         });
@@ -539,7 +486,7 @@ fn broker_drops_bad_clients_and_keeps_serving_the_others() {
         "new client beside garbage, oversized and stalled clients",
         50.0,
         || {
-            let run = probe_time(&nss, &["passwd:alice"]);
+            let run = probe::time(&nss, &["passwd:alice"]);
             assert_eq!(run.first().answer, format!("found {ALICE_LINE}"));
             run.first().took
         },
@@ -716,27 +663,15 @@ fn lookup_reentered_from_a_signal_handler_fails_at_once() {
     );
 }
 
-/// What PID 1 gives generators in systemd 252.
-const GENERATOR_ENV: [(&str, &str); 4] = [
-    ("SYSTEMD_SCOPE", "system"),
-    ("SYSTEMD_ARCHITECTURE", "x86-64"),
-    ("SYSTEMD_IN_INITRD", "0"),
-    ("SYSTEMD_FIRST_BOOT", "0"),
-];
-
-fn generator(nss: Nss) -> Nss {
-    GENERATOR_ENV.iter().fold(nss, |nss, (k, v)| nss.env(k, *v))
-}
-
 #[test]
 fn generator_context_never_connects_and_answers_from_the_file() {
     let _serial = exclusive();
     let f = fixture_with_alice();
     {
         let fake = FakeBroker::start(&f.socket_path(), Behaviour::NeverAnswer);
-        let nss = generator(Nss::new(&f, BROKER_ONLY));
+        let nss = Nss::new(&f, BROKER_ONLY).as_generator();
         assert_row("generator environment, hung broker, no file", 5.0, || {
-            let run = probe_time(&nss, &["group:nosuchgroup"]);
+            let run = probe::time(&nss, &["group:nosuchgroup"]);
             assert_failed(run.first());
             run.first().took
         });
@@ -747,12 +682,12 @@ fn generator_context_never_connects_and_answers_from_the_file() {
         );
     }
     let broker = Broker::start(&f);
-    let nss = generator(Nss::new(&f, BROKER_ONLY));
+    let nss = Nss::new(&f, BROKER_ONLY).as_generator();
     let (out, connections) = nss.connections(&["getent", "passwd", "alice"], broker.socket());
     out.assert_code(0, "generator, live broker");
     assert_eq!(out.stdout.trim_end(), ALICE_LINE);
     assert_eq!(connections, 0, "a generator connected\n{}", out.describe());
-    let merged = generator(Nss::new(&f, FILES_THEN_BROKER));
+    let merged = Nss::new(&f, FILES_THEN_BROKER).as_generator();
     let out = merged.run(&["getent", "group", "wheel"]);
     out.assert_code(0, "generator, live broker, merge");
     assert_eq!(out.stdout, "wheel:x:10:filesuser,alice\n");
@@ -884,7 +819,7 @@ fn broker_answers_a_new_client_within_50_ms_under_2000_idle_connections() {
 
     // Arriving while the broker is still taking in the flood: must be
     // answered correctly (within the module's deadline); the time is reported.
-    let during = probe_time(&nss, &["passwd:alice"]);
+    let during = probe::time(&nss, &["passwd:alice"]);
     assert_eq!(during.first().answer, format!("found {ALICE_LINE}"));
     report(
         "new client while 2000 connections arrive",
@@ -905,7 +840,7 @@ fn broker_answers_a_new_client_within_50_ms_under_2000_idle_connections() {
         flood_started.elapsed()
     );
     assert_row("new client under 2000 idle connections", 50.0, || {
-        let run = probe_time(&nss, &["passwd:alice"]);
+        let run = probe::time(&nss, &["passwd:alice"]);
         assert_eq!(run.first().answer, format!("found {ALICE_LINE}"));
         run.first().took
     });

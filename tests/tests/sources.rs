@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use userdb_broker_tests::fake::Behaviour;
 use userdb_broker_tests::nss::{BROKER_ONLY, FILES_THEN_BROKER};
+use userdb_broker_tests::probe::{self, Timed};
 use userdb_broker_tests::userdb_service::{
     service_path, Directory, Flaw, UserdbService, IMPOSTOR_SERVICE, MISMATCH_ID_OFFSET,
     MISMATCH_SUFFIX,
@@ -24,8 +25,6 @@ use userdb_broker_tests::{
     artifacts, assert_line, exclusive, process, Broker, DropinDir, FakeBroker, Fixture, Nss,
     Outcome,
 };
-
-const PROBE: &str = env!("CARGO_BIN_EXE_nss-probe");
 
 /// The broker's default per-source deadline.
 const SOURCE_DEADLINE_MS: f64 = 250.0;
@@ -139,41 +138,13 @@ fn wait_for_sources(broker: &Broker, names: &[&str]) {
     }
 }
 
-/// One look-up as `nss-probe time` reports it.
-#[derive(Debug)]
-struct Timed {
-    query: String,
-    ms: f64,
-    answer: String,
-}
-
 /// Runs `nss-probe time QUERY...`: each look-up timed around the libc call.
 fn probe_time(nss: &Nss, queries: &[&str]) -> Vec<Timed> {
-    let mut argv = vec![PROBE, "time"];
-    argv.extend_from_slice(queries);
-    let out = nss.run(&argv);
-    out.assert_code(0, "nss-probe time");
-    let timed: Vec<Timed> = out
-        .stdout
-        .lines()
-        .filter(|l| !l.starts_with("total\t"))
-        .map(|line| {
-            let fields: Vec<&str> = line.splitn(3, '\t').collect();
-            let [query, micros, answer] = fields[..] else {
-                panic!("unexpected probe line {line:?}\n{}", out.describe());
-            };
-            let micros: f64 = micros
-                .parse()
-                .unwrap_or_else(|_| panic!("bad µs in probe line {line:?}"));
-            Timed {
-                query: query.to_owned(),
-                ms: micros / 1000.0,
-                answer: answer.to_owned(),
-            }
-        })
-        .collect();
-    assert_eq!(timed.len(), queries.len(), "{}", out.describe());
-    timed
+    probe::time(nss, queries).lookups
+}
+
+fn ms(timed: &Timed) -> f64 {
+    timed.took.as_secs_f64() * 1000.0
 }
 
 fn assert_found(timed: &Timed, line: &str) {
@@ -213,7 +184,7 @@ fn hung_pid1_source_costs_one_deadline_then_nothing_while_its_breaker_is_open() 
     assert_found(&first[0], CAROL_LINE);
     report(
         "first lookup beside hung PID-1 source",
-        &[first[0].ms],
+        &[ms(&first[0])],
         SOURCE_DEADLINE_MS + FIRST_LOOKUP_SLACK_MS,
     );
     assert!(
@@ -232,7 +203,7 @@ fn hung_pid1_source_costs_one_deadline_then_nothing_while_its_breaker_is_open() 
     assert_found(&second[1], DAVE_LINE);
     assert_found(&second[2], &format!("svcgroup:x:{SVCGROUP_GID}:carol,dave"));
     assert_found(&second[3], "carol:x:5001:");
-    let later: Vec<f64> = first[1..].iter().chain(&second).map(|t| t.ms).collect();
+    let later: Vec<f64> = first[1..].iter().chain(&second).map(ms).collect();
     report(
         "lookups while the breaker is open",
         &later,
@@ -258,7 +229,7 @@ fn dynamic_bypass_waits_for_nothing_and_never_contacts_the_hung_pid1_source() {
     assert_found(&timed[0], CAROL_LINE);
     assert_found(&timed[1], &format!("svcgroup:x:{SVCGROUP_GID}:carol,dave"));
     assert_found(&timed[2], DAVE_LINE);
-    let measured: Vec<f64> = timed.iter().map(|t| t.ms).collect();
+    let measured: Vec<f64> = timed.iter().map(ms).collect();
     report(
         "lookups with SYSTEMD_NSS_DYNAMIC_BYPASS=1 beside hung PID-1 source",
         &measured,
@@ -816,4 +787,87 @@ fn nss_systemd_resolves_files_dropins_and_services_through_the_broker() {
         let out = systemd.run(&["getent", "passwd", name]);
         assert_eq!(out.code(), Some(2), "{name}: {}", out.describe());
     }
+}
+
+/// `userdb-brokerctl` against `broker`, optionally as nobody.
+fn brokerctl(broker: &Broker, args: &[&str], as_nobody: bool) -> Outcome {
+    let mut command = if as_nobody {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(artifacts::brokerctl());
+        c
+    } else {
+        Command::new(artifacts::brokerctl())
+    };
+    command.arg("--socket").arg(broker.socket()).args(args);
+    process::run(command, Duration::from_secs(10))
+}
+
+#[test]
+fn a_miss_while_a_source_is_down_is_no_miss() {
+    let _serial = exclusive();
+    let f = fixture();
+    let _hung = FakeBroker::start(&service_path(&f, DIRECTORY), Behaviour::NeverAnswer);
+    let broker = broker_with(&f, &[DIRECTORY]);
+    let nss = Nss::new(&f, BROKER_ONLY);
+    // The first look-up times out on the service and opens its breaker;
+    // from then on the service is down for every look-up.
+    for _ in 0..2 {
+        let miss = probe_time(&nss, &["passwd:nosuchuser"]);
+        assert!(
+            miss[0].answer.starts_with("error "),
+            "a miss beside a down source must not be NOTFOUND: {}",
+            miss[0].answer
+        );
+    }
+    let ctl = brokerctl(&broker, &["user", "nosuchuser"], false);
+    ctl.assert_code(4, "userdb-brokerctl user, a source down");
+    assert!(
+        ctl.stderr.contains("could not be asked"),
+        "{}",
+        ctl.describe()
+    );
+    let found = brokerctl(&broker, &["user", "filesuser"], false);
+    found.assert_code(0, "userdb-brokerctl user of a files user, a source down");
+    println!("sources | miss beside a down service | module UNAVAIL, brokerctl exit 4");
+}
+
+#[test]
+fn flush_drops_the_services_cached_answers_for_root_only() {
+    let _serial = exclusive();
+    let f = fixture();
+    let directory = UserdbService::start(&f, DIRECTORY, directory(), Flaw::None);
+    let broker = broker_with(&f, &[DIRECTORY]);
+    let asked_for_carol = || {
+        directory
+            .calls()
+            .iter()
+            .filter(|c| c["parameters"]["userName"] == "carol")
+            .count()
+    };
+    let nss = Nss::new(&f, BROKER_ONLY);
+    let lookup = || assert_found(&probe_time(&nss, &["passwd:carol"])[0], CAROL_LINE);
+    lookup();
+    lookup();
+    assert_eq!(
+        asked_for_carol(),
+        1,
+        "the second look-up was answered from the cache"
+    );
+    let denied = brokerctl(&broker, &["flush"], true);
+    denied.assert_code(1, "userdb-brokerctl flush as nobody");
+    assert!(
+        denied.stderr.contains("PermissionDenied"),
+        "{}",
+        denied.describe()
+    );
+    lookup();
+    assert_eq!(asked_for_carol(), 1, "nobody's flush dropped the cache");
+    brokerctl(&broker, &["flush"], false).assert_code(0, "userdb-brokerctl flush as root");
+    lookup();
+    assert_eq!(
+        asked_for_carol(),
+        2,
+        "after the flush the service is asked again"
+    );
 }

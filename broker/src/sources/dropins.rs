@@ -21,7 +21,7 @@
 //! names (with the companion's record and the links in the same directory
 //! that point at it), and a file that cannot be read keeps what it held.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -145,6 +145,8 @@ struct Entry {
     /// so that a change to it re-reads the link too.
     links_to: Option<Box<str>>,
     content: Content,
+    /// The last read failed for a reason that may pass: read again soon.
+    unread: bool,
 }
 
 /// One drop-in directory, file by file.
@@ -152,6 +154,9 @@ struct Entry {
 struct Directory {
     path: PathBuf,
     entries: HashMap<Box<str>, Entry>,
+    /// The names whose entry is `unread`, so that finding them costs
+    /// nothing while idle.
+    unread: HashSet<Box<str>>,
 }
 
 /// The `dropins` source.
@@ -175,6 +180,7 @@ impl DropIns {
                 .map(|path| Directory {
                     path,
                     entries: HashMap::new(),
+                    unread: HashSet::new(),
                 })
                 .collect(),
             data: Arc::default(),
@@ -251,10 +257,18 @@ impl DropIns {
         for (name, entry) in wanted.into_iter().zip(loaded) {
             match entry {
                 Some(entry) => {
+                    if entry.unread {
+                        dir.unread.insert(name.as_str().into());
+                    } else {
+                        dir.unread.remove(name.as_str());
+                    }
                     let previous = dir.entries.insert(name.into(), entry.clone());
                     changed |= previous.as_ref() != Some(&entry);
                 }
-                None => changed |= dir.entries.remove(name.as_str()).is_some(),
+                None => {
+                    dir.unread.remove(name.as_str());
+                    changed |= dir.entries.remove(name.as_str()).is_some();
+                }
             }
         }
         changed
@@ -292,6 +306,7 @@ impl DropIns {
         let dir = &mut self.dirs[index];
         let before = dir.entries.len();
         dir.entries.retain(|name, _| present.contains(&**name));
+        dir.unread.retain(|name| present.contains(&**name));
         let mut changed = dir.entries.len() != before;
         let stale: Vec<String> = names
             .iter()
@@ -349,6 +364,13 @@ impl LocalSource for DropIns {
         }
         self.report.took = started.elapsed();
         any
+    }
+
+    fn unread(&self) -> Vec<PathBuf> {
+        self.dirs
+            .iter()
+            .flat_map(|dir| dir.unread.iter().map(|name| dir.path.join(&**name)))
+            .collect()
     }
 
     fn data(&self) -> Arc<SourceData> {
@@ -436,17 +458,22 @@ fn load_entry(dir: &Path, name: &str, previous: Option<&Entry>) -> Option<Entry>
                 Some(kind) => Content::Broken(format!("is a {kind}, not a regular file")),
                 None => match load_content(&path, &kind) {
                     Ok(content) => content,
-                    Err(Failure::Unreadable(why)) => match previous {
-                        Some(before) if !matches!(before.content, Content::Broken(_)) => {
-                            tracing::warn!("{}: {why}; keeping what it held", path.display());
-                            // Forget the stamp, so the next rescan tries again.
-                            return Some(Entry {
-                                stamp: None,
-                                ..before.clone()
-                            });
-                        }
-                        _ => Content::Broken(why),
-                    },
+                    Err(Failure::Unreadable(why)) => {
+                        // The stamp is forgotten, so that any rescan tries again.
+                        let content = match previous {
+                            Some(before) if !matches!(before.content, Content::Broken(_)) => {
+                                tracing::warn!("{}: {why}; keeping what it held", path.display());
+                                before.content.clone()
+                            }
+                            _ => Content::Broken(why),
+                        };
+                        return Some(Entry {
+                            stamp: None,
+                            links_to,
+                            content,
+                            unread: true,
+                        });
+                    }
                     Err(Failure::Refused(why)) => Content::Broken(why),
                 },
             },
@@ -456,6 +483,7 @@ fn load_entry(dir: &Path, name: &str, previous: Option<&Entry>) -> Option<Entry>
         stamp,
         links_to,
         content,
+        unread: false,
     })
 }
 

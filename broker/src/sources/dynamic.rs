@@ -52,6 +52,8 @@ pub struct DynamicUsers {
     /// The pairs last read, by name.
     pairs: Vec<(String, u32)>,
     present: bool,
+    /// The last read of the directory failed: read it again soon.
+    unread: bool,
     data: Arc<SourceData>,
     report: LoadReport,
 }
@@ -63,6 +65,7 @@ impl DynamicUsers {
             dir: dir(root),
             pairs: Vec::new(),
             present: false,
+            unread: false,
             data: Arc::default(),
             report: LoadReport::default(),
         }
@@ -192,6 +195,7 @@ impl LocalSource for DynamicUsers {
         let started = Instant::now();
         let result = self.read_pairs();
         self.report.took = started.elapsed();
+        self.unread = result.is_err();
         let (present, pairs) = match result {
             Ok(Some(pairs)) => (true, pairs),
             Ok(None) => (false, Vec::new()),
@@ -224,6 +228,14 @@ impl LocalSource for DynamicUsers {
 
     fn report(&self) -> LoadReport {
         self.report.clone()
+    }
+
+    fn unread(&self) -> Vec<PathBuf> {
+        if self.unread {
+            vec![self.dir.clone()]
+        } else {
+            Vec::new()
+        }
     }
 }
 

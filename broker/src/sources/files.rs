@@ -5,8 +5,11 @@
 //!
 //! - comments, blank lines and NIS compat lines (`+`/`-`) are skipped;
 //! - a line that cannot be an entry (wrong field count, an id that is not a
-//!   number, an invalid name, bytes that are not UTF-8) is skipped and
-//!   reported; an invalid member name drops that member, not the group;
+//!   number, an invalid name, bytes that are not UTF-8 in a name, password
+//!   or path) is skipped and reported; an invalid member name (not UTF-8
+//!   included) drops that member, not the group; a real name that is not
+//!   UTF-8 (Latin-1 from an old system) is kept with U+FFFD in place of
+//!   the bytes, not the user dropped;
 //! - duplicate names or ids are kept in file order: the merge gives each
 //!   key to the first line that has it, as `files` does;
 //! - shadow data become the privileged part of the records.
@@ -15,6 +18,7 @@
 //! [`MAX_FILE_SIZE`]); a file that cannot be read keeps its last good
 //! content, and only a file that is gone counts as empty.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,6 +40,8 @@ struct FileState<T> {
     identity: Option<Identity>,
     /// Whether `parsed` came from a read (and so is gone with the file).
     read: bool,
+    /// The last read failed for a reason that may pass.
+    unread: bool,
     parsed: T,
     problems: Vec<String>,
 }
@@ -46,6 +52,7 @@ impl<T: Default> FileState<T> {
             path,
             identity: None,
             read: false,
+            unread: false,
             parsed: T::default(),
             problems: Vec::new(),
         }
@@ -62,7 +69,9 @@ impl<T: Default> FileState<T> {
         if current.is_some() && current == self.identity {
             return (false, None);
         }
-        match read::read(&self.path, MAX_FILE_SIZE) {
+        let outcome = read::read(&self.path, MAX_FILE_SIZE);
+        self.unread = outcome.as_ref().is_err_and(read::ReadError::may_pass);
+        match outcome {
             Ok((bytes, identity)) => {
                 let mut problems = Vec::new();
                 self.parsed = parse(&bytes, &self.path, &mut problems);
@@ -208,6 +217,19 @@ impl LocalSource for Files {
         any || failed
     }
 
+    fn unread(&self) -> Vec<PathBuf> {
+        [
+            (self.passwd.unread, &self.passwd.path),
+            (self.shadow.unread, &self.shadow.path),
+            (self.group.unread, &self.group.path),
+            (self.gshadow.unread, &self.gshadow.path),
+        ]
+        .into_iter()
+        .filter(|(unread, _)| *unread)
+        .map(|(_, path)| path.clone())
+        .collect()
+    }
+
     fn data(&self) -> Arc<SourceData> {
         Arc::clone(&self.data)
     }
@@ -217,29 +239,34 @@ impl LocalSource for Files {
     }
 }
 
-/// The lines that carry entries, numbered from 1, split on `:`; a line that
-/// is not UTF-8 is reported and skipped.
-fn entries<'a>(
-    text: &'a [u8],
-    path: &'a Path,
-    problems: &'a mut Vec<String>,
-) -> impl Iterator<Item = (usize, Vec<&'a str>)> + 'a {
+/// The lines that carry entries, numbered from 1, split on `:` into fields
+/// that are still bytes: each parser decides per field what bytes that are
+/// not UTF-8 mean (a name or a path is refused, a real name is kept with
+/// U+FFFD in their place, a member is left out), as `files` serves such
+/// lines rather than dropping them.
+fn entries<'a>(text: &'a [u8]) -> impl Iterator<Item = (usize, Vec<&'a [u8]>)> + 'a {
     text.split(|&b| b == b'\n')
         .enumerate()
         .filter_map(move |(i, line)| {
-            let line = match std::str::from_utf8(line) {
-                Ok(line) => line,
-                Err(_) => {
-                    bad_line(problems, path, i + 1, "not UTF-8");
-                    return None;
-                }
-            };
-            let skip = line.trim().is_empty()
-                || line.starts_with('#')
-                || line.starts_with('+')
-                || line.starts_with('-');
-            (!skip).then(|| (i + 1, line.split(':').collect()))
+            let skip = line.iter().all(u8::is_ascii_whitespace)
+                || matches!(line.first(), Some(b'#' | b'+' | b'-'));
+            (!skip).then(|| (i + 1, line.split(|&b| b == b':').collect()))
         })
+}
+
+/// Every field as text, or the reason the line is skipped: the fields at
+/// `lossy` may hold bytes that are not UTF-8 (kept as U+FFFD), the others
+/// may not.
+fn text_fields<'a>(fields: &[&'a [u8]], lossy: &[usize]) -> Result<Vec<Cow<'a, str>>, String> {
+    fields
+        .iter()
+        .enumerate()
+        .map(|(i, field)| match std::str::from_utf8(field) {
+            Ok(text) => Ok(Cow::Borrowed(text)),
+            Err(_) if lossy.contains(&i) => Ok(String::from_utf8_lossy(field)),
+            Err(_) => Err(format!("field {} is not UTF-8", i + 1)),
+        })
+        .collect()
 }
 
 fn bad_line(problems: &mut Vec<String>, path: &Path, line: usize, why: impl std::fmt::Display) {
@@ -275,17 +302,24 @@ pub fn parse_shadow(
 ) -> HashMap<String, UserShadow> {
     let mut out = HashMap::new();
     let mut bad = Vec::new();
-    for (line, fields) in entries(text, path, problems) {
+    for (line, fields) in entries(text) {
         if fields.len() != 9 {
             bad.push((line, format!("{} fields instead of 9", fields.len())));
             continue;
         }
+        let fields = match text_fields(&fields, &[]) {
+            Ok(fields) => fields,
+            Err(why) => {
+                bad.push((line, why));
+                continue;
+            }
+        };
         let days: Result<Vec<Option<i64>>, String> =
             fields[2..8].iter().map(|f| parse_days(f)).collect();
         match days {
             Ok(d) => {
-                out.entry(fields[0].to_owned()).or_insert(UserShadow {
-                    hashed_password: Some(fields[1].to_owned()),
+                out.entry(fields[0].to_string()).or_insert(UserShadow {
+                    hashed_password: Some(fields[1].to_string()),
                     last_change_days: d[0],
                     min_days: d[1],
                     max_days: d[2],
@@ -303,28 +337,49 @@ pub fn parse_shadow(
     out
 }
 
+/// The names of a `,`-separated member list; a member that is not UTF-8 or
+/// not a valid name is an `Err` with the member as it may be shown.
+fn members(field: &[u8]) -> impl Iterator<Item = Result<String, String>> + '_ {
+    field
+        .split(|&b| b == b',')
+        .filter(|m| !m.is_empty())
+        .map(|member| match std::str::from_utf8(member) {
+            Ok(name) if valid_name(name) => Ok(name.to_owned()),
+            Ok(name) => Err(quote(name)),
+            Err(_) => Err(quote(&String::from_utf8_lossy(member))),
+        })
+}
+
 /// `name:password:uid:gid:gecos:home:shell`.
 pub fn parse_passwd(text: &[u8], path: &Path, problems: &mut Vec<String>) -> Vec<UserRecord> {
     let mut out = Vec::new();
     let mut bad = Vec::new();
-    for (line, f) in entries(text, path, problems) {
+    for (line, f) in entries(text) {
         if f.len() != 7 {
             bad.push((line, format!("{} fields instead of 7", f.len())));
             continue;
         }
-        let (Some(uid), Some(gid)) = (parse_id(f[2]), parse_id(f[3])) else {
+        // The real name (field 5) is free text: kept even when it is not UTF-8.
+        let f = match text_fields(&f, &[4]) {
+            Ok(f) => f,
+            Err(why) => {
+                bad.push((line, why));
+                continue;
+            }
+        };
+        let (Some(uid), Some(gid)) = (parse_id(&f[2]), parse_id(&f[3])) else {
             bad.push((line, "uid or gid is not a number".to_owned()));
             continue;
         };
         // glibc reads an empty home as "/" and an empty shell as /bin/sh.
         let user = UserRecord {
-            name: f[0].to_owned(),
+            name: f[0].to_string(),
             uid,
             gid,
-            gecos: f[4].to_owned(),
-            home: if f[5].is_empty() { "/" } else { f[5] }.to_owned(),
-            shell: if f[6].is_empty() { "/bin/sh" } else { f[6] }.to_owned(),
-            shadow: inline_hash(f[1]).map(|hash| UserShadow {
+            gecos: f[4].to_string(),
+            home: if f[5].is_empty() { "/" } else { &f[5] }.to_owned(),
+            shell: if f[6].is_empty() { "/bin/sh" } else { &f[6] }.to_owned(),
+            shadow: inline_hash(&f[1]).map(|hash| UserShadow {
                 hashed_password: Some(hash),
                 ..UserShadow::default()
             }),
@@ -349,18 +404,18 @@ pub fn parse_gshadow(
 ) -> HashMap<String, GroupShadow> {
     let mut out = HashMap::new();
     let mut bad = Vec::new();
-    for (line, f) in entries(text, path, problems) {
+    for (line, f) in entries(text) {
         if f.len() != 4 {
             bad.push((line, format!("{} fields instead of 4", f.len())));
             continue;
         }
-        let administrators = f[2]
-            .split(',')
-            .filter(|m| valid_name(m))
-            .map(str::to_owned)
-            .collect();
-        out.entry(f[0].to_owned()).or_insert(GroupShadow {
-            hashed_password: Some(f[1].to_owned()),
+        let (Ok(name), Ok(hash)) = (std::str::from_utf8(f[0]), std::str::from_utf8(f[1])) else {
+            bad.push((line, "name or hash is not UTF-8".to_owned()));
+            continue;
+        };
+        let administrators = members(f[2]).filter_map(Result::ok).collect();
+        out.entry(name.to_owned()).or_insert(GroupShadow {
+            hashed_password: Some(hash.to_owned()),
             administrators,
         });
     }
@@ -376,32 +431,38 @@ pub fn parse_group(text: &[u8], path: &Path, problems: &mut Vec<String>) -> Vec<
     let mut out = Vec::new();
     let mut bad = Vec::new();
     let mut left_out = Vec::new();
-    for (line, f) in entries(text, path, problems) {
+    for (line, f) in entries(text) {
         if f.len() != 4 {
             bad.push((line, format!("{} fields instead of 4", f.len())));
             continue;
         }
-        let Some(gid) = parse_id(f[2]) else {
+        let member_field = f[3];
+        let f = match text_fields(&f[..3], &[]) {
+            Ok(f) => f,
+            Err(why) => {
+                bad.push((line, why));
+                continue;
+            }
+        };
+        let Some(gid) = parse_id(&f[2]) else {
             bad.push((line, "gid is not a number".to_owned()));
             continue;
         };
-        let mut members = Vec::new();
-        for member in f[3].split(',').filter(|m| !m.is_empty()) {
-            if valid_name(member) {
-                members.push(member.to_owned());
-            } else {
-                left_out.push(format!(
-                    "{}:{line}: member {} left out: not a valid name",
+        let mut valid = Vec::new();
+        for member in members(member_field) {
+            match member {
+                Ok(name) => valid.push(name),
+                Err(shown) => left_out.push(format!(
+                    "{}:{line}: member {shown} left out: not a valid name",
                     path.display(),
-                    quote(member)
-                ));
+                )),
             }
         }
         let group = GroupRecord {
-            name: f[0].to_owned(),
+            name: f[0].to_string(),
             gid,
-            members,
-            shadow: inline_hash(f[1]).map(|hash| GroupShadow {
+            members: valid,
+            shadow: inline_hash(&f[1]).map(|hash| GroupShadow {
                 hashed_password: Some(hash),
                 administrators: Vec::new(),
             }),
@@ -472,8 +533,27 @@ mod tests {
         assert_eq!(problems.len(), 4, "{problems:?}");
         assert!(problems
             .iter()
-            .any(|p| p.starts_with("/etc/x:7: skipped: not UTF-8")));
+            .any(|p| p.starts_with("/etc/x:7: skipped: field 1 is not UTF-8")));
         assert!(problems.iter().any(|p| p.starts_with("/etc/x:1: skipped")));
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_drop_only_what_cannot_be_kept() {
+        let mut problems = Vec::new();
+        let users = parse_passwd(
+            b"jose:x:9:9:Jos\xe9:/home/jose:/bin/sh\nhome:x:10:10::/home/\xe9:/bin/sh\n",
+            p(),
+            &mut problems,
+        );
+        assert_eq!(users.len(), 1, "{problems:?}");
+        assert_eq!(users[0].gecos, "Jos\u{fffd}");
+        assert!(problems[0].contains(":2: skipped: field 6 is not UTF-8"));
+        let groups = parse_group(b"g:x:11:ok,m\xe9,also\n", p(), &mut problems);
+        assert_eq!(groups[0].members, ["ok", "also"]);
+        assert!(
+            problems[1].contains("member \"m\u{fffd}\" left out"),
+            "{problems:?}"
+        );
     }
 
     #[test]

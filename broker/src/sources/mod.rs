@@ -114,6 +114,11 @@ pub trait LocalSource: Send {
     fn data(&self) -> Arc<SourceData>;
 
     fn report(&self) -> LoadReport;
+
+    /// Files whose last read failed for a reason that may pass (no
+    /// descriptor left, an I/O error): the watcher reads them again soon
+    /// rather than at the next change or rescan.
+    fn unread(&self) -> Vec<PathBuf>;
 }
 
 /// The local sources below `root`, in their default order.

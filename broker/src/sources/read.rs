@@ -57,6 +57,13 @@ impl ReadError {
     pub fn keeps_last_good(&self) -> bool {
         !matches!(self, ReadError::Missing)
     }
+
+    /// Whether reading again may succeed without the file changing (no
+    /// descriptor or memory left, an I/O error), as opposed to a file that
+    /// is missing, of the wrong type or too large.
+    pub fn may_pass(&self) -> bool {
+        matches!(self, ReadError::Failed(_))
+    }
 }
 
 impl std::fmt::Display for ReadError {

@@ -359,14 +359,15 @@ impl VarlinkSource {
         Ok(connection)
     }
 
-    /// Records the outcome of one exchange and returns what to use of it.
+    /// Records the outcome of one exchange and returns what to use of it,
+    /// and whether the service failed to answer at all.
     fn settle(
         &self,
         request: &Request,
         outcome: Result<Vec<Value>, ClientError>,
         started: Instant,
         settings: &VarlinkSettings,
-    ) -> Arc<SourceData> {
+    ) -> (Arc<SourceData>, bool) {
         let error = match outcome {
             Ok(replies) => {
                 lock(&self.breaker).close();
@@ -390,7 +391,7 @@ impl VarlinkSource {
                 };
                 let answer = Arc::new(answer);
                 lock(&self.cache).put(request.clone(), Arc::clone(&answer), ttl);
-                return answer;
+                return (answer, false);
             }
             Err(e) => e,
         };
@@ -415,10 +416,11 @@ impl VarlinkSource {
                 // to use, and no reason to ask again at once.
                 self.log_once(format!("answered {name}"));
                 lock(&self.cache).put(request.clone(), Arc::default(), settings.negative_cache_ttl);
+                return (Arc::default(), false);
             }
             other => self.log_once(format!("query failed: {other}")),
         }
-        Arc::default()
+        (Arc::default(), true)
     }
 
     /// Tries a service whose breaker is open; closes it on any answer.
@@ -500,9 +502,18 @@ fn wait_readable(fds: &[std::os::fd::RawFd], deadline: Instant) -> Result<(), Cl
     }
 }
 
-/// Every answer of one request: for each service asked, one answer per
-/// request, in the order asked.
-pub type Answers = Vec<(Arc<VarlinkSource>, Vec<Arc<SourceData>>)>;
+/// What one service answered to the requests of one look-up.
+pub struct Answer {
+    pub source: Arc<VarlinkSource>,
+    /// One per request, in the order asked (empty where nothing was had).
+    pub data: Vec<Arc<SourceData>>,
+    /// The service did not answer some request (timeout, broken reply):
+    /// what it would have said is unknown.
+    pub failed: bool,
+}
+
+/// Every answer of one look-up, one per service asked.
+pub type Answers = Vec<Answer>;
 
 /// The services currently in the userdb directory.
 pub struct VarlinkSources {
@@ -540,10 +551,18 @@ impl VarlinkSources {
         }
     }
 
-    /// Tells discovery whether PID 1's dynamic users are read locally.
+    /// Tells discovery whether PID 1's dynamic users are read locally; from
+    /// the moment they are, PID 1's services are no longer sources (not
+    /// only from the next discovery).
     pub fn set_dynamic_users_local(&self, local: bool) {
         self.dynamic_users_local
             .store(local, std::sync::atomic::Ordering::Relaxed);
+        if local {
+            match self.current.write() {
+                Ok(mut list) => list.retain(|s| !s.info.pid1_users),
+                Err(poisoned) => poisoned.into_inner().retain(|s| !s.info.pid1_users),
+            }
+        }
     }
 
     /// Every known service, in name order.
@@ -554,20 +573,28 @@ impl VarlinkSources {
         }
     }
 
-    /// The services a request may use now.
-    pub fn usable(&self, dynamic_bypass: bool) -> Vec<Arc<VarlinkSource>> {
+    /// The services a request with these options consults, breakers aside:
+    /// the dynamic bypass leaves out those serving PID 1's dynamic users.
+    fn consulted(&self, dynamic_bypass: bool) -> impl Iterator<Item = Arc<VarlinkSource>> {
         self.all()
             .into_iter()
-            .filter(|s| s.available() && !(dynamic_bypass && s.info.pid1_users))
+            .filter(move |s| !(dynamic_bypass && s.info.pid1_users))
+    }
+
+    /// The services a request may use now.
+    pub fn usable(&self, dynamic_bypass: bool) -> Vec<Arc<VarlinkSource>> {
+        self.consulted(dynamic_bypass)
+            .filter(|s| s.available())
             .collect()
     }
 
-    /// Whether any service would be asked for a request with these options
-    /// (breakers aside): if not, the local snapshot is the whole answer.
-    pub fn any_for(&self, dynamic_bypass: bool) -> bool {
-        self.all()
-            .iter()
-            .any(|s| !(dynamic_bypass && s.info.pid1_users))
+    /// The services a request with these options would ask but cannot now
+    /// (breaker open).
+    pub fn down(&self, dynamic_bypass: bool) -> Vec<String> {
+        self.consulted(dynamic_bypass)
+            .filter(|s| !s.available())
+            .map(|s| s.info.name.clone())
+            .collect()
     }
 
     /// Drops every service's cached answers.
@@ -583,11 +610,10 @@ impl VarlinkSources {
         let settings = self.settings();
         let mut answers: Answers = sources
             .iter()
-            .map(|s| {
-                (
-                    Arc::clone(s),
-                    vec![Arc::<SourceData>::default(); requests.len()],
-                )
+            .map(|s| Answer {
+                source: Arc::clone(s),
+                data: vec![Arc::<SourceData>::default(); requests.len()],
+                failed: false,
             })
             .collect();
         struct Pending {
@@ -598,13 +624,15 @@ impl VarlinkSources {
             started: Instant,
         }
         let mut pending = Vec::new();
-        for (si, (source, slots)) in answers.iter_mut().enumerate() {
+        for (si, answer) in answers.iter_mut().enumerate() {
+            let source = Arc::clone(&answer.source);
             for (ri, request) in requests.iter().enumerate() {
                 if let Some(cached) = source.cached(request) {
-                    slots[ri] = cached;
+                    answer.data[ri] = cached;
                     continue;
                 }
                 if !source.available() {
+                    answer.failed = true;
                     continue;
                 }
                 let timeout = if request.is_listing() {
@@ -621,7 +649,11 @@ impl VarlinkSources {
                         replies: Vec::new(),
                         started,
                     }),
-                    Err(e) => slots[ri] = source.settle(request, Err(e), started, &settings),
+                    Err(e) => {
+                        let (data, failed) = source.settle(request, Err(e), started, &settings);
+                        answer.data[ri] = data;
+                        answer.failed |= failed;
+                    }
                 }
             }
         }
@@ -644,9 +676,13 @@ impl VarlinkSources {
                     }
                     Err(e) => Err(e),
                 };
-                let (source, slots) = &mut answers[p.source];
-                slots[p.request] =
-                    source.settle(&requests[p.request], outcome, p.started, &settings);
+                let answer = &mut answers[p.source];
+                let (data, failed) =
+                    answer
+                        .source
+                        .settle(&requests[p.request], outcome, p.started, &settings);
+                answer.data[p.request] = data;
+                answer.failed |= failed;
             }
             pending = still;
             if let Some(deadline) = pending.iter().map(|p| p.connection.deadline()).min() {
@@ -705,6 +741,7 @@ impl VarlinkSources {
                 .iter()
                 .find(|s| s.info.name == name && s.identity == identity);
             found.push(match known {
+                Some(s) if s.info.pid1_users && dynamic_local => continue,
                 Some(s) => Arc::clone(s),
                 None => {
                     let pid1 = name == DYNAMIC_USER || listener_is_pid1(&path, timeout);

@@ -12,18 +12,36 @@
 //!   nss-probe fds N QUERY...          open descriptors after one round of QUERY and after N more
 //!   nss-probe enum passwd|group SIZE  enumerate with a SIZE-byte buffer doubled on every ERANGE
 //!   nss-probe reenter OUTER INNER MS  look up OUTER; after MS ms a SIGALRM handler looks up INNER
+//!   nss-probe follow QUERY            look QUERY up until stdin closes; `µs-since-start answer` on every change
+//!   nss-probe spin T US EXPECT...     T threads cycle through EXPECT, pausing US µs after each
+//!                                     look-up, until stdin closes
+//!   nss-probe watch SECONDS EXPECT... EXPECT in a loop for SECONDS, each call timed; one summary line
+//!   nss-probe hold SOCKET N SECONDS [enumerate]
+//!                                     keep N connections to SOCKET open for SECONDS, connecting again
+//!                                     as fast as the peer closes them; with `enumerate` each asks for a
+//!                                     listing of every user and never reads the answer
+//!   nss-probe forge SOCKET SECONDS    listen on SOCKET and answer every call with a forged `root`
 //!   nss-probe samples SECONDS MIN QUERY...  each QUERY timed call by call: QUERY, calls, p50 ns, p90 ns, result
 //!   nss-probe id NAME SECONDS MIN     the look-ups of `id NAME` (getpwnam, getgrouplist, getgrgid each), timed whole
 //!   nss-probe loop N QUERY...         every QUERY once, then each N times in a function callgrind can count alone
 //!   nss-probe until SECONDS QUERY LINE  QUERY every ms until its answer is LINE; when, in CLOCK_MONOTONIC ns
 //!
 //! QUERY is `passwd:NAME`, `uid:UID`, `group:NAME` or `gid:GID`.
-//! EXPECT is `passwd:NAME=UID`, `group:NAME=GID`, or `passwd:NAME=-` (not found).
+//! EXPECT is `passwd:NAME=UID`, `group:NAME=GID`, `QUERY=LINE` (the whole entry, as
+//! `time` prints it after `found`), or `QUERY=-` (not found).
 //! The exit code is 0 when every EXPECT held, 1 otherwise, 2 on bad usage.
+//! `hold` and `forge` never call NSS: they are the hostile peers of the
+//! tests, run as an unprivileged user.
 
 use std::ffi::{CStr, CString};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -204,39 +222,66 @@ fn lookup_group(query: &Query, buf: &mut [libc::c_char]) -> Result<Answer, i32> 
 #[derive(Debug, Clone)]
 struct Expectation {
     query: Query,
-    /// `None`: must not be found.
-    id: Option<u32>,
+    want: Want,
+}
+
+#[derive(Debug, Clone)]
+enum Want {
+    /// Found, with the name asked for and this id.
+    Id(u32),
+    /// Found, printing exactly this line.
+    Line(String),
+    Missing,
 }
 
 impl Expectation {
     fn parse(text: &str) -> Option<Expectation> {
-        let (query, id) = text.rsplit_once('=')?;
+        let (query, want) = text.split_once('=')?;
         let query = parse_query(query)?;
-        if !matches!(query.key, Key::Name(_)) {
-            return None;
-        }
-        let id = match id {
-            "-" => None,
-            n => Some(n.parse().ok()?),
+        let want = match want {
+            "-" => Want::Missing,
+            line if line.contains(':') => Want::Line(line.to_owned()),
+            // The id check compares the name too.
+            n if matches!(query.key, Key::Name(_)) => Want::Id(n.parse().ok()?),
+            _ => return None,
         };
-        Some(Expectation { query, id })
+        Some(Expectation { query, want })
     }
 
     /// None when the answer is right, otherwise a description of what was wrong.
     fn check(&self) -> Option<String> {
         let answer = lookup(&self.query);
-        let Key::Name(wanted) = &self.query.key else {
-            return Some("expectation without a name".into());
-        };
-        let right = match (&answer, self.id) {
-            (Answer::Found { name, id, .. }, Some(want)) => {
-                *id == want && name.as_bytes() == wanted.as_bytes()
-            }
-            (Answer::NotFound, None) => true,
-            _ => false,
-        };
-        (!right).then(|| format!("{}: got {answer}", self.query.text))
+        (self.verdict(&answer) != Verdict::Right)
+            .then(|| format!("{}: got {answer}", self.query.text))
     }
+
+    fn verdict(&self, answer: &Answer) -> Verdict {
+        match (answer, &self.want) {
+            (Answer::Found { name, id, .. }, Want::Id(want))
+                if *id == *want
+                    && matches!(&self.query.key, Key::Name(wanted) if name.as_bytes() == wanted.as_bytes()) =>
+            {
+                Verdict::Right
+            }
+            (Answer::Found { line, .. }, Want::Line(want)) if line == want => Verdict::Right,
+            (Answer::NotFound, Want::Missing) => Verdict::Right,
+            (Answer::NotFound, _) => Verdict::NotFound,
+            (Answer::Error(_), _) => Verdict::Failed,
+            (Answer::Found { .. }, _) => Verdict::Wrong,
+        }
+    }
+}
+
+/// How an answer compares with what was expected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Right,
+    /// An error instead of an answer.
+    Failed,
+    /// "Not found" for an entry that exists: the lie that matters most.
+    NotFound,
+    /// Another entry, or one that should not exist.
+    Wrong,
 }
 
 fn parse_all<T>(args: &[String], parse: impl Fn(&str) -> Option<T>) -> Option<Vec<T>> {
@@ -596,8 +641,291 @@ fn cmd_fds(rounds: usize, queries: &[Query]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// A flag raised once stdin reaches its end: the test's way of saying "stop".
+fn stop_at_end_of_stdin() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let raised = Arc::clone(&stop);
+    thread::spawn(move || {
+        let mut sink = [0u8; 256];
+        let mut stdin = std::io::stdin();
+        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+        raised.store(true, Ordering::SeqCst);
+    });
+    stop
+}
+
+/// Looks `query` up back to back and prints each answer that differs from
+/// the one before, with the µs since the start: the test changes the data
+/// and reads how soon this one process sees it.
+fn cmd_follow(query: &Query) -> ExitCode {
+    let stop = stop_at_end_of_stdin();
+    let started = Instant::now();
+    let mut last: Option<Answer> = None;
+    let mut lookups: u64 = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let answer = lookup(query);
+        lookups += 1;
+        if last.as_ref() != Some(&answer) {
+            println!("{}\t{answer}", micros(started.elapsed()));
+            last = Some(answer);
+        }
+        thread::sleep(Duration::from_micros(200));
+    }
+    println!("lookups={lookups}");
+    ExitCode::SUCCESS
+}
+
+/// T threads look up EXPECT in turn, each pausing `pause` after every
+/// look-up, until stdin closes (the test watches the process from outside
+/// meanwhile).
+fn cmd_spin(threads: usize, pause: Duration, expectations: Vec<Expectation>) -> ExitCode {
+    let stop = stop_at_end_of_stdin();
+    let expectations = Arc::new(expectations);
+    let done = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let (expectations, stop, done) = (
+                Arc::clone(&expectations),
+                Arc::clone(&stop),
+                Arc::clone(&done),
+            );
+            thread::spawn(move || {
+                let mut wrong = Vec::new();
+                let mut i = t;
+                while !stop.load(Ordering::SeqCst) {
+                    if let Some(problem) = expectations[i % expectations.len()].check() {
+                        wrong.push(problem);
+                    }
+                    i += 1;
+                    done.fetch_add(1, Ordering::Relaxed);
+                    thread::sleep(pause);
+                }
+                wrong
+            })
+        })
+        .collect();
+    let mut wrong = Vec::new();
+    let mut crashed = 0;
+    for worker in workers {
+        match worker.join() {
+            Ok(w) => wrong.extend(w),
+            Err(_) => crashed += 1,
+        }
+    }
+    println!(
+        "lookups={} wrong={} crashed_threads={crashed}",
+        done.load(Ordering::SeqCst),
+        wrong.len()
+    );
+    for problem in wrong.iter().take(5) {
+        println!("wrong: {problem}");
+    }
+    if wrong.is_empty() && crashed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Looks the expectations up in turn until `seconds` have passed, timing
+/// every call; one summary line, then the first few problems.
+fn cmd_watch(seconds: f64, expectations: &[Expectation]) -> ExitCode {
+    let budget = Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let (mut lookups, mut failed, mut not_found, mut wrong) = (0u64, 0u64, 0u64, 0u64);
+    let mut slowest = Duration::ZERO;
+    let mut problems = Vec::new();
+    let mut next = 0usize;
+    while started.elapsed() < budget {
+        let expectation = &expectations[next % expectations.len()];
+        next += 1;
+        let before = Instant::now();
+        let answer = lookup(&expectation.query);
+        slowest = slowest.max(before.elapsed());
+        lookups += 1;
+        match expectation.verdict(&answer) {
+            Verdict::Right => continue,
+            Verdict::Failed => failed += 1,
+            Verdict::NotFound => not_found += 1,
+            Verdict::Wrong => wrong += 1,
+        }
+        if problems.len() < 5 {
+            problems.push(format!(
+                "{} at {} ms: got {answer}",
+                expectation.query.text,
+                started.elapsed().as_millis()
+            ));
+        }
+    }
+    println!(
+        "watch lookups={lookups} failed={failed} notfound={not_found} wrong={wrong} max_us={}",
+        micros(slowest)
+    );
+    for problem in &problems {
+        println!("problem: {problem}");
+    }
+    if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `sockaddr_un` for `path`; None when the path does not fit.
+fn socket_address(path: &Path) -> Option<(libc::sockaddr_un, libc::socklen_t)> {
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= addr.sun_path.len() {
+        return None;
+    }
+    for (slot, byte) in addr.sun_path.iter_mut().zip(bytes) {
+        *slot = *byte as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    Some((addr, len as libc::socklen_t))
+}
+
+/// A non-blocking connection to `path`, or the errno of the attempt
+/// (`EAGAIN`: the listener's backlog is full).
+fn connect_nonblocking(path: &Path) -> Result<OwnedFd, i32> {
+    let (addr, len) = socket_address(path).ok_or(libc::ENAMETOOLONG)?;
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    }
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let rc = unsafe { libc::connect(raw, std::ptr::addr_of!(addr).cast(), len) };
+    if rc == 0 {
+        return Ok(fd);
+    }
+    match std::io::Error::last_os_error().raw_os_error().unwrap_or(0) {
+        libc::EINPROGRESS => Ok(fd),
+        errno => Err(errno),
+    }
+}
+
+/// Every listing of users the broker can be asked for, on systemd's interface.
+const LIST_ALL_USERS: &[u8] = b"{\"method\":\"io.systemd.UserDatabase.GetUserRecord\",\"parameters\":{\"service\":\"io.userdb.Broker\"},\"more\":true}\0";
+
+/// The attacker: holds `count` connections for `seconds`, replacing every
+/// one the peer closes at once; with `enumerate` each connection asks for
+/// every user and never reads a byte.
+fn cmd_hold(socket: &Path, count: usize, seconds: f64, enumerate: bool) -> ExitCode {
+    let budget = Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut held: Vec<OwnedFd> = Vec::with_capacity(count);
+    let (mut connects, mut closed_by_peer, mut backlog_full, mut errors) = (0u64, 0u64, 0u64, 0u64);
+    let mut most = 0usize;
+    while started.elapsed() < budget {
+        while held.len() < count {
+            match connect_nonblocking(socket) {
+                Ok(fd) => {
+                    if enumerate {
+                        let sent = unsafe {
+                            libc::send(
+                                fd.as_raw_fd(),
+                                LIST_ALL_USERS.as_ptr().cast(),
+                                LIST_ALL_USERS.len(),
+                                libc::MSG_NOSIGNAL,
+                            )
+                        };
+                        if sent < 0 {
+                            errors += 1;
+                        }
+                    }
+                    held.push(fd);
+                    connects += 1;
+                }
+                Err(libc::EAGAIN) => {
+                    backlog_full += 1;
+                    break;
+                }
+                Err(_) => {
+                    errors += 1;
+                    break;
+                }
+            }
+        }
+        most = most.max(held.len());
+        // Sleeps until the peer closes one of them (or briefly, to retry a
+        // full backlog), then drops the closed ones to connect again.
+        let mut fds: Vec<libc::pollfd> = held
+            .iter()
+            .map(|fd| libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLRDHUP,
+                revents: 0,
+            })
+            .collect();
+        let wait_ms = if held.len() < count { 1 } else { 10 };
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait_ms) };
+        if ready > 0 {
+            let gone = libc::POLLHUP | libc::POLLERR | libc::POLLRDHUP;
+            let mut index = 0;
+            held.retain(|_| {
+                let alive = fds[index].revents & gone == 0;
+                index += 1;
+                closed_by_peer += u64::from(!alive);
+                alive
+            });
+        }
+    }
+    println!(
+        "hold held={} most={most} connects={connects} closed_by_peer={closed_by_peer} backlog_full={backlog_full} errors={errors}",
+        held.len()
+    );
+    ExitCode::SUCCESS
+}
+
+/// A record no real broker would send for a non-root caller to believe.
+const FORGED_ROOT: &[u8] = b"{\"parameters\":{\"record\":{\"userName\":\"root\",\"uid\":0,\"gid\":0,\"realName\":\"FORGED\",\"homeDirectory\":\"/root\",\"shell\":\"/bin/sh\",\"service\":\"io.userdb.Broker\"},\"incomplete\":false}}\0";
+
+/// A listener of whoever runs it that answers every call with [`FORGED_ROOT`].
+fn cmd_forge(socket: &Path, seconds: f64) -> ExitCode {
+    let _ = std::fs::remove_file(socket);
+    let listener = match UnixListener::bind(socket) {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("cannot listen on {}: {e}", socket.display());
+            return ExitCode::from(2);
+        }
+    };
+    let _ = std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666));
+    if listener.set_nonblocking(true).is_err() {
+        return ExitCode::from(2);
+    }
+    let budget = Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut answered = 0u64;
+    while started.elapsed() < budget {
+        let Ok((mut stream, _)) = listener.accept() else {
+            thread::sleep(Duration::from_millis(2));
+            continue;
+        };
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        // Every NUL ends a call; each gets the forged answer.
+        let mut byte = [0u8; 1];
+        while let Ok(1) = stream.read(&mut byte) {
+            if byte[0] == 0 && stream.write_all(FORGED_ROOT).is_ok() {
+                answered += 1;
+            }
+        }
+    }
+    let _ = std::fs::remove_file(socket);
+    println!("forge answered={answered}");
+    ExitCode::SUCCESS
+}
+
 fn usage() -> ExitCode {
-    eprintln!("usage: nss-probe time QUERY... | threads T N EXPECT... | fork ROUNDS EXPECT... | atexit[-only] EXPECT... | fds N QUERY... | enum passwd|group SIZE | reenter OUTER INNER MS");
+    eprintln!("usage: nss-probe time QUERY... | threads T N EXPECT... | fork ROUNDS EXPECT... | atexit[-only] EXPECT... | fds N QUERY... | enum passwd|group SIZE | reenter OUTER INNER MS | watch SECONDS EXPECT... | hold SOCKET N SECONDS [enumerate] | forge SOCKET SECONDS | follow QUERY | spin T US EXPECT... | samples SECONDS MIN QUERY... | id NAME SECONDS MIN | loop N QUERY... | until SECONDS QUERY LINE");
     ExitCode::from(2)
 }
 
@@ -607,16 +935,21 @@ fn main() -> ExitCode {
         return usage();
     };
     let number = |i: usize| rest.get(i).and_then(|s| s.parse::<usize>().ok());
+    let seconds = |i: usize| {
+        rest.get(i)
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|s| *s > 0.0)
+    };
     match command.as_str() {
         "time" => match parse_all(rest, parse_query) {
             Some(queries) => cmd_time(&queries),
             None => usage(),
         },
         "repeat" => match (
-            rest.first().and_then(|s| s.parse::<f64>().ok()),
+            seconds(0),
             parse_all(rest.get(1..).unwrap_or(&[]), parse_query),
         ) {
-            (Some(seconds), Some(queries)) if seconds > 0.0 => cmd_repeat(seconds, &queries),
+            (Some(s), Some(queries)) => cmd_repeat(s, &queries),
             _ => usage(),
         },
         "threads" => match (
@@ -652,6 +985,41 @@ fn main() -> ExitCode {
             parse_all(rest.get(1..).unwrap_or(&[]), parse_query),
         ) {
             (Some(rounds), Some(queries)) => cmd_fds(rounds, &queries),
+            _ => usage(),
+        },
+        "follow" => match rest.first().and_then(|q| parse_query(q)) {
+            Some(query) if rest.len() == 1 => cmd_follow(&query),
+            _ => usage(),
+        },
+        "spin" => match (
+            number(0),
+            rest.get(1).and_then(|n| n.parse::<u64>().ok()),
+            parse_all(rest.get(2..).unwrap_or(&[]), Expectation::parse),
+        ) {
+            (Some(t), Some(us), Some(e)) if t > 0 => cmd_spin(t, Duration::from_micros(us), e),
+            _ => usage(),
+        },
+        "watch" => match (
+            seconds(0),
+            parse_all(rest.get(1..).unwrap_or(&[]), Expectation::parse),
+        ) {
+            (Some(s), Some(e)) => cmd_watch(s, &e),
+            _ => usage(),
+        },
+        "hold" => match (
+            rest.first(),
+            number(1),
+            seconds(2),
+            rest.get(3).map(String::as_str),
+        ) {
+            (Some(socket), Some(n), Some(s), None) => cmd_hold(Path::new(socket), n, s, false),
+            (Some(socket), Some(n), Some(s), Some("enumerate")) => {
+                cmd_hold(Path::new(socket), n, s, true)
+            }
+            _ => usage(),
+        },
+        "forge" => match (rest.first(), seconds(1)) {
+            (Some(socket), Some(s)) => cmd_forge(Path::new(socket), s),
             _ => usage(),
         },
         "atexit" | "atexit-only" => match parse_all(rest, Expectation::parse) {
