@@ -1,227 +1,219 @@
-//! Compares `broker` with glibc's `files` and systemd's `systemd` NSS modules
-//! on the same data, in one run, through real glibc.
+//! `userdb-broker-bench`: libnss_broker beside glibc's `files`, systemd's
+//! `systemd` and a trivial module, on the same data, through real glibc,
+//! in one run; then the broker itself at scale.
 //!
-//! For each database size a fixture holds the same users and groups twice:
-//! as `/etc/passwd`/`/etc/group` lines (what `files` reads) and as userdb
-//! JSON drop-ins (what `nss-systemd` reads). The broker serves that fixture
-//! (files win the merge; the records are identical). Every look-up runs in
-//! the `nss-probe` helper inside a private mount namespace whose
-//! nsswitch.conf names only the module under test, so process start-up is
-//! not measured: the probe times a loop of `getpwnam_r`/`getgrnam_r` calls.
-//!
-//! Usage: userdb-broker-bench [--sizes 100,10000] [--seconds 0.4]
-//! (needs root and `cargo build --release` first).
+//! Usage: userdb-broker-bench [--sizes 100,10000,100000] [--rounds 5]
+//!        [--seconds 0.05] [--scale-users 100000] [--changes 5]
+//!        [--parts lookups,merge,id,instructions,scale] [--keep-callgrind DIR]
+//! (as root, after `cargo build --release`; see the README's "Speed").
 
+mod backend;
+mod data;
+mod instructions;
+mod latency;
+mod report;
+mod scale;
+mod table;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
-use serde_json::json;
-use userdb_broker_tests::{artifacts, Broker, DropinDir, Fixture, Nss};
+use backend::{Backend, Lines, Served};
+use latency::{Budget, Cell, Item, Kind};
 
-const FIRST_ID: u32 = 200_000;
+/// The parts of a run, in the order they run.
+const PARTS: [&str; 5] = ["lookups", "merge", "id", "instructions", "scale"];
 
-/// Makes drop-ins in the fixture's `etc/userdb` visible to nss-systemd at
-/// `/run/userdb` inside the namespace (a tmpfs over `/run` hides everything
-/// else there, including any userdb service sockets), then runs the command.
-const SHOW_DROPINS: &str = r#"set -e
-mount -t tmpfs -o size=1m tmpfs /run
-mkdir /run/userdb
-mount --bind "$1" /run/userdb
-shift
-exec "$@"
-"#;
+/// The size the merge look-ups run at, and the one `id` runs at.
+pub const MERGE_SIZE: u32 = 100;
+pub const ID_SIZE: u32 = 10_000;
 
-struct Backend {
-    name: &'static str,
-    nsswitch: &'static str,
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub sizes: Vec<u32>,
+    pub rounds: usize,
+    pub seconds: f64,
+    pub scale_users: u32,
+    pub changes: u32,
+    pub parts: BTreeSet<String>,
+    /// Where to keep callgrind's profiles.
+    pub keep_callgrind: Option<PathBuf>,
 }
 
-const BACKENDS: [Backend; 3] = [
-    Backend {
-        name: "files",
-        nsswitch: "passwd: files\ngroup: files\n",
-    },
-    Backend {
-        name: "systemd",
-        nsswitch: "passwd: systemd\ngroup: systemd\n",
-    },
-    Backend {
-        name: "broker",
-        nsswitch: "passwd: broker\ngroup: broker\n",
-    },
-];
-
-struct Options {
-    sizes: Vec<u32>,
-    seconds: f64,
+impl Options {
+    fn part(&self, name: &str) -> bool {
+        self.parts.contains(name)
+    }
 }
 
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
-        sizes: vec![100, 10_000],
-        seconds: 0.4,
+        sizes: vec![100, 10_000, 100_000],
+        rounds: 5,
+        seconds: 0.05,
+        scale_users: 100_000,
+        changes: 5,
+        parts: PARTS.iter().map(|p| (*p).to_owned()).collect(),
+        keep_callgrind: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next().ok_or(format!("{arg} needs a value"))?;
+        let number = |v: &str| {
+            v.parse::<u32>()
+                .map_err(|_| format!("{arg}: bad number {v:?}"))
+        };
         match arg.as_str() {
             "--sizes" => {
-                options.sizes = value
-                    .split(',')
-                    .map(|s| s.parse().map_err(|_| format!("bad size {s:?}")))
-                    .collect::<Result<_, _>>()?
+                options.sizes = value.split(',').map(number).collect::<Result<_, _>>()?;
+                if options.sizes.contains(&0) {
+                    return Err("--sizes: a size must be at least 1".into());
+                }
             }
+            "--rounds" => options.rounds = number(&value)?.max(1) as usize,
             "--seconds" => options.seconds = value.parse().map_err(|_| "bad --seconds")?,
+            "--scale-users" => options.scale_users = number(&value)?.max(2),
+            "--changes" => options.changes = number(&value)?,
+            "--parts" => {
+                options.parts = value.split(',').map(str::to_owned).collect();
+                if let Some(bad) = options.parts.iter().find(|p| !PARTS.contains(&p.as_str())) {
+                    return Err(format!(
+                        "--parts: unknown part {bad:?} (known: {})",
+                        PARTS.join(",")
+                    ));
+                }
+            }
+            "--keep-callgrind" => options.keep_callgrind = Some(PathBuf::from(value)),
             _ => return Err(format!("unknown option {arg}")),
         }
     }
     Ok(options)
 }
 
-/// A fixture with `size` users and groups, each both in the files and as a
-/// drop-in, every user a member of its own group.
-fn fixture(size: u32) -> Fixture {
-    let fixture = Fixture::new();
-    let mut passwd = etc_lines(&fixture, "passwd");
-    let mut group = etc_lines(&fixture, "group");
-    for i in 0..size {
-        let id = FIRST_ID + i;
-        let user = format!("benchuser{i}");
-        let group_name = format!("benchgroup{i}");
-        passwd.push(format!(
-            "{user}:x:{id}:{id}:Bench User {i}:/home/{user}:/bin/bash"
-        ));
-        group.push(format!("{group_name}:x:{id}:{user}"));
-        fixture.dropin_user(
-            DropinDir::Etc,
-            &json!({"userName": user, "uid": id, "gid": id, "realName": format!("Bench User {i}"),
-                    "homeDirectory": format!("/home/{user}"), "shell": "/bin/bash"}),
-        );
-        fixture.dropin_group(
-            DropinDir::Etc,
-            &json!({"groupName": group_name, "gid": id, "members": [user]}),
-        );
-    }
-    for (db, lines) in [("passwd", passwd), ("group", group)] {
-        fixture.replace_etc_file(db, &lines.iter().map(String::as_str).collect::<Vec<_>>());
-    }
-    fixture
-}
-
-/// The fixture's base lines of `etc/DB`.
-fn etc_lines(fixture: &Fixture, db: &str) -> Vec<String> {
-    let path = fixture.root().join("etc").join(db);
-    std::fs::read_to_string(&path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-/// The queries of one size: the last entry (worst case for a linear file
-/// scan), a miss, a group, a uid.
-fn queries(size: u32) -> Vec<(String, String)> {
-    let last = size - 1;
-    vec![
-        ("getpwnam hit".into(), format!("passwd:benchuser{last}")),
-        ("getpwnam miss".into(), "passwd:nosuchuser".into()),
-        ("getpwuid hit".into(), format!("uid:{}", FIRST_ID + last)),
-        ("getgrnam hit".into(), format!("group:benchgroup{last}")),
-    ]
-}
-
-/// Nanoseconds per call of each query under one backend.
-fn measure(
-    fixture: &Fixture,
-    backend: &Backend,
-    queries: &[(String, String)],
-    seconds: f64,
-) -> Result<Vec<f64>, String> {
-    let nss = Nss::new(fixture, backend.nsswitch);
-    let dropins = fixture.root().join(DropinDir::Etc.relative());
-    let probe = artifacts::release_dir().join("nss-probe");
-    let mut argv: Vec<String> = vec![
-        "sh".into(),
-        "-c".into(),
-        SHOW_DROPINS.into(),
-        "sh".into(),
-        dropins.display().to_string(),
-        probe.display().to_string(),
-        "repeat".into(),
-        seconds.to_string(),
-    ];
-    argv.extend(queries.iter().map(|(_, q)| q.clone()));
-    let outcome = nss.run(&argv.iter().map(String::as_str).collect::<Vec<_>>());
-    if outcome.code() != Some(0) {
-        return Err(format!(
-            "{}: probe failed: {}",
-            backend.name,
-            outcome.describe()
-        ));
-    }
-    // Lines: `QUERY<TAB>CALLS<TAB>NS_PER_CALL<TAB>RESULT`.
-    queries
-        .iter()
-        .map(|(_, q)| {
-            let line = outcome
-                .stdout
-                .lines()
-                .find(|l| l.split('\t').next() == Some(q.as_str()))
-                .ok_or(format!("{}: no result for {q}", backend.name))?;
-            let fields: Vec<&str> = line.split('\t').collect();
-            let expect_found = !q.contains("nosuchuser");
-            let found = fields.get(3) == Some(&"found");
-            if found != expect_found {
-                return Err(format!("{}: wrong answer for {q}: {line}", backend.name));
+/// The cells of the interleaved look-up rounds.
+fn cells(options: &Options) -> Vec<Cell> {
+    let mut cells = Vec::new();
+    let all: Vec<Item> = Kind::ALL.iter().map(|k| Item::Lookup(*k)).collect();
+    let groups: Vec<Item> = Kind::GROUPS.iter().map(|k| Item::Lookup(*k)).collect();
+    if options.part("lookups") {
+        for &size in &options.sizes {
+            for backend in report::LOOKUP_BACKENDS {
+                cells.push(Cell {
+                    size,
+                    backend,
+                    lines: Lines::Alone,
+                    items: all.clone(),
+                });
             }
-            fields
-                .get(2)
-                .and_then(|ns| ns.parse().ok())
-                .ok_or(format!("{}: unreadable line {line:?}", backend.name))
-        })
-        .collect()
+        }
+    }
+    if options.part("merge") {
+        if !(options.part("lookups") && options.sizes.contains(&MERGE_SIZE)) {
+            cells.push(Cell {
+                size: MERGE_SIZE,
+                backend: Backend::Files,
+                lines: Lines::Alone,
+                items: groups.clone(),
+            });
+        }
+        for backend in report::MERGE_BACKENDS {
+            cells.push(Cell {
+                size: MERGE_SIZE,
+                backend,
+                lines: Lines::AfterFilesMerged,
+                items: groups.clone(),
+            });
+        }
+    }
+    if options.part("id") {
+        for backend in report::ID_BACKENDS {
+            cells.push(Cell {
+                size: ID_SIZE,
+                backend,
+                lines: Lines::Alone,
+                items: vec![Item::Id],
+            });
+        }
+    }
+    cells
 }
 
 fn run(options: &Options) -> Result<(), String> {
-    println!(
-        "userdb-broker-bench: ns per call through glibc (lower is better), loop of {} s per cell",
-        options.seconds
-    );
-    for &size in &options.sizes {
-        let fixture = fixture(size);
-        let broker = Broker::start(&fixture);
-        let queries = queries(size);
-        let mut columns = Vec::new();
-        for backend in &BACKENDS {
-            columns.push(measure(&fixture, backend, &queries, options.seconds)?);
-        }
-        drop(broker);
-        println!();
-        println!("{size} users, {size} groups");
-        println!(
-            "{:<15} {:>12} {:>12} {:>12} {:>14} {:>16}",
-            "query", "files", "systemd", "broker", "broker/files", "broker/systemd"
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("needs root (private mount namespaces, the broker's files)".into());
+    }
+    let started = Instant::now();
+    report::preamble(options);
+    let cells = cells(options);
+    let mut sizes: BTreeSet<u32> = cells.iter().map(|c| c.size).collect();
+    if options.part("instructions") {
+        sizes.extend(&options.sizes);
+    }
+    if let Some(dir) = &options.keep_callgrind {
+        std::fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    }
+    let mut served = BTreeMap::new();
+    for &size in &sizes {
+        let t = Instant::now();
+        eprintln!(
+            "userdb-broker-bench: {size} users and groups, as /etc lines and drop-ins, two brokers"
         );
-        for (row, (label, _)) in queries.iter().enumerate() {
-            let (files, systemd, broker) = (columns[0][row], columns[1][row], columns[2][row]);
-            println!(
-                "{label:<15} {:>12} {:>12} {:>12} {:>14.2} {:>16.2}",
-                format_ns(files),
-                format_ns(systemd),
-                format_ns(broker),
-                broker / files,
-                broker / systemd
-            );
+        served.insert(size, Served::start(size));
+        eprintln!(
+            "userdb-broker-bench:   ready in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let budget = Budget {
+        seconds: options.seconds,
+        min_calls: 3,
+        id_seconds: options.seconds * 4.0,
+        id_min: 1,
+    };
+    let results = latency::run(&served, &cells, options.rounds, budget)?;
+    let mut targets = report::Targets::default();
+    if options.part("lookups") {
+        report::lookups(&results, &options.sizes, &mut targets);
+    }
+    if options.part("merge") {
+        report::merge(&results, &mut targets);
+    }
+    if options.part("id") {
+        report::id(&results, &mut targets);
+    }
+    if options.part("instructions") {
+        let mut counts = BTreeMap::new();
+        for (&size, s) in &served {
+            if !options.sizes.contains(&size) {
+                continue;
+            }
+            for backend in report::INSTRUCTION_BACKENDS {
+                eprintln!(
+                    "userdb-broker-bench: callgrind, {} at {size} users",
+                    backend.label()
+                );
+                counts.insert(
+                    (size, backend),
+                    instructions::count(s, backend, options.keep_callgrind.as_deref())?,
+                );
+            }
         }
+        report::instructions(&counts, &options.sizes, &mut targets);
     }
+    drop(served);
+    if options.part("scale") {
+        let mut runs = Vec::new();
+        for form in [data::Form::EtcLines, data::Form::DropIns] {
+            runs.push(scale::run(options.scale_users, form, options.changes)?);
+        }
+        report::scale(&runs, &mut targets);
+    }
+    report::targets(&targets);
+    report::epilogue(started.elapsed());
     Ok(())
-}
-
-fn format_ns(ns: f64) -> String {
-    if ns >= 1_000_000.0 {
-        format!("{:.2} ms", ns / 1_000_000.0)
-    } else {
-        format!("{:.1} µs", ns / 1_000.0)
-    }
 }
 
 fn main() -> ExitCode {

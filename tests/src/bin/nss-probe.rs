@@ -21,6 +21,10 @@
 //!                                     as fast as the peer closes them; with `enumerate` each asks for a
 //!                                     listing of every user and never reads the answer
 //!   nss-probe forge SOCKET SECONDS    listen on SOCKET and answer every call with a forged `root`
+//!   nss-probe samples SECONDS MIN QUERY...  each QUERY timed call by call: QUERY, calls, p50 ns, p90 ns, result
+//!   nss-probe id NAME SECONDS MIN     the look-ups of `id NAME` (getpwnam, getgrouplist, getgrgid each), timed whole
+//!   nss-probe loop N QUERY...         every QUERY once, then each N times in a function callgrind can count alone
+//!   nss-probe until SECONDS QUERY LINE  QUERY every ms until its answer is LINE; when, in CLOCK_MONOTONIC ns
 //!
 //! QUERY is `passwd:NAME`, `uid:UID`, `group:NAME` or `gid:GID`.
 //! EXPECT is `passwd:NAME=UID`, `group:NAME=GID`, `QUERY=LINE` (the whole entry, as
@@ -921,7 +925,7 @@ fn cmd_forge(socket: &Path, seconds: f64) -> ExitCode {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: nss-probe time QUERY... | threads T N EXPECT... | fork ROUNDS EXPECT... | atexit[-only] EXPECT... | fds N QUERY... | enum passwd|group SIZE | reenter OUTER INNER MS | watch SECONDS EXPECT... | hold SOCKET N SECONDS [enumerate] | forge SOCKET SECONDS | follow QUERY | spin T US EXPECT...");
+    eprintln!("usage: nss-probe time QUERY... | threads T N EXPECT... | fork ROUNDS EXPECT... | atexit[-only] EXPECT... | fds N QUERY... | enum passwd|group SIZE | reenter OUTER INNER MS | watch SECONDS EXPECT... | hold SOCKET N SECONDS [enumerate] | forge SOCKET SECONDS | follow QUERY | spin T US EXPECT... | samples SECONDS MIN QUERY... | id NAME SECONDS MIN | loop N QUERY... | until SECONDS QUERY LINE");
     ExitCode::from(2)
 }
 
@@ -1022,6 +1026,307 @@ fn main() -> ExitCode {
             Some(e) => cmd_atexit(e, command == "atexit"),
             None => usage(),
         },
-        _ => usage(),
+        other => bench_command(other, rest).unwrap_or_else(usage),
     }
+}
+
+// The benchmark's measurement modes: each look-up is the bare libc call
+// with a buffer allocated once, so nothing but the call itself is timed.
+
+/// CLOCK_MONOTONIC in nanoseconds: the same clock in every process, so the
+/// benchmark can compare a moment seen here with one it took itself.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    (now.tv_sec as u64) * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// One look-up into `buf` (doubled on ERANGE): whether it found an entry,
+/// or the call's error code; the entry itself is not read.
+fn bare_lookup(query: &Query, buf: &mut Vec<libc::c_char>) -> Result<bool, i32> {
+    loop {
+        let rc = match query.database {
+            Database::Passwd => {
+                let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+                let mut result: *mut libc::passwd = std::ptr::null_mut();
+                let rc = unsafe {
+                    match &query.key {
+                        Key::Name(name) => libc::getpwnam_r(
+                            name.as_ptr(),
+                            &mut pwd,
+                            buf.as_mut_ptr(),
+                            buf.len(),
+                            &mut result,
+                        ),
+                        Key::Id(uid) => libc::getpwuid_r(
+                            *uid,
+                            &mut pwd,
+                            buf.as_mut_ptr(),
+                            buf.len(),
+                            &mut result,
+                        ),
+                    }
+                };
+                (rc, !result.is_null())
+            }
+            Database::Group => {
+                let mut grp: libc::group = unsafe { std::mem::zeroed() };
+                let mut result: *mut libc::group = std::ptr::null_mut();
+                let rc = unsafe {
+                    match &query.key {
+                        Key::Name(name) => libc::getgrnam_r(
+                            name.as_ptr(),
+                            &mut grp,
+                            buf.as_mut_ptr(),
+                            buf.len(),
+                            &mut result,
+                        ),
+                        Key::Id(gid) => libc::getgrgid_r(
+                            *gid,
+                            &mut grp,
+                            buf.as_mut_ptr(),
+                            buf.len(),
+                            &mut result,
+                        ),
+                    }
+                };
+                (rc, !result.is_null())
+            }
+        };
+        match rc {
+            (libc::ERANGE, _) if buf.len() < 64 << 20 => {
+                let doubled = buf.len() * 2;
+                buf.resize(doubled, 0);
+            }
+            (0, found) => return Ok(found),
+            (rc, _) => return Err(rc),
+        }
+    }
+}
+
+fn bare_result(result: Result<bool, i32>) -> String {
+    match result {
+        Ok(true) => "found".to_owned(),
+        Ok(false) => "notfound".to_owned(),
+        Err(rc) => format!("error{rc}"),
+    }
+}
+
+/// The value below which `share` of `sorted` lie (nearest rank).
+fn percentile(sorted: &[u64], share: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((sorted.len() as f64 * share).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Times `once` until `seconds` have passed and it ran at least `min`
+/// times; the sorted durations in ns.
+fn sample(seconds: f64, min: usize, mut once: impl FnMut()) -> Vec<u64> {
+    let budget = Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let mut samples = Vec::with_capacity(1 << 16);
+    while samples.len() < min || started.elapsed() < budget {
+        let before = monotonic_ns();
+        once();
+        samples.push(monotonic_ns() - before);
+    }
+    samples.sort_unstable();
+    samples
+}
+
+/// `samples SECONDS MIN QUERY...`: each QUERY timed call by call; first a
+/// `timer` line with the cost of reading the clock twice.
+fn cmd_samples(seconds: f64, min: usize, queries: &[Query]) -> ExitCode {
+    let timer = sample(0.01, 1000, || {});
+    println!("timer\t{}", percentile(&timer, 0.5));
+    let mut buf = vec![0 as libc::c_char; 4096];
+    for query in queries {
+        // Untimed: the first call loads the module and reads its files.
+        let result = bare_lookup(query, &mut buf);
+        let samples = sample(seconds, min, || {
+            let _ = bare_lookup(query, &mut buf);
+        });
+        println!(
+            "{}\t{}\t{}\t{}\t{}",
+            query.text,
+            samples.len(),
+            percentile(&samples, 0.5),
+            percentile(&samples, 0.9),
+            bare_result(result)
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// What `id NAME` asks glibc: the user, its groups (one `getgrouplist`),
+/// then each group by gid (only the first `limit`). The number of groups,
+/// and how many of those looked up were found; `None` if the user is not
+/// found.
+fn id_lookups(
+    name: &CStr,
+    limit: usize,
+    buf: &mut Vec<libc::c_char>,
+    gids: &mut Vec<libc::gid_t>,
+) -> Option<(usize, usize)> {
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    let rc = unsafe {
+        libc::getpwnam_r(
+            name.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc != 0 || result.is_null() {
+        return None;
+    }
+    let gid = pwd.pw_gid;
+    loop {
+        let mut count = gids.len() as libc::c_int;
+        let rc = unsafe { libc::getgrouplist(name.as_ptr(), gid, gids.as_mut_ptr(), &mut count) };
+        if rc >= 0 {
+            gids.truncate(count as usize);
+            break;
+        }
+        gids.resize((count as usize).max(gids.len() * 2), 0);
+    }
+    let mut found = 0;
+    for &gid in gids.iter().take(limit) {
+        let query = Query {
+            database: Database::Group,
+            key: Key::Id(gid),
+            text: String::new(),
+        };
+        found += usize::from(bare_lookup(&query, buf) == Ok(true));
+    }
+    Some((gids.len(), found))
+}
+
+/// `id NAME SECONDS MIN`: the total look-up time of `id NAME` in one
+/// process, repeated.
+fn cmd_id(name: &CStr, seconds: f64, min: usize) -> ExitCode {
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut gids = vec![0; 1024];
+    // Untimed: loads the modules of both databases, with one group only
+    // (a slow module's whole `id` takes seconds).
+    let _ = id_lookups(name, 1, &mut buf, &mut gids);
+    let mut last = None;
+    let samples = sample(seconds, min, || {
+        gids.resize(1024, 0);
+        last = id_lookups(name, usize::MAX, &mut buf, &mut gids);
+    });
+    let Some((groups, found)) = last else {
+        println!("id\tnotfound");
+        return ExitCode::FAILURE;
+    };
+    println!(
+        "id\t{}\t{groups}\t{found}\t{}\t{}",
+        samples.len(),
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.9)
+    );
+    ExitCode::SUCCESS
+}
+
+/// N look-ups of `query`: the only code callgrind counts in `loop` mode
+/// (`--toggle-collect=*counted_lookups*`, a dump after each call).
+#[inline(never)]
+fn counted_lookups(query: &Query, rounds: usize, buf: &mut Vec<libc::c_char>) {
+    for _ in 0..rounds {
+        let _ = std::hint::black_box(bare_lookup(query, buf));
+    }
+}
+
+/// `loop N QUERY...`: every QUERY once (loading the modules, mapping
+/// files), then each QUERY N times in [`counted_lookups`].
+fn cmd_loop(rounds: usize, queries: &[Query]) -> ExitCode {
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let results: Vec<String> = queries
+        .iter()
+        .map(|q| bare_result(bare_lookup(q, &mut buf)))
+        .collect();
+    for query in queries {
+        counted_lookups(query, rounds, &mut buf);
+    }
+    println!("loop\t{rounds}\t{}", results.join(","));
+    ExitCode::SUCCESS
+}
+
+/// `until SECONDS QUERY LINE`: looks QUERY up every millisecond until the
+/// answer is LINE (`notfound` for none); prints when it first was (and
+/// when the first look-up was), CLOCK_MONOTONIC ns.
+fn cmd_until(seconds: f64, query: &Query, expected: &str) -> ExitCode {
+    let budget = Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let first = monotonic_ns();
+    let mut tries = 0u64;
+    loop {
+        let answer = lookup(query);
+        tries += 1;
+        let line = match &answer {
+            Answer::Found { line, .. } => line.clone(),
+            other => other.to_string(),
+        };
+        if line == expected {
+            println!("seen\t{}\t{tries}\t{first}", monotonic_ns());
+            return ExitCode::SUCCESS;
+        }
+        if started.elapsed() > budget {
+            println!("timeout\t{tries}\t{line}");
+            return ExitCode::FAILURE;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The benchmark's modes; `None` for a command that is not one of them.
+fn bench_command(command: &str, rest: &[String]) -> Option<ExitCode> {
+    let seconds = |i: usize| {
+        rest.get(i)
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|s| *s >= 0.0)
+    };
+    let count = |i: usize| rest.get(i).and_then(|s| s.parse::<usize>().ok());
+    let outcome = match command {
+        "samples" => match (
+            seconds(0),
+            count(1),
+            parse_all(rest.get(2..).unwrap_or(&[]), parse_query),
+        ) {
+            (Some(s), Some(min), Some(queries)) => cmd_samples(s, min, &queries),
+            _ => usage(),
+        },
+        "id" => match (
+            rest.first().and_then(|n| CString::new(n.as_str()).ok()),
+            seconds(1),
+            count(2),
+        ) {
+            (Some(name), Some(s), Some(min)) => cmd_id(&name, s, min),
+            _ => usage(),
+        },
+        "loop" => match (
+            count(0),
+            parse_all(rest.get(1..).unwrap_or(&[]), parse_query),
+        ) {
+            (Some(n), Some(queries)) => cmd_loop(n, &queries),
+            _ => usage(),
+        },
+        "until" => match (
+            seconds(0),
+            rest.get(1).and_then(|q| parse_query(q)),
+            rest.get(2),
+        ) {
+            (Some(s), Some(query), Some(line)) => cmd_until(s, &query, line),
+            _ => usage(),
+        },
+        _ => return None,
+    };
+    Some(outcome)
 }
