@@ -128,10 +128,11 @@ static NSSWITCH: nsswitch::Cache = nsswitch::Cache::new();
 
 /// What the host process gives a call: its environment, pid and clock.
 pub struct Host<'a> {
-    pub env: &'a dyn Fn(&str) -> Option<String>,
+    pub env: &'a dyn Fn(&str) -> Option<&'a str>,
     pub pid: u32,
-    /// The effective uid: a broker run by this uid is believed too.
-    pub euid: u32,
+    /// The effective uid (asked only when a call connects): a broker run
+    /// by this uid is believed too.
+    pub euid: fn() -> u32,
     pub now_ms: fn() -> u64,
 }
 
@@ -141,7 +142,7 @@ pub struct Lookup {
     plan: Plan,
     started: Instant,
     deadline: Instant,
-    euid: u32,
+    euid: fn() -> u32,
     now_ms: fn() -> u64,
     _reentry: Reentry,
 }
@@ -270,7 +271,7 @@ impl Lookup {
             return Err(Failure::BACKING_OFF);
         }
         let result = Connection::connect(&self.plan.socket, deadline).and_then(|connection| {
-            trusted_listener(&connection, self.euid)?;
+            trusted_listener(&connection, (self.euid)())?;
             let mut connection = match reply_timeout {
                 Some(t) => connection.with_reply_timeout(t),
                 None => connection,

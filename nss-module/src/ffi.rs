@@ -9,6 +9,7 @@
 use std::ffi::{c_char, c_int, c_long, CStr};
 use std::mem::size_of;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU8, Ordering};
 
 use libc::{gid_t, uid_t};
 use userdb_proto::names::valid_name;
@@ -46,35 +47,51 @@ const OUT_OF_MEMORY: Failure = Failure {
 };
 
 /// The guard's variables, found in one pass over the environment (ten
-/// `getenv` calls were a third of a look-up's instructions). As
-/// `secure_getenv`, it finds none in a set-uid or set-gid process.
-struct Environment([Option<String>; guard::VARIABLES.len()]);
+/// `getenv` calls were a third of a look-up's instructions), borrowed
+/// from it: the guard copies what it keeps. As `secure_getenv`, it finds
+/// none in a set-uid or set-gid process.
+struct Environment<'e>([Option<&'e str>; guard::VARIABLES.len()]);
 
-impl Environment {
-    fn read() -> Environment {
-        let mut values: [Option<String>; guard::VARIABLES.len()] = Default::default();
-        // SAFETY: getauxval has no preconditions; AT_SECURE is what
-        // secure_getenv consults.
-        if unsafe { libc::getauxval(libc::AT_SECURE) } != 0 {
+/// AT_SECURE, read once: it cannot change in a running process.
+static SECURE: AtomicU8 = AtomicU8::new(UNKNOWN);
+const UNKNOWN: u8 = 2;
+
+fn secure() -> bool {
+    match SECURE.load(Ordering::Relaxed) {
+        UNKNOWN => {
+            // SAFETY: getauxval has no preconditions; AT_SECURE is what
+            // secure_getenv consults.
+            let secure = unsafe { libc::getauxval(libc::AT_SECURE) } != 0;
+            SECURE.store(u8::from(secure), Ordering::Relaxed);
+            secure
+        }
+        known => known == 1,
+    }
+}
+
+impl Environment<'_> {
+    fn read() -> Self {
+        let mut values = [None; guard::VARIABLES.len()];
+        if secure() {
             return Environment(values);
         }
         // SAFETY: `environ` is libc's NULL-terminated array of
-        // NUL-terminated "NAME=value" strings, read here as getenv reads
-        // it (a concurrent setenv is as unsafe for both); each match is
-        // copied at once.
+        // NUL-terminated "NAME=value" strings, read as getenv reads it. The
+        // values are borrowed only while the guard decides, within this
+        // call, as a pointer from getenv would be (a concurrent setenv is
+        // as unsafe for both).
         unsafe {
             let mut entry = environ;
             while !entry.is_null() && !(*entry).is_null() {
-                let first = **entry as u8;
                 // Every variable of the list starts with one of these.
-                if matches!(first, b'U' | b'S' | b'I') {
+                if matches!(**entry as u8, b'U' | b'S' | b'I') {
                     let mut parts = CStr::from_ptr(*entry).to_bytes().splitn(2, |&b| b == b'=');
                     if let (Some(name), Some(value)) = (parts.next(), parts.next()) {
                         let known = guard::VARIABLES.iter().position(|v| v.as_bytes() == name);
                         // The first definition wins, as for getenv.
                         if let Some(slot) = known.and_then(|i| values.get_mut(i)) {
                             if slot.is_none() {
-                                *slot = std::str::from_utf8(value).ok().map(str::to_owned);
+                                *slot = std::str::from_utf8(value).ok();
                             }
                         }
                     }
@@ -85,9 +102,9 @@ impl Environment {
         Environment(values)
     }
 
-    fn get(&self, name: &str) -> Option<String> {
+    fn get(&self, name: &str) -> Option<&str> {
         let i = guard::VARIABLES.iter().position(|v| *v == name)?;
-        self.0.get(i)?.clone()
+        *self.0.get(i)?
     }
 }
 
@@ -103,15 +120,65 @@ fn monotonic_ms() -> u64 {
     secs.saturating_mul(1000).saturating_add(millis)
 }
 
-fn start_lookup() -> Result<Lookup, Failure> {
-    // SAFETY: getpid has no preconditions and cannot fail.
-    let pid = unsafe { libc::getpid() };
+fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    unsafe { libc::geteuid() }
+}
+
+/// A page the kernel zeroes in the child of a `fork()` (`MADV_WIPEONFORK`),
+/// holding this process's pid: the guard needs the pid on every call, and
+/// `getpid` is a system call. Null when the kernel cannot (before 4.14):
+/// then every call asks.
+static PID_PAGE: AtomicPtr<AtomicU32> = AtomicPtr::new(std::ptr::null_mut());
+static PID_PAGE_TRIED: AtomicBool = AtomicBool::new(false);
+
+fn pid_page() -> Option<&'static AtomicU32> {
+    if !PID_PAGE_TRIED.swap(true, Ordering::AcqRel) {
+        // SAFETY: an anonymous private mapping of one page, owned by this
+        // module for the life of the process (never unmapped); madvise on
+        // exactly that mapping.
+        unsafe {
+            let page = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if page != libc::MAP_FAILED {
+                if libc::madvise(page, 4096, libc::MADV_WIPEONFORK) == 0 {
+                    PID_PAGE.store(page.cast(), Ordering::Release);
+                } else {
+                    libc::munmap(page, 4096);
+                }
+            }
+        }
+    }
+    let page = PID_PAGE.load(Ordering::Acquire);
+    // SAFETY: a non-null pointer is the start of the page mapped above,
+    // zeroed memory aligned for an AtomicU32, valid for the process's life.
+    (!page.is_null()).then(|| unsafe { &*page })
+}
+
+fn pid() -> u32 {
+    let page = pid_page();
+    if let Some(pid) = page.map(|p| p.load(Ordering::Relaxed)).filter(|&p| p != 0) {
+        return pid;
+    }
+    // SAFETY: getpid has no preconditions and cannot fail.
+    let pid = u32::try_from(unsafe { libc::getpid() }).unwrap_or(0);
+    if let Some(page) = page {
+        page.store(pid, Ordering::Relaxed);
+    }
+    pid
+}
+
+fn start_lookup() -> Result<Lookup, Failure> {
     let environment = Environment::read();
     Lookup::start(&Host {
         env: &|name| environment.get(name),
-        pid: u32::try_from(pid).unwrap_or(0),
+        pid: pid(),
         euid,
         now_ms: monotonic_ms,
     })

@@ -110,18 +110,18 @@ fn parse_boolean(value: &str) -> Option<bool> {
     }
 }
 
-fn is_true(value: Option<String>) -> bool {
-    value.as_deref().and_then(parse_boolean) == Some(true)
+fn is_true(value: Option<&str>) -> bool {
+    value.and_then(parse_boolean) == Some(true)
 }
 
 /// `SYSTEMD_BYPASS_USERDB` as systemd's userdb client reads it: a true
 /// boolean skips every service, any other non-boolean value is a list of
 /// the services to skip.
-fn systemd_bypasses_us(value: Option<String>) -> bool {
+fn systemd_bypasses_us(value: Option<&str>) -> bool {
     let Some(value) = value else {
         return false;
     };
-    match parse_boolean(&value) {
+    match parse_boolean(value) {
         Some(bypass) => bypass,
         None => value.split(':').any(|service| service == BROKER_SERVICE),
     }
@@ -146,13 +146,13 @@ fn systemd_bypasses_us(value: Option<String>) -> bool {
 /// and since), or `SYSTEMD_EXEC_PID` without `INVOCATION_ID` (environment
 /// generators, which get no `SYSTEMD_SCOPE`). A false positive only costs a
 /// shorter deadline and answers without PID 1's dynamic users.
-pub fn is_generator(env: &dyn Fn(&str) -> Option<String>) -> bool {
+pub fn is_generator<'e>(env: &dyn Fn(&str) -> Option<&'e str>) -> bool {
     let unit_generator = env(SCOPE_VAR).is_some() && env(ARCHITECTURE_VAR).is_some();
     let spawned_not_service = env(EXEC_PID_VAR).is_some() && env(INVOCATION_VAR).is_none();
     unit_generator || spawned_not_service
 }
 
-fn timeout(value: Option<String>) -> Duration {
+fn timeout(value: Option<&str>) -> Duration {
     value
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_millis)
@@ -160,14 +160,14 @@ fn timeout(value: Option<String>) -> Duration {
 }
 
 /// The guard's decision, except re-entry (see `Reentry`).
-pub fn plan(env: &dyn Fn(&str) -> Option<String>, pid: u32) -> Result<Plan, Refusal> {
+pub fn plan<'e>(env: &dyn Fn(&str) -> Option<&'e str>, pid: u32) -> Result<Plan, Refusal> {
     if is_true(env(BYPASS_VAR)) || systemd_bypasses_us(env(SYSTEMD_BYPASS_VAR)) {
         return Err(Refusal::Bypassed);
     }
     let generator = is_generator(env);
     let silent = if pid == 1 {
         Some(Silence::Init)
-    } else if env(ACTIVATION_UNIT_VAR).as_deref() == Some(BROKER_UNIT) {
+    } else if env(ACTIVATION_UNIT_VAR) == Some(BROKER_UNIT) {
         Some(Silence::Broker)
     } else if generator {
         Some(Silence::Generator)
@@ -231,14 +231,9 @@ impl Drop for Reentry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
-    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |name| map.get(name).cloned()
+    fn env_of<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<&'a str> + 'a {
+        move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
     }
 
     #[test]
@@ -247,7 +242,7 @@ mod tests {
         let env = |name: &str| {
             asked.borrow_mut().push(name.to_owned());
             // Present, so that every branch that reads more is taken.
-            Some("x".to_owned())
+            Some("x")
         };
         let _ = plan(&env, 4242);
         let _ = is_generator(&|name: &str| {

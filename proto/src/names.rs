@@ -19,29 +19,78 @@ pub fn valid_name(name: &str) -> bool {
         && !name.starts_with(char::is_whitespace)
         && !name.ends_with(char::is_whitespace)
         && !name.bytes().all(|b| b.is_ascii_digit())
-        && !name
-            .chars()
-            .any(|c| c.is_control() || matches!(c, ':' | ',' | '/'))
+        && !contains_refused(name, &NAME_REFUSED)
+}
+
+/// What a byte is to a field check: fine, refused, or the start of a
+/// character beyond ASCII (decoded and checked as a character).
+const FINE: u8 = 0;
+const REFUSED: u8 = 1;
+const BEYOND_ASCII: u8 = 2;
+
+/// The byte table of a field that refuses C0 controls, DEL and `extra`.
+const fn refusing(extra: &[u8]) -> [u8; 256] {
+    let mut table = [FINE; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = if b < 0x20 || b == 0x7f {
+            REFUSED
+        } else if b >= 0x80 {
+            BEYOND_ASCII
+        } else {
+            FINE
+        };
+        b += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = REFUSED;
+        i += 1;
+    }
+    table
+}
+
+static NAME_REFUSED: [u8; 256] = refusing(b":,/");
+static FIELD_REFUSED: [u8; 256] = refusing(b":");
+
+/// Whether `text` holds a control character (C0, DEL or C1) or a byte the
+/// table refuses. Every look-up checks the fields it hands out, so ASCII,
+/// the common case, costs one table look-up per byte, without decoding.
+fn contains_refused(text: &str, table: &[u8; 256]) -> bool {
+    for (at, &byte) in text.as_bytes().iter().enumerate() {
+        match table[usize::from(byte)] {
+            FINE => {}
+            REFUSED => return true,
+            // All before `at` is ASCII, so `at` starts a character.
+            _ => {
+                return text.get(at..).is_none_or(|rest| {
+                    rest.chars().any(|c| {
+                        c.is_control()
+                            || u8::try_from(c).is_ok_and(|b| table[usize::from(b)] == REFUSED)
+                    })
+                })
+            }
+        }
+    }
+    false
 }
 
 /// A GECOS (real name) field: no `:`, no control characters (which covers
 /// newline and NUL).
 pub fn valid_gecos(gecos: &str) -> bool {
-    gecos.len() <= MAX_FIELD_LEN && !gecos.chars().any(|c| c.is_control() || c == ':')
+    gecos.len() <= MAX_FIELD_LEN && !contains_refused(gecos, &FIELD_REFUSED)
 }
 
 /// A home directory or shell: not empty, no `:` or control characters. A
 /// relative path is allowed: glibc's `files` serves one as it is written,
 /// and it cannot corrupt a passwd line.
 pub fn valid_path(path: &str) -> bool {
-    !path.is_empty()
-        && path.len() <= MAX_FIELD_LEN
-        && !path.chars().any(|c| c.is_control() || c == ':')
+    !path.is_empty() && path.len() <= MAX_FIELD_LEN && !contains_refused(path, &FIELD_REFUSED)
 }
 
 /// A password hash field for shadow/gshadow: no `:` or control characters.
 pub fn valid_hash(hash: &str) -> bool {
-    hash.len() <= MAX_FIELD_LEN && !hash.chars().any(|c| c.is_control() || c == ':')
+    hash.len() <= MAX_FIELD_LEN && !contains_refused(hash, &FIELD_REFUSED)
 }
 
 /// A uid or gid that NSS can carry: not the 16-bit and 32-bit "invalid" ids.
@@ -52,6 +101,19 @@ pub fn valid_id(id: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_refused_in_ascii_and_beyond() {
+        for bad in ["a\u{7f}b", "a\u{85}b", "caf\u{e9}\u{9f}", "a\tb", "x:y"] {
+            assert!(!valid_path(bad), "{bad:?}");
+            assert!(!valid_gecos(bad), "{bad:?}");
+        }
+        for ok in ["/home/jos\u{e9}", "/bin/sh", "Jos\u{e9} \u{d6}rn"] {
+            assert!(valid_path(ok), "{ok:?}");
+        }
+        assert!(!valid_name("jos\u{e9}:x"));
+        assert!(!valid_name("a\u{2f}b"));
+    }
 
     #[test]
     fn names() {

@@ -47,6 +47,7 @@
 //! rules. A file that fails a check is not used.
 
 use std::collections::HashMap;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use crate::api::LookupOptions;
@@ -61,8 +62,18 @@ pub const FILE_NAME: &str = "snapshot";
 pub const DEFAULT_SNAPSHOT_PATH: &str = "/run/userdb-broker/snapshot";
 
 /// Where the broker listening on `socket` publishes its snapshot file.
+/// Replaces what follows the last `/` (cheaper than `Path::with_file_name`,
+/// which the module would pay on every call with a socket of its own).
 pub fn path_for(socket: &Path) -> PathBuf {
-    socket.with_file_name(FILE_NAME)
+    let bytes = socket.as_os_str().as_bytes();
+    let dir = bytes
+        .iter()
+        .rposition(|&b| b == b'/')
+        .map_or(&[][..], |slash| &bytes[..=slash]);
+    let mut path = Vec::with_capacity(dir.len() + FILE_NAME.len());
+    path.extend_from_slice(dir);
+    path.extend_from_slice(FILE_NAME.as_bytes());
+    PathBuf::from(std::ffi::OsString::from_vec(path))
 }
 
 pub const MAGIC: [u8; 8] = *b"UDBSNAP\0";
@@ -79,6 +90,12 @@ pub const MAX_FILE_SIZE: usize = 1 << 31;
 const HEADER_SIZE: usize = 112;
 const USER_SIZE: usize = 32;
 const GROUP_SIZE: usize = 16;
+/// Fields (u32 words) of a user and a group record that look-ups compare
+/// before decoding the record.
+const USER_UID: usize = 1;
+const USER_FLAGS: usize = 6;
+const GROUP_GID: usize = 1;
+const GROUP_FLAGS: usize = 2;
 const MEMBER_SIZE: usize = 8;
 const SECTIONS: usize = 10;
 
@@ -425,11 +442,11 @@ impl<'a> Snapfile<'a> {
             .ok_or(Invalid("index overflow"))?;
         let field = |i: usize| self.users.u32_at(base + i * 4);
         let name = self.name(field(0)?)?;
-        let (uid, gid) = (field(1)?, field(2)?);
+        let (uid, gid) = (field(USER_UID)?, field(2)?);
         let gecos = self.string(field(3)?)?;
         let home = self.string(field(4)?)?;
         let shell = self.string(field(5)?)?;
-        let flags = field(6)?;
+        let flags = field(USER_FLAGS)?;
         if !(valid_id(uid)
             && valid_id(gid)
             && valid_gecos(gecos)
@@ -457,11 +474,11 @@ impl<'a> Snapfile<'a> {
             .ok_or(Invalid("index overflow"))?;
         let field = |i: usize| self.groups.u32_at(base + i * 4);
         let name = self.name(field(0)?)?;
-        let gid = field(1)?;
+        let gid = field(GROUP_GID)?;
         if !valid_id(gid) {
             return Err(Invalid("invalid gid"));
         }
-        let flags = field(2)?;
+        let flags = field(GROUP_FLAGS)?;
         Ok(GroupView {
             name,
             gid,
@@ -472,75 +489,100 @@ impl<'a> Snapfile<'a> {
         })
     }
 
-    fn find<T>(
+    /// The first index of `table`'s probe sequence for `hash` whose record
+    /// `is` the one looked for. `is` compares the raw key only: the record
+    /// found is decoded and checked whole once, not every candidate.
+    fn find(
         &self,
         table: Table<'a>,
         hash: u32,
-        at: impl Fn(usize) -> Result<T, Invalid>,
-        is: impl Fn(&T) -> bool,
-    ) -> Result<Option<T>, Invalid> {
+        is: impl Fn(usize) -> Result<bool, Invalid>,
+    ) -> Result<Option<usize>, Invalid> {
         for index in table.probe(hash) {
-            let record = at(index?)?;
-            if is(&record) {
-                return Ok(Some(record));
+            let index = index?;
+            if is(index)? {
+                return Ok(Some(index));
             }
         }
         Ok(None)
     }
 
+    /// Field `field` of record `index` in `section` of `size`-byte records.
+    fn field(
+        section: Section<'a>,
+        size: usize,
+        index: usize,
+        field: usize,
+    ) -> Result<u32, Invalid> {
+        let base = index.checked_mul(size).ok_or(Invalid("index overflow"))?;
+        section.u32_at(base + field * 4)
+    }
+
+    /// Whether the string at `offset` is `wanted`, byte for byte.
+    fn string_is(&self, offset: u32, wanted: &str) -> Result<bool, Invalid> {
+        let offset = offset as usize;
+        let len = self.strings.u32_at(offset)? as usize;
+        let start = offset + 4;
+        let end = start.checked_add(len).ok_or(Invalid("string overflow"))?;
+        let bytes = self
+            .strings
+            .0
+            .get(start..end)
+            .ok_or(Invalid("string past its section"))?;
+        Ok(bytes == wanted.as_bytes())
+    }
+
+    /// Whether record `index` of `section` is listed and named `name`.
+    fn listed_and_named(
+        &self,
+        section: Section<'a>,
+        size: usize,
+        flags: usize,
+        index: usize,
+        name: &str,
+    ) -> Result<bool, Invalid> {
+        Ok(Self::field(section, size, index, flags)? & LISTED != 0
+            && self.string_is(Self::field(section, size, index, 0)?, name)?)
+    }
+
     pub fn user_by_name(&self, name: &str) -> Result<Option<UserView<'a>>, Invalid> {
-        self.find(
-            self.user_by_name,
-            fnv1a(name.as_bytes()),
-            |i| self.user_at(i),
-            |u| u.name == name && u.listed,
-        )
+        let found = self.find(self.user_by_name, fnv1a(name.as_bytes()), |i| {
+            self.listed_and_named(self.users, USER_SIZE, USER_FLAGS, i, name)
+        })?;
+        found.map(|i| self.user_at(i)).transpose()
     }
 
     pub fn user_by_uid(&self, uid: u32) -> Result<Option<UserView<'a>>, Invalid> {
-        self.find(
-            self.user_by_uid,
-            mix(uid),
-            |i| self.user_at(i),
-            |u| u.uid == uid,
-        )
+        let found = self.find(self.user_by_uid, mix(uid), |i| {
+            Ok(Self::field(self.users, USER_SIZE, i, USER_UID)? == uid)
+        })?;
+        found.map(|i| self.user_at(i)).transpose()
     }
 
     pub fn group_by_name(&'a self, name: &str) -> Result<Option<GroupView<'a>>, Invalid> {
-        self.find(
-            self.group_by_name,
-            fnv1a(name.as_bytes()),
-            |i| self.group_at(i),
-            |g| g.name == name && g.listed,
-        )
+        let found = self.find(self.group_by_name, fnv1a(name.as_bytes()), |i| {
+            self.listed_and_named(self.groups, GROUP_SIZE, GROUP_FLAGS, i, name)
+        })?;
+        found.map(|i| self.group_at(i)).transpose()
     }
 
     pub fn group_by_gid(&'a self, gid: u32) -> Result<Option<GroupView<'a>>, Invalid> {
-        self.find(
-            self.group_by_gid,
-            mix(gid),
-            |i| self.group_at(i),
-            |g| g.gid == gid,
-        )
+        let found = self.find(self.group_by_gid, mix(gid), |i| {
+            Ok(Self::field(self.groups, GROUP_SIZE, i, GROUP_GID)? == gid)
+        })?;
+        found.map(|i| self.group_at(i)).transpose()
     }
 
     /// The gids of the groups that list `user`, as this caller is answered
     /// them (`initgroups`), in order.
     pub fn gids_of(&'a self, user: &str, options: LookupOptions) -> Result<Vec<u32>, Invalid> {
-        let member = self.find(
-            self.member_by_name,
-            fnv1a(user.as_bytes()),
-            |i| {
-                let base = i
-                    .checked_mul(MEMBER_SIZE)
-                    .ok_or(Invalid("index overflow"))?;
-                Ok((self.members.u32_at(base)?, self.members.u32_at(base + 4)?))
-            },
-            |&(name, _)| self.string(name).is_ok_and(|n| n == user),
-        )?;
-        let Some((_, list)) = member else {
+        let member = self.find(self.member_by_name, fnv1a(user.as_bytes()), |i| {
+            self.string_is(Self::field(self.members, MEMBER_SIZE, i, 0)?, user)
+        })?;
+        let Some(member) = member else {
             return Ok(Vec::new());
         };
+        let list = Self::field(self.members, MEMBER_SIZE, member, 1)?;
         let mut gids = Vec::new();
         for item in self.list(list as usize) {
             let item = item?;
@@ -782,6 +824,15 @@ mod tests {
         caller_reads_files: false,
         dynamic_bypass: true,
     };
+
+    #[test]
+    fn the_snapshot_file_lies_beside_the_socket() {
+        assert_eq!(
+            path_for(Path::new("/tmp/x/b.sock")),
+            Path::new("/tmp/x/snapshot")
+        );
+        assert_eq!(path_for(Path::new("b.sock")), Path::new("snapshot"));
+    }
 
     #[test]
     fn the_default_snapshot_path_is_the_default_sockets() {
