@@ -8,7 +8,7 @@ use std::fs;
 use std::thread;
 use std::time::Duration;
 
-use userdb_broker_tests::{Broker, Fixture, Nss};
+use userdb_broker_tests::{monotonic_ns, Broker, Fixture, Nss};
 
 use crate::backend::probe;
 use crate::data::{self, Change, Form, Scale};
@@ -50,17 +50,6 @@ const ANSWER_LIMIT_S: &str = "20";
 const READY_LIMIT: Duration = Duration::from_secs(300);
 /// How long the idle broker's CPU use is watched.
 const IDLE_WINDOW: Duration = Duration::from_secs(3);
-
-/// CLOCK_MONOTONIC in ns, the clock the probe reports in.
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid timespec for clock_gettime to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    (now.tv_sec as u64) * 1_000_000_000 + now.tv_nsec as u64
-}
 
 /// `VmRSS` and `VmHWM` of `pid`, in kB.
 fn memory_kb(pid: u32) -> Result<(u64, u64), String> {

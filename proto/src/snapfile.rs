@@ -387,17 +387,20 @@ impl<'a> Snapfile<'a> {
         }
     }
 
-    fn string(&self, offset: u32) -> Result<&'a str, Invalid> {
+    /// The bytes of the string at `offset`, within the string table.
+    fn string_bytes(&self, offset: u32) -> Result<&'a [u8], Invalid> {
         let offset = offset as usize;
         let len = self.strings.u32_at(offset)? as usize;
         let start = offset + 4;
         let end = start.checked_add(len).ok_or(Invalid("string overflow"))?;
-        let bytes = self
-            .strings
+        self.strings
             .0
             .get(start..end)
-            .ok_or(Invalid("string past its section"))?;
-        std::str::from_utf8(bytes).map_err(|_| Invalid("string is not UTF-8"))
+            .ok_or(Invalid("string past its section"))
+    }
+
+    fn string(&self, offset: u32) -> Result<&'a str, Invalid> {
+        std::str::from_utf8(self.string_bytes(offset)?).map_err(|_| Invalid("string is not UTF-8"))
     }
 
     /// The items of the list at `offset`.
@@ -520,16 +523,7 @@ impl<'a> Snapfile<'a> {
 
     /// Whether the string at `offset` is `wanted`, byte for byte.
     fn string_is(&self, offset: u32, wanted: &str) -> Result<bool, Invalid> {
-        let offset = offset as usize;
-        let len = self.strings.u32_at(offset)? as usize;
-        let start = offset + 4;
-        let end = start.checked_add(len).ok_or(Invalid("string overflow"))?;
-        let bytes = self
-            .strings
-            .0
-            .get(start..end)
-            .ok_or(Invalid("string past its section"))?;
-        Ok(bytes == wanted.as_bytes())
+        Ok(self.string_bytes(offset)? == wanted.as_bytes())
     }
 
     /// Whether record `index` of `section` is listed and named `name`.

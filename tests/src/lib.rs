@@ -31,6 +31,18 @@ pub use process::Outcome;
 
 static EXCLUSIVE: Mutex<()> = Mutex::new(());
 
+/// CLOCK_MONOTONIC in ns: the clock `nss-probe` reports in, so that its
+/// times compare with the harness's.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for clock_gettime to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
+}
+
 /// Held by every test whose result depends on wall time or that loads the
 /// machine heavily, so that such tests never run concurrently with each other.
 pub fn exclusive() -> MutexGuard<'static, ()> {

@@ -46,6 +46,8 @@ use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use userdb_broker_tests::monotonic_ns;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Database {
     Passwd,
@@ -344,28 +346,7 @@ fn cmd_threads(threads: usize, per_thread: usize, expectations: Vec<Expectation>
             })
         })
         .collect();
-    let mut wrong = Vec::new();
-    let mut crashed = 0;
-    for worker in workers {
-        match worker.join() {
-            Ok(w) => wrong.extend(w),
-            Err(_) => crashed += 1,
-        }
-    }
-    println!(
-        "lookups={} wrong={} crashed_threads={}",
-        threads * per_thread,
-        wrong.len(),
-        crashed
-    );
-    for problem in wrong.iter().take(5) {
-        println!("wrong: {problem}");
-    }
-    if wrong.is_empty() && crashed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    report_workers(workers, || threads * per_thread)
 }
 
 /// How long a forked child may take before it counts as hung.
@@ -704,6 +685,16 @@ fn cmd_spin(threads: usize, pause: Duration, expectations: Vec<Expectation>) -> 
             })
         })
         .collect();
+    report_workers(workers, || done.load(Ordering::SeqCst))
+}
+
+/// Joins the look-up threads, prints `lookups=N wrong=N crashed_threads=N`
+/// (`lookups` counted once they are done) and the first wrong answers;
+/// success only when all were right.
+fn report_workers(
+    workers: Vec<thread::JoinHandle<Vec<String>>>,
+    lookups: impl FnOnce() -> usize,
+) -> ExitCode {
     let mut wrong = Vec::new();
     let mut crashed = 0;
     for worker in workers {
@@ -714,7 +705,7 @@ fn cmd_spin(threads: usize, pause: Duration, expectations: Vec<Expectation>) -> 
     }
     println!(
         "lookups={} wrong={} crashed_threads={crashed}",
-        done.load(Ordering::SeqCst),
+        lookups(),
         wrong.len()
     );
     for problem in wrong.iter().take(5) {
@@ -1032,17 +1023,6 @@ fn main() -> ExitCode {
 
 // The benchmark's measurement modes: each look-up is the bare libc call
 // with a buffer allocated once, so nothing but the call itself is timed.
-
-/// CLOCK_MONOTONIC in nanoseconds: the same clock in every process, so the
-/// benchmark can compare a moment seen here with one it took itself.
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    (now.tv_sec as u64) * 1_000_000_000 + now.tv_nsec as u64
-}
 
 /// One look-up into `buf` (doubled on ERANGE): whether it found an entry,
 /// or the call's error code; the entry itself is not read.
