@@ -47,6 +47,7 @@
 //! rules. A file that fails a check is not used.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
@@ -169,13 +170,39 @@ pub fn check_control(start: &[u8; 12]) -> Result<(), Invalid> {
     Ok(())
 }
 
+const FNV_OFFSET: u32 = 0x811c_9dc5;
+
 fn fnv1a(bytes: &[u8]) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
+    fnv1a_on(FNV_OFFSET, bytes)
+}
+
+/// FNV-1a of `bytes`, continuing from the hash `h`.
+fn fnv1a_on(mut h: u32, bytes: &[u8]) -> u32 {
     for &b in bytes {
         h ^= u32::from(b);
         h = h.wrapping_mul(0x0100_0193);
     }
     h
+}
+
+/// [`fnv1a`] as a `Hasher`, for the writer's string table.
+struct Fnv1a(u32);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a(FNV_OFFSET)
+    }
+}
+
+impl Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        // Spread into the high bits too: the map takes its tags from them.
+        u64::from(self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = fnv1a_on(self.0, bytes);
+    }
 }
 
 fn mix(id: u32) -> u32 {
@@ -627,7 +654,10 @@ pub struct GroupIn<'a> {
 #[derive(Debug, Default)]
 pub struct Builder<'a> {
     strings: Vec<u8>,
-    string_at: HashMap<&'a str, u32>,
+    /// Strings already written: FNV-1a, not SipHash, because they come
+    /// from root's files only (the file never holds a Varlink service's
+    /// records) and publishing hashes every one of them.
+    string_at: HashMap<&'a str, u32, BuildHasherDefault<Fnv1a>>,
     users: Vec<u8>,
     groups: Vec<u8>,
     lists: Vec<u8>,
