@@ -279,7 +279,9 @@ impl Dir {
     /// Where the link `name` points, if it is a link with a UTF-8 target.
     pub fn read_link(&self, name: &str) -> Option<String> {
         let name = c_name(name).ok()?;
-        let mut buffer = vec![0u8; libc::PATH_MAX as usize];
+        // On the stack: a buffer of PATH_MAX bytes per link on the heap,
+        // freed between the records read, left the heap fragmented.
+        let mut buffer = [0u8; libc::PATH_MAX as usize];
         // SAFETY: the descriptor is open, `name` a valid C string and
         // `buffer` writable for its whole length.
         let n = unsafe {
@@ -291,8 +293,9 @@ impl Dir {
             )
         };
         let n = usize::try_from(n).ok()?;
-        buffer.truncate(n);
-        String::from_utf8(buffer).ok()
+        std::str::from_utf8(buffer.get(..n)?)
+            .ok()
+            .map(str::to_owned)
     }
 
     /// The content of `name`, which `before` (its `stat`, or its `lstat`
