@@ -184,7 +184,7 @@ pub struct Merged {
 /// linear in the number of records and memberships.
 pub fn build(mut sources: Vec<Loaded>, priority: &Priority, generation: u64) -> Merged {
     sources.sort_by_key(|s| priority.rank(&s.info));
-    let mut b = Builder::default();
+    let mut b = Builder::with_capacity(&sources);
     b.snapshot.generation = generation;
     for (id, source) in sources.iter().enumerate() {
         b.snapshot.sources.push(SourceStatus {
@@ -248,6 +248,35 @@ struct Builder {
 }
 
 impl Builder {
+    /// A builder whose indexes have room for every record and membership
+    /// of `sources`: at hundreds of thousands of records, growing them
+    /// step by step cost more than filling them.
+    fn with_capacity(sources: &[Loaded]) -> Builder {
+        let count = |f: fn(&SourceData) -> usize| sources.iter().map(|s| f(&s.data)).sum();
+        let users = count(|d| d.users.len());
+        let groups = count(|d| d.groups.len());
+        let stated = count(|d| {
+            d.memberships.len() + d.users.iter().map(|u| u.member_of.len()).sum::<usize>()
+        });
+        let mut b = Builder {
+            user_names: HashMap::with_capacity(users),
+            uids: HashMap::with_capacity(users),
+            group_names: HashMap::with_capacity(groups),
+            gids: HashMap::with_capacity(groups),
+            ..Builder::default()
+        };
+        let s = &mut b.snapshot;
+        s.users.reserve(users);
+        s.user_by_name.reserve(users);
+        s.user_by_uid.reserve(users);
+        s.groups.reserve(groups);
+        s.group_by_name.reserve(groups);
+        s.group_by_gid.reserve(groups);
+        s.stated_by_group.reserve(stated.min(groups));
+        s.stated_by_user.reserve(stated.min(users));
+        b
+    }
+
     fn source_name(&self, id: SourceId) -> &str {
         &self.snapshot.sources[id].info.name
     }

@@ -20,7 +20,7 @@ use userdb_proto::record::{GroupRecord, GroupShadow, UserRecord, UserShadow};
 pub type Name = Arc<str>;
 
 /// A JSON record as it arrived, split by who may read it.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JsonRecord {
     /// The record without anything privileged, as compact JSON text.
     pub public: Box<str>,
@@ -70,7 +70,7 @@ fn parse_object(text: &str) -> Map<String, Value> {
     serde_json::from_str(text).unwrap_or_default()
 }
 
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct User {
     pub name: Name,
     pub uid: u32,
@@ -88,7 +88,7 @@ pub struct User {
     pub json: Option<Box<JsonRecord>>,
 }
 
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Group {
     pub name: Name,
     pub gid: u32,

@@ -21,7 +21,8 @@
 //! names (with the companion's record and the links in the same directory
 //! that point at it), and a file that cannot be read keeps what it held.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{btree_map, BTreeMap, HashSet};
+use std::iter::Peekable;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,7 +31,7 @@ use serde_json::{Map, Value};
 use userdb_proto::names::valid_name;
 use userdb_proto::record::{GroupRecord, UserRecord};
 
-use super::read::{self, Identity, ReadError};
+use super::read::{self, ReadError};
 use super::{LoadReport, LocalSource, SourceData, SourceInfo, SourceKind};
 use crate::model::{Group, JsonRecord, Name, User, SHADOW_FIELDS};
 
@@ -129,18 +130,24 @@ enum Content {
     Masked,
     User(Arc<User>),
     Group(Arc<Group>),
+    /// A `UID.user` (`GID.group`) link to a `NAME.user` (`NAME.group`) of
+    /// the same directory whose record holds that id: the record is shared,
+    /// not read again, and answers by id through the named file.
+    UserAlias(Arc<User>),
+    GroupAlias(Arc<Group>),
     Membership(Name, Name),
     /// A companion or an unrelated file: nothing on its own.
     Nothing,
     /// Refused, with the reason (logged once while it persists).
-    Broken(String),
+    Broken(Box<str>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
 struct Entry {
-    /// The file (and its companion) as last read; a rescan re-reads only
-    /// files whose stamp changed.
-    stamp: Option<(Identity, Option<Identity>)>,
+    /// What the name led to (`stat`, links followed) when last read, as an
+    /// [`read::Identity::fingerprint`]; a rescan re-reads only names whose
+    /// fingerprint changed, and `None` is read again at any rescan.
+    stamp: Option<u64>,
     /// For a link to another file of the same directory: that file's name,
     /// so that a change to it re-reads the link too.
     links_to: Option<Box<str>>,
@@ -149,15 +156,18 @@ struct Entry {
     unread: bool,
 }
 
-/// One drop-in directory, file by file.
+/// One drop-in directory, file by file, in file name order.
 #[derive(Debug, Default)]
 struct Directory {
     path: PathBuf,
-    entries: HashMap<Box<str>, Entry>,
+    entries: BTreeMap<Box<str>, Entry>,
     /// The names whose entry is `unread`, so that finding them costs
     /// nothing while idle.
     unread: HashSet<Box<str>>,
 }
+
+/// Where the merge of the directories' entries is in one directory.
+type Cursor<'a> = Peekable<btree_map::Iter<'a, Box<str>, Entry>>;
 
 /// The `dropins` source.
 pub struct DropIns {
@@ -179,8 +189,7 @@ impl DropIns {
                 .into_iter()
                 .map(|path| Directory {
                     path,
-                    entries: HashMap::new(),
-                    unread: HashSet::new(),
+                    ..Directory::default()
                 })
                 .collect(),
             data: Arc::default(),
@@ -188,29 +197,61 @@ impl DropIns {
         }
     }
 
+    /// The directory whose entry a name is: the earliest that has it.
+    fn visible_in(&self, name: &str) -> Option<usize> {
+        self.dirs
+            .iter()
+            .position(|dir| dir.entries.contains_key(name))
+    }
+
     /// Makes the data of the visible entries, in systemd's order: named
-    /// records by file name, then the id-named ones.
+    /// records by file name, then the id-named ones. The directories are
+    /// kept in name order, so this is one merge of sorted lists, without
+    /// sorting.
     fn rebuild(&mut self) {
-        let mut visible: Vec<(&str, usize)> = Vec::new();
-        for (index, dir) in self.dirs.iter().enumerate() {
-            visible.extend(dir.entries.keys().map(|name| (&**name, index)));
-        }
-        // Stable: for one name the earliest directory comes first.
-        visible.sort_by(|a, b| a.0.cmp(b.0));
-        visible.dedup_by(|later, first| later.0 == first.0);
         let mut data = SourceData::default();
         let mut by_id_users = Vec::new();
         let mut by_id_groups = Vec::new();
-        for (name, index) in visible {
-            let dir = &self.dirs[index];
-            let Some(entry) = dir.entries.get(name) else {
-                continue;
+        let mut cursors: Vec<(usize, Cursor<'_>)> = self
+            .dirs
+            .iter()
+            .enumerate()
+            .filter(|(_, dir)| !dir.entries.is_empty())
+            .map(|(index, dir)| (index, dir.entries.iter().peekable()))
+            .collect();
+        loop {
+            // The smallest name next in any directory, from the earliest
+            // directory that has it; the later ones' entries are hidden.
+            let mut next: Option<(usize, &str, &Entry)> = None;
+            for (index, cursor) in &mut cursors {
+                if let Some((name, entry)) = cursor.peek() {
+                    if next.is_none_or(|(_, smallest, _)| &***name < smallest) {
+                        next = Some((*index, name, entry));
+                    }
+                }
+            }
+            let Some((index, name, entry)) = next else {
+                break;
             };
+            for (_, cursor) in &mut cursors {
+                cursor.next_if(|(n, _)| &***n == name);
+            }
+            let dir = &self.dirs[index];
             match &entry.content {
                 Content::User(u) if u.listed => data.users.push(Arc::clone(u)),
                 Content::User(u) => by_id_users.push(Arc::clone(u)),
                 Content::Group(g) if g.listed => data.groups.push(Arc::clone(g)),
                 Content::Group(g) => by_id_groups.push(Arc::clone(g)),
+                Content::UserAlias(u) if !self.alias_answers(index, entry) => {}
+                Content::UserAlias(u) => by_id_users.push(Arc::new(User {
+                    listed: false,
+                    ..User::clone(u)
+                })),
+                Content::GroupAlias(g) if !self.alias_answers(index, entry) => {}
+                Content::GroupAlias(g) => by_id_groups.push(Arc::new(Group {
+                    listed: false,
+                    ..Group::clone(g)
+                })),
                 Content::Membership(u, g) => data.memberships.push((u.clone(), g.clone())),
                 Content::Broken(why) => data
                     .problems
@@ -223,26 +264,50 @@ impl DropIns {
         self.data = Arc::new(data);
     }
 
+    /// Whether an alias in directory `index` must answer by id itself: its
+    /// named file is hidden by an earlier directory. Otherwise the named
+    /// record, listed by the same source, already answers that id, and a
+    /// second copy would answer nothing.
+    fn alias_answers(&self, index: usize, alias: &Entry) -> bool {
+        alias
+            .links_to
+            .as_deref()
+            .is_none_or(|target| self.visible_in(target) != Some(index))
+    }
+
     /// Re-reads the given names of one directory, with what depends on
     /// them: the record of a companion, and the links to a file.
     fn reload_changed(&mut self, index: usize, names: Vec<String>) -> bool {
-        let dir = &self.dirs[index];
-        let mut links: HashMap<&str, Vec<&str>> = HashMap::new();
-        for (link, entry) in &dir.entries {
-            if let Some(target) = entry.links_to.as_deref() {
-                links.entry(target).or_default().push(link);
-            }
-        }
         let mut wanted: Vec<String> = Vec::with_capacity(names.len());
         for name in names {
             if let Some(record) = companion_of(&name) {
                 wanted.push(record);
             }
-            for link in links.get(name.as_str()).into_iter().flatten() {
-                wanted.push((*link).to_owned());
-            }
             wanted.push(name);
         }
+        // Only a named record is ever the target of a link worth
+        // following; one pass over the directory finds the links to all.
+        let targets: HashSet<&str> = wanted
+            .iter()
+            .map(String::as_str)
+            .filter(|name| {
+                matches!(
+                    classify(name),
+                    Ok(DropInName::UserByName(_) | DropInName::GroupByName(_))
+                )
+            })
+            .collect();
+        let links: Vec<String> = if targets.is_empty() {
+            Vec::new()
+        } else {
+            self.dirs[index]
+                .entries
+                .iter()
+                .filter(|(_, e)| e.links_to.as_deref().is_some_and(|t| targets.contains(t)))
+                .map(|(link, _)| link.to_string())
+                .collect()
+        };
+        wanted.extend(links);
         self.reload(index, wanted)
     }
 
@@ -254,20 +319,37 @@ impl DropIns {
         let loaded = load_all(&dir.path, &wanted, &dir.entries);
         let dir = &mut self.dirs[index];
         let mut changed = false;
-        for (name, entry) in wanted.into_iter().zip(loaded) {
-            match entry {
-                Some(entry) => {
-                    if entry.unread {
-                        dir.unread.insert(name.as_str().into());
-                    } else {
-                        dir.unread.remove(name.as_str());
-                    }
-                    let previous = dir.entries.insert(name.into(), entry.clone());
-                    changed |= previous.as_ref() != Some(&entry);
-                }
-                None => {
+        let mut aliases = Vec::new();
+        for (name, loaded) in wanted.into_iter().zip(loaded) {
+            match loaded {
+                Loaded::Entry(entry) => changed |= dir.put(name, entry),
+                Loaded::Alias(target) => aliases.push((name, target)),
+                Loaded::Gone => {
                     dir.unread.remove(name.as_str());
                     changed |= dir.entries.remove(name.as_str()).is_some();
+                }
+            }
+        }
+        // Links to a sibling, once the sibling is read: they share its
+        // record, or are read as files of their own when it has none.
+        let mut unshared = Vec::new();
+        for (name, target) in aliases {
+            match alias(&name, &target, dir.entries.get(&*target)) {
+                Some(entry) => changed |= dir.put(name, entry),
+                None => unshared.push(name),
+            }
+        }
+        if !unshared.is_empty() {
+            let dir = &self.dirs[index];
+            let loaded = load_all_followed(&dir.path, &unshared, &dir.entries);
+            let dir = &mut self.dirs[index];
+            for (name, loaded) in unshared.into_iter().zip(loaded) {
+                match loaded {
+                    Some(entry) => changed |= dir.put(name, entry),
+                    None => {
+                        dir.unread.remove(name.as_str());
+                        changed |= dir.entries.remove(name.as_str()).is_some();
+                    }
                 }
             }
         }
@@ -302,23 +384,52 @@ impl DropIns {
                 path.display()
             ));
         }
-        let present: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+        let present: HashSet<&str> = names.iter().map(String::as_str).collect();
         let dir = &mut self.dirs[index];
         let before = dir.entries.len();
         dir.entries.retain(|name, _| present.contains(&**name));
         dir.unread.retain(|name| present.contains(&**name));
         let mut changed = dir.entries.len() != before;
+        let handle = read::Dir::open(&path).ok();
         let stale: Vec<String> = names
             .iter()
-            .filter(|name| {
-                dir.entries
-                    .get(name.as_str())
-                    .is_none_or(|e| e.stamp != stamp(&path, name))
+            .filter(|name| match dir.entries.get(name.as_str()) {
+                Some(Entry {
+                    stamp: Some(stamp), ..
+                }) => {
+                    let now = handle.as_ref().and_then(|h| h.stat(name).ok());
+                    now.is_none_or(|st| st.identity.fingerprint() != *stamp)
+                }
+                _ => true,
             })
             .cloned()
             .collect();
-        changed |= self.reload(index, stale);
+        if !stale.is_empty() {
+            changed |= self.reload_changed(index, stale);
+        }
         (changed, failure)
+    }
+}
+
+impl Directory {
+    /// Puts `entry` in place of what `name` held; whether that changed it.
+    fn put(&mut self, name: String, entry: Entry) -> bool {
+        if entry.unread {
+            self.unread.insert(name.as_str().into());
+        } else {
+            self.unread.remove(name.as_str());
+        }
+        match self.entries.get_mut(name.as_str()) {
+            Some(previous) if *previous == entry => false,
+            Some(previous) => {
+                *previous = entry;
+                true
+            }
+            None => {
+                self.entries.insert(name.into(), entry);
+                true
+            }
+        }
     }
 }
 
@@ -354,6 +465,7 @@ impl LocalSource for DropIns {
                 any |= self.reload_changed(index, names);
             }
         }
+        let read = started.elapsed();
         if any || !failures.is_empty() {
             self.rebuild();
             if !failures.is_empty() {
@@ -363,6 +475,14 @@ impl LocalSource for DropIns {
             }
         }
         self.report.took = started.elapsed();
+        if any {
+            tracing::debug!(
+                read_ms = read.as_millis() as u64,
+                total_ms = self.report.took.as_millis() as u64,
+                entries = self.dirs.iter().map(|d| d.entries.len()).sum::<usize>(),
+                "drop-ins refreshed"
+            );
+        }
         any
     }
 
@@ -382,35 +502,27 @@ impl LocalSource for DropIns {
     }
 }
 
-/// The stamp of a file and its companion: what they lead to, as `stat` sees it.
-fn stamp(dir: &Path, name: &str) -> Option<(Identity, Option<Identity>)> {
-    let file = read::stat(&dir.join(name)).ok()?;
-    let companion = match classify(name) {
-        Ok(DropInName::UserByName(_) | DropInName::UserByUid(_)) => Some(USER_COMPANION),
-        Ok(DropInName::GroupByName(_) | DropInName::GroupByGid(_)) => Some(GROUP_COMPANION),
-        _ => None,
-    }
-    .and_then(|suffix| {
-        let stem = name.rsplit_once('.').map_or(name, |(stem, _)| stem);
-        read::stat(&dir.join(format!("{stem}{suffix}"))).ok()
-    });
-    Some((Identity::of(&file), companion.as_ref().map(Identity::of)))
+/// What reading one name gave.
+enum Loaded {
+    Entry(Entry),
+    /// A link to this sibling, resolved once the sibling is read.
+    Alias(Box<str>),
+    /// Nothing at that name any more.
+    Gone,
 }
 
-/// Loads `names` of `dir` (on several threads when there are many); `None`
-/// for a name that is no longer there. A file that cannot be read keeps
-/// what `previous` held for it.
-fn load_all(
-    dir: &Path,
+/// Runs `load` on every name (on several threads when there are many).
+fn in_parallel<T: Send>(
     names: &[String],
-    previous: &HashMap<Box<str>, Entry>,
-) -> Vec<Option<Entry>> {
-    let load = |name: &String| load_entry(dir, name, previous.get(name.as_str()));
+    gone: impl Fn() -> T + Sync,
+    load: impl Fn(&String) -> T + Sync,
+) -> Vec<T> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     if names.len() < PARALLEL_THRESHOLD || threads < 2 {
         return names.iter().map(load).collect();
     }
     let chunk = names.len().div_ceil(threads);
+    let load = &load;
     std::thread::scope(|scope| {
         let parts: Vec<_> = names
             .chunks(chunk)
@@ -424,77 +536,296 @@ fn load_all(
                 // its part; the next rescan tries again.
                 handle
                     .join()
-                    .unwrap_or_else(|_| part.iter().map(|_| None).collect())
+                    .unwrap_or_else(|_| part.iter().map(|_| gone()).collect())
             })
             .collect()
     })
 }
 
-fn load_entry(dir: &Path, name: &str, previous: Option<&Entry>) -> Option<Entry> {
-    let path = dir.join(name);
-    let link = std::fs::symlink_metadata(&path).ok()?;
-    let links_to = link
-        .file_type()
-        .is_symlink()
-        .then(|| std::fs::read_link(&path).ok())
-        .flatten()
-        .and_then(|target| {
-            let target = target.strip_prefix("./").unwrap_or(&target).to_path_buf();
-            (target.components().count() == 1)
-                .then(|| target.to_str().map(Box::from))
-                .flatten()
-        });
-    let stamp = stamp(dir, name);
-    let content = match classify(name) {
-        Err(why) => Content::Broken(why),
-        Ok(DropInName::Companion | DropInName::Unrelated) => Content::Nothing,
-        Ok(kind) => match read::stat(&path) {
-            // A dangling link provides nothing but still takes its name,
-            // as in systemd's conf-files.
-            Err(_) => Content::Masked,
-            Ok(meta) if meta.is_file() && meta.len() == 0 => Content::Masked,
-            Ok(meta) if meta.file_type().is_char_device_or_block() => Content::Masked,
-            Ok(meta) => match read::irregular(&meta) {
-                Some(kind) => Content::Broken(format!("is a {kind}, not a regular file")),
-                None => match load_content(&path, &kind) {
-                    Ok(content) => content,
-                    Err(Failure::Unreadable(why)) => {
-                        // The stamp is forgotten, so that any rescan tries again.
-                        let content = match previous {
-                            Some(before) if !matches!(before.content, Content::Broken(_)) => {
-                                tracing::warn!("{}: {why}; keeping what it held", path.display());
-                                before.content.clone()
-                            }
-                            _ => Content::Broken(why),
-                        };
-                        return Some(Entry {
-                            stamp: None,
-                            links_to,
-                            content,
-                            unread: true,
-                        });
-                    }
-                    Err(Failure::Refused(why)) => Content::Broken(why),
-                },
-            },
+/// Loads `names` of `dir`. A file that cannot be read keeps what
+/// `previous` held for it.
+fn load_all(dir: &Path, names: &[String], previous: &BTreeMap<Box<str>, Entry>) -> Vec<Loaded> {
+    let handle = match read::Dir::open(dir) {
+        Ok(handle) => handle,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return names.iter().map(|_| Loaded::Gone).collect()
+        }
+        Err(e) => {
+            let why = format!("{}: cannot be opened: {e}", dir.display());
+            return names
+                .iter()
+                .map(|name| Loaded::Entry(unreadable(dir, name, &why, previous.get(name.as_str()))))
+                .collect();
+        }
+    };
+    // Which companions exist: those listed before, and those read now
+    // (`names` is sorted).
+    let present = |name: &str| {
+        previous.contains_key(name) || names.binary_search_by(|n| n.as_str().cmp(name)).is_ok()
+    };
+    let files = Files {
+        path: dir,
+        handle: &handle,
+        present: &present,
+    };
+    in_parallel(
+        names,
+        || Loaded::Gone,
+        |name| files.load(name, previous.get(name.as_str())),
+    )
+}
+
+/// Loads `names` of `dir` as the files their links lead to.
+fn load_all_followed(
+    dir: &Path,
+    names: &[String],
+    previous: &BTreeMap<Box<str>, Entry>,
+) -> Vec<Option<Entry>> {
+    let Ok(handle) = read::Dir::open(dir) else {
+        return names.iter().map(|_| None).collect();
+    };
+    let present = |name: &str| previous.contains_key(name);
+    let files = Files {
+        path: dir,
+        handle: &handle,
+        present: &present,
+    };
+    in_parallel(
+        names,
+        || None,
+        |name| {
+            let link = files.link_target(name);
+            match handle.stat(name) {
+                Ok(st) => Some(files.load_file(name, &st, link, previous.get(name.as_str()))),
+                // A dangling link provides nothing but still takes its
+                // name, as in systemd's conf-files.
+                Err(ReadError::Missing) if handle.lstat(name).is_ok() => Some(Entry {
+                    stamp: None,
+                    links_to: link,
+                    content: Content::Masked,
+                    unread: false,
+                }),
+                Err(ReadError::Missing) => None,
+                Err(e) => Some(unreadable(
+                    dir,
+                    name,
+                    &e.to_string(),
+                    previous.get(name.as_str()),
+                )),
+            }
         },
+    )
+}
+
+/// The entry of a link `name` to the sibling `target`, sharing its record;
+/// `None` when the sibling holds no record to share (gone, masked, broken,
+/// a link itself): then the link is read as a file of its own.
+fn alias(name: &str, target: &str, sibling: Option<&Entry>) -> Option<Entry> {
+    let sibling = sibling.filter(|s| s.links_to.is_none() && s.stamp.is_some())?;
+    let content = match (classify(name), &sibling.content) {
+        (Ok(DropInName::UserByUid(uid)), Content::User(u)) if u.uid == uid => {
+            Content::UserAlias(Arc::clone(u))
+        }
+        (Ok(DropInName::UserByUid(uid)), Content::User(u)) => {
+            Content::Broken(format!("uid {} does not match the file name {uid}", u.uid).into())
+        }
+        (Ok(DropInName::GroupByGid(gid)), Content::Group(g)) if g.gid == gid => {
+            Content::GroupAlias(Arc::clone(g))
+        }
+        (Ok(DropInName::GroupByGid(gid)), Content::Group(g)) => {
+            Content::Broken(format!("gid {} does not match the file name {gid}", g.gid).into())
+        }
+        _ => return None,
     };
     Some(Entry {
-        stamp,
-        links_to,
+        stamp: sibling.stamp,
+        links_to: Some(target.into()),
         content,
         unread: false,
     })
 }
 
-trait DeviceType {
-    fn is_char_device_or_block(&self) -> bool;
+/// The entry of a name that could not be read: what it held before is
+/// kept, and read again soon.
+fn unreadable(dir: &Path, name: &str, why: &str, previous: Option<&Entry>) -> Entry {
+    let content = match previous {
+        Some(before) if !matches!(before.content, Content::Broken(_)) => {
+            tracing::warn!("{}: {why}; keeping what it held", dir.join(name).display());
+            before.content.clone()
+        }
+        _ => Content::Broken(why.into()),
+    };
+    Entry {
+        // The stamp is forgotten, so that any rescan tries again.
+        stamp: None,
+        links_to: previous.and_then(|p| p.links_to.clone()),
+        content,
+        unread: true,
+    }
 }
 
-impl DeviceType for std::fs::FileType {
-    fn is_char_device_or_block(&self) -> bool {
-        use std::os::unix::fs::FileTypeExt;
-        self.is_char_device() || self.is_block_device()
+/// The files of one open directory, as one batch reads them.
+struct Files<'a> {
+    path: &'a Path,
+    handle: &'a read::Dir,
+    /// Whether a name exists in the directory (for companions).
+    present: &'a (dyn Fn(&str) -> bool + Sync),
+}
+
+impl Files<'_> {
+    /// Where the link `name` points, when that is a file of the same
+    /// directory.
+    fn link_target(&self, name: &str) -> Option<Box<str>> {
+        let target = self.handle.read_link(name)?;
+        let target = target.strip_prefix("./").unwrap_or(&target);
+        (!target.is_empty() && !target.contains('/') && target != "." && target != "..")
+            .then(|| target.into())
+    }
+
+    fn load(&self, name: &str, previous: Option<&Entry>) -> Loaded {
+        let link = match self.handle.lstat(name) {
+            Ok(st) if st.is_symlink() => self.link_target(name),
+            Ok(st) => return Loaded::Entry(self.load_file(name, &st, None, previous)),
+            Err(ReadError::Missing) => return Loaded::Gone,
+            Err(e) => return Loaded::Entry(unreadable(self.path, name, &e.to_string(), previous)),
+        };
+        let by_id = matches!(
+            classify(name),
+            Ok(DropInName::UserByUid(_) | DropInName::GroupByGid(_))
+        );
+        match link {
+            Some(target) if by_id => Loaded::Alias(target),
+            _ => match self.handle.stat(name) {
+                Ok(st) => Loaded::Entry(self.load_file(name, &st, link, previous)),
+                Err(ReadError::Missing) => Loaded::Entry(Entry {
+                    stamp: None,
+                    links_to: link,
+                    content: Content::Masked,
+                    unread: false,
+                }),
+                Err(e) => Loaded::Entry(unreadable(self.path, name, &e.to_string(), previous)),
+            },
+        }
+    }
+
+    /// The entry of `name`, which `st` describes (its `lstat` when it is
+    /// not a link, else its `stat`).
+    fn load_file(
+        &self,
+        name: &str,
+        st: &read::Stat,
+        links_to: Option<Box<str>>,
+        previous: Option<&Entry>,
+    ) -> Entry {
+        let content = match classify(name) {
+            Err(why) => Content::Broken(why.into()),
+            Ok(DropInName::Companion | DropInName::Unrelated) => Content::Nothing,
+            // Empty, or a link to /dev/null (any device: systemd's
+            // `null_or_empty`), masks the name.
+            Ok(_) if st.is_device() || (st.irregular().is_none() && st.size == 0) => {
+                Content::Masked
+            }
+            Ok(_) if st.irregular().is_some() => Content::Broken(
+                format!("is a {}, not a regular file", st.irregular().unwrap_or("?")).into(),
+            ),
+            Ok(DropInName::Membership { user, group }) => {
+                Content::Membership(Name::from(user.as_str()), Name::from(group.as_str()))
+            }
+            Ok(kind) => match self.load_record(name, st, &kind) {
+                Ok(content) => content,
+                Err(Failure::Unreadable(why)) => {
+                    let mut entry = unreadable(self.path, name, &why, previous);
+                    entry.links_to = links_to;
+                    return entry;
+                }
+                Err(Failure::Refused(why)) => Content::Broken(why.into()),
+            },
+        };
+        Entry {
+            stamp: Some(st.identity.fingerprint()),
+            links_to,
+            content,
+            unread: false,
+        }
+    }
+
+    fn load_record(
+        &self,
+        name: &str,
+        st: &read::Stat,
+        kind: &DropInName,
+    ) -> Result<Content, Failure> {
+        let companion = |suffix: &str| {
+            let stem = name.rsplit_once('.').map_or(name, |(stem, _)| stem);
+            let companion = format!("{stem}{suffix}");
+            (self.present)(&companion).then_some(companion)
+        };
+        match kind {
+            DropInName::UserByName(_) | DropInName::UserByUid(_) => {
+                let (record, keys) = self.read_record(name, st, companion(USER_COMPANION))?;
+                load_user(record, &keys, kind).map(|u| Content::User(Arc::new(u)))
+            }
+            DropInName::GroupByName(_) | DropInName::GroupByGid(_) => {
+                let (record, keys) = self.read_record(name, st, companion(GROUP_COMPANION))?;
+                load_group(record, &keys, kind).map(|g| Content::Group(Arc::new(g)))
+            }
+            _ => Ok(Content::Nothing),
+        }
+    }
+
+    /// Reads a JSON object from the file `name`, which `st` describes.
+    fn read_object(&self, name: &str, st: &read::Stat) -> Result<Map<String, Value>, Failure> {
+        let bytes = match self.handle.read(name, st, MAX_FILE_SIZE) {
+            Ok(bytes) => bytes,
+            Err(e @ (ReadError::NotRegular(_) | ReadError::TooLarge { .. })) => {
+                return Err(Failure::Refused(e.to_string()))
+            }
+            Err(e) => return Err(Failure::Unreadable(e.to_string())),
+        };
+        match serde_json::from_slice(&bytes) {
+            Ok(Value::Object(obj)) => Ok(obj),
+            Ok(_) => Err(Failure::Refused("not a JSON object".to_owned())),
+            Err(e) => Err(Failure::Refused(format!("invalid JSON: {e}"))),
+        }
+    }
+
+    /// Reads a record and merges its `-privileged` companion, if the
+    /// directory has one; returns the record and the companion's keys.
+    fn read_record(
+        &self,
+        name: &str,
+        st: &read::Stat,
+        companion: Option<String>,
+    ) -> Result<(Map<String, Value>, Vec<String>), Failure> {
+        let mut record = self.read_object(name, st)?;
+        if record.contains_key("privileged") {
+            return Err(Failure::Refused(
+                "a 'privileged' section belongs in the -privileged file".to_owned(),
+            ));
+        }
+        let mut private_keys = Vec::new();
+        let Some(companion) = companion else {
+            return Ok((record, private_keys));
+        };
+        let in_companion = |e: Failure| {
+            let path = self.path.join(&companion);
+            match e {
+                Failure::Unreadable(why) => {
+                    Failure::Unreadable(format!("{}: {why}", path.display()))
+                }
+                Failure::Refused(why) => Failure::Refused(format!("{}: {why}", path.display())),
+            }
+        };
+        match self.handle.stat(&companion) {
+            Ok(cst) => {
+                let extra = self.read_object(&companion, &cst).map_err(in_companion)?;
+                private_keys.extend(extra.keys().cloned());
+                record.extend(extra);
+            }
+            Err(ReadError::Missing) => {}
+            Err(e) => return Err(in_companion(Failure::Unreadable(e.to_string()))),
+        }
+        Ok((record, private_keys))
     }
 }
 
@@ -503,71 +834,6 @@ impl DeviceType for std::fs::FileType {
 enum Failure {
     Unreadable(String),
     Refused(String),
-}
-
-fn load_content(path: &Path, kind: &DropInName) -> Result<Content, Failure> {
-    match kind {
-        DropInName::Membership { user, group } => Ok(Content::Membership(
-            Name::from(user.as_str()),
-            Name::from(group.as_str()),
-        )),
-        DropInName::UserByName(_) | DropInName::UserByUid(_) => {
-            load_user(path, kind).map(|u| Content::User(Arc::new(u)))
-        }
-        DropInName::GroupByName(_) | DropInName::GroupByGid(_) => {
-            load_group(path, kind).map(|g| Content::Group(Arc::new(g)))
-        }
-        DropInName::Companion | DropInName::Unrelated => Ok(Content::Nothing),
-    }
-}
-
-/// Reads a JSON object from a drop-in file.
-fn read_object(path: &Path) -> Result<Map<String, Value>, Failure> {
-    let bytes = match read::read(path, MAX_FILE_SIZE) {
-        Ok((bytes, _)) => bytes,
-        Err(e @ (ReadError::NotRegular(_) | ReadError::TooLarge { .. })) => {
-            return Err(Failure::Refused(e.to_string()))
-        }
-        Err(e) => return Err(Failure::Unreadable(e.to_string())),
-    };
-    match serde_json::from_slice(&bytes) {
-        Ok(Value::Object(obj)) => Ok(obj),
-        Ok(_) => Err(Failure::Refused("not a JSON object".to_owned())),
-        Err(e) => Err(Failure::Refused(format!("invalid JSON: {e}"))),
-    }
-}
-
-/// Reads a record and merges its `-privileged` companion from the same
-/// directory, if there is one; returns the record and the companion's keys.
-fn read_record(
-    path: &Path,
-    companion_suffix: &str,
-) -> Result<(Map<String, Value>, Vec<String>), Failure> {
-    let mut record = read_object(path)?;
-    if record.contains_key("privileged") {
-        return Err(Failure::Refused(
-            "a 'privileged' section belongs in the -privileged file".to_owned(),
-        ));
-    }
-    let companion = path.with_extension(companion_suffix);
-    let mut private_keys = Vec::new();
-    match std::fs::symlink_metadata(&companion) {
-        Ok(_) => {
-            let extra = read_object(&companion).map_err(|e| match e {
-                Failure::Unreadable(why) => {
-                    Failure::Unreadable(format!("{}: {why}", companion.display()))
-                }
-                Failure::Refused(why) => {
-                    Failure::Refused(format!("{}: {why}", companion.display()))
-                }
-            })?;
-            private_keys.extend(extra.keys().cloned());
-            record.extend(extra);
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Failure::Unreadable(format!("{}: {e}", companion.display()))),
-    }
-    Ok((record, private_keys))
 }
 
 /// The record split for readers: what the companion holds is privileged,
@@ -593,8 +859,11 @@ fn names_in(record: &Map<String, Value>, key: &str) -> Box<[Name]> {
         .collect()
 }
 
-fn load_user(path: &Path, expect: &DropInName) -> Result<User, Failure> {
-    let (record, private_keys) = read_record(path, "user-privileged")?;
+fn load_user(
+    record: Map<String, Value>,
+    private_keys: &[String],
+    expect: &DropInName,
+) -> Result<User, Failure> {
     let object = Value::Object(record);
     let user = UserRecord::from_json(&object).map_err(|e| Failure::Refused(e.to_string()))?;
     let listed = match expect {
@@ -621,12 +890,15 @@ fn load_user(path: &Path, expect: &DropInName) -> Result<User, Failure> {
     let member_of = names_in(&record, "memberOf");
     let mut out = User::from_nss(user, listed);
     out.member_of = member_of;
-    out.json = Some(json_record(record, &private_keys));
+    out.json = Some(json_record(record, private_keys));
     Ok(out)
 }
 
-fn load_group(path: &Path, expect: &DropInName) -> Result<Group, Failure> {
-    let (record, private_keys) = read_record(path, "group-privileged")?;
+fn load_group(
+    record: Map<String, Value>,
+    private_keys: &[String],
+    expect: &DropInName,
+) -> Result<Group, Failure> {
     let object = Value::Object(record);
     let group = GroupRecord::from_json(&object).map_err(|e| Failure::Refused(e.to_string()))?;
     let listed = match expect {
@@ -651,7 +923,7 @@ fn load_group(path: &Path, expect: &DropInName) -> Result<Group, Failure> {
         return Err(Failure::Refused("not a JSON object".to_owned()));
     };
     let mut out = Group::from_nss(group, listed);
-    out.json = Some(json_record(record, &private_keys));
+    out.json = Some(json_record(record, private_keys));
     Ok(out)
 }
 
@@ -775,21 +1047,38 @@ mod tests {
             r#"{"userName":"alice","uid":2001}"#,
         );
         symlink("alice.user", root.0.join("etc/userdb/2001.user")).unwrap();
+        symlink("./alice.user", root.0.join("etc/userdb/2009.user")).unwrap();
         root.write(
             "etc/userdb",
             "2002.user",
             r#"{"userName":"dave","uid":2002}"#,
         );
         root.write("etc/userdb", "2003.user", r#"{"userName":"eve","uid":9}"#);
+        // carol.user is hidden by an earlier directory's mask: her link,
+        // in a later one, answers by uid on its own.
+        root.write("etc/userdb", "carol.user", "");
+        root.write(
+            "usr/lib/userdb",
+            "carol.user",
+            r#"{"userName":"carol","uid":2004}"#,
+        );
+        symlink("carol.user", root.0.join("usr/lib/userdb/2004.user")).unwrap();
         let data = root.load();
+        // alice's link shares her record, which answers her uid itself.
         assert_eq!(
             user_names(&data),
-            [("alice", true), ("alice", false), ("dave", false)]
+            [("alice", true), ("dave", false), ("carol", false)]
         );
-        assert_eq!(data.problems.len(), 1);
-        assert!(
-            data.problems[0].contains("2003.user") && data.problems[0].contains("does not match")
-        );
+        assert_eq!(data.users[2].uid, 2004);
+        assert_eq!(data.problems.len(), 2, "{:?}", data.problems);
+        assert!(data
+            .problems
+            .iter()
+            .any(|p| p.contains("2003.user") && p.contains("does not match")));
+        assert!(data
+            .problems
+            .iter()
+            .any(|p| p.contains("2009.user") && p.contains("does not match")));
     }
 
     #[test]
@@ -964,6 +1253,11 @@ mod tests {
             .iter()
             .all(|u| u.name.as_ref() != "alice" || &*u.gecos == "A"));
         assert!(Arc::ptr_eq(&bob, &data.users[1]), "bob was not read again");
+        let link = &source.dirs[0].entries["2001.user"].content;
+        assert!(
+            matches!(link, Content::UserAlias(u) if Arc::ptr_eq(u, &data.users[0])),
+            "the link shares the new record: {link:?}"
+        );
 
         root.write(
             "etc/userdb",
@@ -975,9 +1269,19 @@ mod tests {
 
         std::fs::remove_file(dir.join("bob.user")).unwrap();
         assert!(source.refresh(Some(&[dir.join("bob.user")])));
-        assert_eq!(
-            user_names(&source.data()),
-            [("alice", true), ("alice", false)]
+        assert_eq!(user_names(&source.data()), [("alice", true)]);
+
+        // The link now names another uid than its record: refused.
+        root.write(
+            "etc/userdb",
+            "alice.user",
+            r#"{"userName":"alice","uid":2005}"#,
+        );
+        assert!(source.refresh(Some(&[dir.join("alice.user")])));
+        let problems = &source.data().problems;
+        assert!(
+            problems.len() == 1 && problems[0].contains("2001.user"),
+            "{problems:?}"
         );
     }
 }

@@ -8,9 +8,18 @@
 //! read. It is then opened with `O_NONBLOCK | O_NOCTTY | O_CLOEXEC` and
 //! `fstat`ed again: if something else was put at the path in between, it
 //! is refused too.
+//!
+//! [`Dir`] does the same relative to an open directory, for sources of
+//! hundreds of thousands of files: each call looks up one name, not a path,
+//! and a file known to be regular is opened with `O_NOFOLLOW`, so its
+//! `lstat` is the check before the open.
 
+use std::ffi::CString;
 use std::fs::{File, Metadata, OpenOptions};
+use std::hash::{Hash, Hasher};
 use std::io::{self, ErrorKind, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -35,6 +44,31 @@ impl Identity {
             mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
             ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
         }
+    }
+}
+
+impl Identity {
+    fn of_stat(st: &libc::stat) -> Identity {
+        let ns = |secs: i64, nsec: i64| i128::from(secs) * 1_000_000_000 + i128::from(nsec);
+        Identity {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            size: st.st_size.try_into().unwrap_or(0),
+            mtime_ns: ns(st.st_mtime, st.st_mtime_nsec),
+            ctime_ns: ns(st.st_ctime, st.st_ctime_nsec),
+        }
+    }
+
+    /// Eight bytes standing for the identity, for sources that keep one per
+    /// file by the hundred thousand: two identities of one file differ at
+    /// least in their ctime, and a 64-bit hash maps them to the same value
+    /// once in 2^64 changes.
+    pub fn fingerprint(&self) -> u64 {
+        // Fixed keys: the value must be the same at every rescan.
+        #[allow(deprecated)]
+        let mut hasher = std::hash::SipHasher::new();
+        self.hash(&mut hasher);
+        hasher.finish()
     }
 }
 
@@ -131,7 +165,7 @@ pub fn read(path: &Path, cap: u64) -> Result<(Vec<u8>, Identity), ReadError> {
             "replaced while being opened",
         )));
     }
-    let bytes = read_capped(file, cap)?;
+    let bytes = read_capped(file, opened.len().min(cap), cap)?;
     Ok((bytes, Identity::of(&opened)))
 }
 
@@ -139,19 +173,179 @@ fn check(meta: &Metadata, cap: u64) -> Result<(), ReadError> {
     if let Some(kind) = irregular(meta) {
         return Err(ReadError::NotRegular(kind));
     }
-    if meta.len() > cap {
-        return Err(ReadError::TooLarge {
-            size: meta.len(),
-            cap,
-        });
+    check_size(meta.len(), cap)
+}
+
+fn check_size(size: u64, cap: u64) -> Result<(), ReadError> {
+    if size > cap {
+        return Err(ReadError::TooLarge { size, cap });
     }
     Ok(())
 }
 
+/// What `lstat` or `stat` says of one name in a [`Dir`].
+#[derive(Debug, Clone, Copy)]
+pub struct Stat {
+    mode: libc::mode_t,
+    /// Made by `stat` (links followed), not `lstat`.
+    followed: bool,
+    pub size: u64,
+    pub identity: Identity,
+}
+
+impl Stat {
+    pub fn is_symlink(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFLNK
+    }
+
+    pub fn is_device(&self) -> bool {
+        matches!(self.mode & libc::S_IFMT, libc::S_IFCHR | libc::S_IFBLK)
+    }
+
+    /// What kind of file this is, in words, unless it is regular.
+    pub fn irregular(&self) -> Option<&'static str> {
+        match self.mode & libc::S_IFMT {
+            libc::S_IFREG => None,
+            libc::S_IFIFO => Some("FIFO"),
+            libc::S_IFSOCK => Some("socket"),
+            libc::S_IFCHR => Some("character device"),
+            libc::S_IFBLK => Some("block device"),
+            libc::S_IFDIR => Some("directory"),
+            libc::S_IFLNK => Some("symbolic link"),
+            _ => Some("special file"),
+        }
+    }
+}
+
+/// An open directory whose entries are looked up by name.
+#[derive(Debug)]
+pub struct Dir {
+    fd: OwnedFd,
+}
+
+fn c_name(name: &str) -> Result<CString, ReadError> {
+    // A name with a NUL byte cannot be in a directory.
+    CString::new(name).map_err(|_| ReadError::Missing)
+}
+
+impl Dir {
+    pub fn open(path: &Path) -> io::Result<Dir> {
+        let path = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(ErrorKind::InvalidInput))?;
+        // SAFETY: `path` is a valid C string for the call.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        Ok(Dir {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    fn stat_with(&self, name: &str, flags: libc::c_int) -> Result<Stat, ReadError> {
+        let name = c_name(name)?;
+        // SAFETY: all-zero is a valid `stat`, filled in by the call.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: the descriptor is open, `name` a valid C string and `st`
+        // a valid `stat` for the duration of the call.
+        let rc = unsafe { libc::fstatat(self.fd.as_raw_fd(), name.as_ptr(), &mut st, flags) };
+        if rc != 0 {
+            return Err(failed(io::Error::last_os_error()));
+        }
+        Ok(Stat {
+            mode: st.st_mode,
+            followed: flags & libc::AT_SYMLINK_NOFOLLOW == 0,
+            size: st.st_size.try_into().unwrap_or(0),
+            identity: Identity::of_stat(&st),
+        })
+    }
+
+    /// `lstat` of `name`: a link is described, not followed.
+    pub fn lstat(&self, name: &str) -> Result<Stat, ReadError> {
+        self.stat_with(name, libc::AT_SYMLINK_NOFOLLOW)
+    }
+
+    /// `stat` of what `name` leads to.
+    pub fn stat(&self, name: &str) -> Result<Stat, ReadError> {
+        self.stat_with(name, 0)
+    }
+
+    /// Where the link `name` points, if it is a link with a UTF-8 target.
+    pub fn read_link(&self, name: &str) -> Option<String> {
+        let name = c_name(name).ok()?;
+        // On the stack: a buffer of PATH_MAX bytes per link on the heap,
+        // freed between the records read, left the heap fragmented.
+        let mut buffer = [0u8; libc::PATH_MAX as usize];
+        // SAFETY: the descriptor is open, `name` a valid C string and
+        // `buffer` writable for its whole length.
+        let n = unsafe {
+            libc::readlinkat(
+                self.fd.as_raw_fd(),
+                name.as_ptr(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+            )
+        };
+        let n = usize::try_from(n).ok()?;
+        std::str::from_utf8(buffer.get(..n)?)
+            .ok()
+            .map(str::to_owned)
+    }
+
+    /// The content of `name`, which `before` (its `stat`, or its `lstat`
+    /// when it is not a link) describes: anything but a regular file of at
+    /// most `cap` bytes is refused without being opened, and a file other
+    /// than the one `before` describes is refused once opened.
+    pub fn read(&self, name: &str, before: &Stat, cap: u64) -> Result<Vec<u8>, ReadError> {
+        if let Some(kind) = before.irregular() {
+            return Err(ReadError::NotRegular(kind));
+        }
+        check_size(before.size, cap)?;
+        let c = c_name(name)?;
+        // A name `lstat` found regular must still be one: never follow a
+        // link put there since.
+        let no_follow = if before.followed { 0 } else { libc::O_NOFOLLOW };
+        // SAFETY: the descriptor is open and `c` a valid C string.
+        let fd = unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC | no_follow,
+            )
+        };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            if no_follow != 0 && e.raw_os_error() == Some(libc::ELOOP) {
+                return Err(ReadError::Failed(io::Error::other(
+                    "replaced by a link while being opened",
+                )));
+            }
+            return Err(failed(e));
+        }
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let opened = file.metadata().map_err(ReadError::Failed)?;
+        check(&opened, cap)?;
+        if (opened.dev(), opened.ino()) != (before.identity.dev, before.identity.ino) {
+            return Err(ReadError::Failed(io::Error::other(
+                "replaced while being opened",
+            )));
+        }
+        read_capped(file, before.size.min(cap), cap)
+    }
+}
+
 /// Reads to the end, refusing more than `cap` bytes (the file may grow
-/// after the size check).
-fn read_capped(file: File, cap: u64) -> Result<Vec<u8>, ReadError> {
-    let mut bytes = Vec::new();
+/// after the size check). Room for `size` bytes and one more is made first,
+/// so that a file of that size takes one read and one to see its end.
+fn read_capped(file: File, size: u64, cap: u64) -> Result<Vec<u8>, ReadError> {
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0).saturating_add(1));
     let mut limited = file.take(cap.saturating_add(1));
     loop {
         match limited.read_to_end(&mut bytes) {
