@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
-use userdb_proto::record::{GroupRecord, GroupShadow, UserRecord, UserShadow};
+use userdb_proto::record::{GroupRecord, GroupShadow, Passwd, UserRecord, UserShadow};
 
 /// A user or group name, shared by every record and membership that names it.
 pub type Name = Arc<str>;
@@ -149,6 +149,18 @@ impl User {
             home: self.home.to_string(),
             shell: self.shell.to_string(),
             shadow: for_peer(&self.shadow, peer_privileged),
+        }
+    }
+
+    /// The passwd fields, borrowed.
+    pub fn passwd(&self) -> Passwd<'_> {
+        Passwd {
+            name: &self.name,
+            uid: self.uid,
+            gid: self.gid,
+            gecos: &self.gecos,
+            home: &self.home,
+            shell: &self.shell,
         }
     }
 

@@ -103,12 +103,7 @@ pub fn encode(snapshot: &Snapshot, coverage: Coverage) -> Vec<u8> {
     for (i, entry) in snapshot.users.iter().enumerate() {
         let u = &entry.user;
         b.user(UserIn {
-            name: &u.name,
-            uid: u.uid,
-            gid: u.gid,
-            gecos: &u.gecos,
-            home: &u.home,
-            shell: &u.shell,
+            passwd: u.passwd(),
             listed: u.listed,
             origin: origin(entry.source),
             holds_name: snapshot.user_by_name.get(&u.name) == Some(&(i as u32)),
@@ -222,7 +217,7 @@ mod tests {
         let bytes = encode(&snapshot(), Coverage::new(false, false, true));
         let file = Snapfile::parse(&bytes[CONTROL_SIZE..]).unwrap();
         assert_eq!(file.generation(), 5);
-        assert_eq!(file.user_by_name("bob").unwrap().unwrap().uid, 2000);
+        assert_eq!(file.user_by_name("bob").unwrap().unwrap().passwd.uid, 2000);
         assert!(file.user_by_name("alice").unwrap().unwrap().origin.files);
         let wheel = file.group_by_name("wheel").unwrap().unwrap();
         let files_first = LookupOptions {

@@ -28,10 +28,11 @@ const OPTIONS: [LookupOptions; 3] = [
 const WALK: usize = 4096;
 
 fn assert_user(user: &UserView) {
-    assert!(valid_name(user.name), "{user:?}");
-    assert!(valid_id(user.uid) && valid_id(user.gid), "{user:?}");
-    assert!(valid_gecos(user.gecos), "{user:?}");
-    assert!(valid_path(user.home) && valid_path(user.shell), "{user:?}");
+    let p = &user.passwd;
+    assert!(valid_name(p.name), "{user:?}");
+    assert!(valid_id(p.uid) && valid_id(p.gid), "{user:?}");
+    assert!(valid_gecos(p.gecos), "{user:?}");
+    assert!(valid_path(p.home) && valid_path(p.shell), "{user:?}");
 }
 
 pub fn check(data: &[u8]) {
@@ -42,10 +43,10 @@ pub fn check(data: &[u8]) {
     for i in 0..file.user_count().min(WALK) {
         if let Ok(user) = file.user_at(i) {
             assert_user(&user);
-            names.push(user.name);
-            let found = file.user_by_uid(user.uid);
+            names.push(user.passwd.name);
+            let found = file.user_by_uid(user.passwd.uid);
             if let Ok(Some(by_uid)) = found {
-                assert_eq!(by_uid.uid, user.uid);
+                assert_eq!(by_uid.passwd.uid, user.passwd.uid);
             }
         }
     }
@@ -68,7 +69,7 @@ pub fn check(data: &[u8]) {
     for name in names {
         if let Ok(Some(user)) = file.user_by_name(name) {
             assert_user(&user);
-            assert_eq!(user.name, name);
+            assert_eq!(user.passwd.name, name);
         }
         if let Ok(Some(group)) = file.group_by_name(name) {
             assert_eq!(group.name, name);

@@ -3,8 +3,8 @@
 //! socket's answer kept for glibc's retry with a larger buffer (`retry`).
 //! A call that may not talk and that the file cannot answer is `UNAVAIL`.
 
-use userdb_proto::record::{GroupRecord, UserRecord};
-use userdb_proto::snapfile::UserView;
+use userdb_proto::api::LookupOptions;
+use userdb_proto::record::{GroupRecord, Passwd, UserRecord};
 
 use crate::client::{Failure, Key, Lookup};
 use crate::enumerate::Opened;
@@ -17,43 +17,6 @@ static PASSWD_RETRY: Retry<(UserRecord, bool)> = Retry::new();
 static GROUP_RETRY: Retry<(GroupRecord, bool)> = Retry::new();
 static SHADOW_RETRY: Retry<(UserRecord, bool)> = Retry::new();
 static GSHADOW_RETRY: Retry<(GroupRecord, bool)> = Retry::new();
-
-/// The fields of a passwd entry, wherever they come from.
-#[derive(Debug, Clone, Copy)]
-pub struct UserFields<'a> {
-    pub name: &'a str,
-    pub uid: u32,
-    pub gid: u32,
-    pub gecos: &'a str,
-    pub home: &'a str,
-    pub shell: &'a str,
-}
-
-impl<'a> From<&'a UserView<'a>> for UserFields<'a> {
-    fn from(u: &'a UserView<'a>) -> Self {
-        UserFields {
-            name: u.name,
-            uid: u.uid,
-            gid: u.gid,
-            gecos: u.gecos,
-            home: u.home,
-            shell: u.shell,
-        }
-    }
-}
-
-impl<'a> From<&'a UserRecord> for UserFields<'a> {
-    fn from(u: &'a UserRecord) -> Self {
-        UserFields {
-            name: &u.name,
-            uid: u.uid,
-            gid: u.gid,
-            gecos: &u.gecos,
-            home: &u.home,
-            shell: &u.shell,
-        }
-    }
-}
 
 fn retry_key(key: Key) -> RetryKey {
     match key {
@@ -76,12 +39,12 @@ fn settled<R>(lookup: &Lookup, local: Local<Result<R, Failure>>) -> Option<Resul
 pub fn user(
     lookup: &Lookup,
     key: Key,
-    write: impl Fn(&UserFields) -> Result<(), Failure>,
+    write: impl Fn(&Passwd) -> Result<(), Failure>,
 ) -> Result<(), Failure> {
     let options = lookup.options(Database::Passwd);
     if let Some(done) = settled(
         lookup,
-        local::user(lookup, key, options, |u| write(&u.into())),
+        local::user(lookup, key, options, |u| write(&u.passwd)),
     ) {
         return done;
     }
@@ -89,7 +52,7 @@ pub fn user(
         retry_key(key),
         lookup.now_ms(),
         || lookup.user(key, Database::Passwd),
-        |(user, _)| write(&user.into()),
+        |(user, _)| write(&user.passwd()),
     )
 }
 
@@ -159,28 +122,34 @@ pub fn gids(lookup: &Lookup, user: &str) -> Result<Vec<u32>, Failure> {
     lookup.membership_gids(user)
 }
 
-/// `setpwent`: the file's listing when it holds it whole, else the broker's.
-pub fn open_users(lookup: &Lookup) -> Result<Opened<UserRecord>, Failure> {
-    let options = lookup.options(Database::Passwd);
-    if let Some(listing) = Listing::users(lookup, options) {
+/// The file's listing for `database` when it holds it whole, else the
+/// broker's (`fetch`).
+fn open_listing<T>(
+    lookup: &Lookup,
+    database: Database,
+    from_file: fn(&Lookup, LookupOptions) -> Option<Listing>,
+    fetch: impl FnOnce() -> Result<Vec<(T, bool)>, Failure>,
+) -> Result<Opened<T>, Failure> {
+    if let Some(listing) = from_file(lookup, lookup.options(database)) {
         return Ok(Opened::File(listing));
     }
-    let users = lookup.all_users(Database::Passwd)?;
     Ok(Opened::Fetched(
-        users.into_iter().map(|(user, _)| user).collect(),
+        fetch()?.into_iter().map(|(record, _)| record).collect(),
     ))
+}
+
+/// `setpwent`.
+pub fn open_users(lookup: &Lookup) -> Result<Opened<UserRecord>, Failure> {
+    open_listing(lookup, Database::Passwd, Listing::users, || {
+        lookup.all_users(Database::Passwd)
+    })
 }
 
 /// `setgrent`.
 pub fn open_groups(lookup: &Lookup) -> Result<Opened<GroupRecord>, Failure> {
-    let options = lookup.options(Database::Group);
-    if let Some(listing) = Listing::groups(lookup, options) {
-        return Ok(Opened::File(listing));
-    }
-    let groups = lookup.all_groups(Database::Group)?;
-    Ok(Opened::Fetched(
-        groups.into_iter().map(|(group, _)| group).collect(),
-    ))
+    open_listing(lookup, Database::Group, Listing::groups, || {
+        lookup.all_groups(Database::Group)
+    })
 }
 
 /// `setspent`: over the socket only, and only whole.

@@ -13,14 +13,14 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU8, Ordering};
 
 use libc::{gid_t, uid_t};
 use userdb_proto::names::valid_name;
-use userdb_proto::record::{GroupRecord, UserRecord};
+use userdb_proto::record::{GroupRecord, Passwd, UserRecord};
 
-use crate::answer::{self, UserFields};
+use crate::answer;
 use crate::client::{new_gids, Failure, Host, Key, Lookup, Status};
 use crate::enumerate::{GROUPS, SHADOW, USERS};
 use crate::guard;
 use crate::local::Step;
-use crate::pack::{self, PasswdFields, TooSmall};
+use crate::pack::{self, TooSmall};
 
 extern "C" {
     // The process's environment, as getenv reads it.
@@ -251,19 +251,13 @@ fn write_passwd(
     out: *mut libc::passwd,
     buf: *mut c_char,
     buflen: usize,
-    user: &UserFields,
+    user: &Passwd,
 ) -> Result<(), Failure> {
     if out.is_null() {
         return Err(BAD_ARGUMENT);
     }
     let bytes = buffer(buf, buflen);
-    let fields = PasswdFields {
-        name: user.name,
-        gecos: user.gecos,
-        dir: user.home,
-        shell: user.shell,
-    };
-    let layout = pack::pack_passwd(&fields, bytes).map_err(too_small)?;
+    let layout = pack::pack_passwd(user, bytes).map_err(too_small)?;
     let at = Pointers(bytes.as_mut_ptr());
     let entry = libc::passwd {
         pw_name: at.string(layout.name),
@@ -432,8 +426,8 @@ pub unsafe extern "C" fn _nss_broker_getpwent_r(
     run(errnop, || {
         USERS.next(
             || answer::open_users(&start_lookup()?),
-            |listing| listing.next_user(|user| write_passwd(result, buf, buflen, &user.into())),
-            |user| write_passwd(result, buf, buflen, &user.into()),
+            |listing| listing.next_user(|user| write_passwd(result, buf, buflen, &user.passwd)),
+            |user| write_passwd(result, buf, buflen, &user.passwd()),
         )
     })
 }

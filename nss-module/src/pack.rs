@@ -12,6 +12,8 @@
 use std::ffi::c_char;
 use std::mem::{align_of, size_of};
 
+use userdb_proto::record::Passwd;
+
 /// The buffer cannot hold the entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooSmall;
@@ -21,15 +23,6 @@ pub struct TooSmall;
 pub const SHADOWED: &str = "x";
 /// The hash of a shadow/gshadow entry whose record carries none: locked.
 pub const NO_HASH: &str = "!*";
-
-/// The fields of a passwd entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PasswdFields<'a> {
-    pub name: &'a str,
-    pub gecos: &'a str,
-    pub dir: &'a str,
-    pub shell: &'a str,
-}
 
 /// Offsets of a packed passwd entry's strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,13 +127,13 @@ impl<'a> Writer<'a> {
     }
 }
 
-pub fn pack_passwd(fields: &PasswdFields<'_>, buf: &mut [u8]) -> Result<PasswdLayout, TooSmall> {
+pub fn pack_passwd(fields: &Passwd<'_>, buf: &mut [u8]) -> Result<PasswdLayout, TooSmall> {
     let mut w = Writer::new(buf);
     Ok(PasswdLayout {
         name: w.string(fields.name)?,
         passwd: w.string(SHADOWED)?,
         gecos: w.string(fields.gecos)?,
-        dir: w.string(fields.dir)?,
+        dir: w.string(fields.home)?,
         shell: w.string(fields.shell)?,
     })
 }
@@ -241,10 +234,12 @@ mod tests {
         unreachable!()
     }
 
-    const ALICE: PasswdFields<'static> = PasswdFields {
+    const ALICE: Passwd<'static> = Passwd {
         name: "alice",
+        uid: 1000,
+        gid: 1000,
         gecos: "Alice Liddell,,,",
-        dir: "/home/alice",
+        home: "/home/alice",
         shell: "/bin/bash",
     };
 

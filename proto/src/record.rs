@@ -34,6 +34,31 @@ pub struct UserRecord {
     pub shadow: Option<UserShadow>,
 }
 
+/// A passwd entry's fields, borrowed from wherever they are held: a
+/// record, the snapshot file, the broker's model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Passwd<'a> {
+    pub name: &'a str,
+    pub uid: u32,
+    pub gid: u32,
+    pub gecos: &'a str,
+    pub home: &'a str,
+    pub shell: &'a str,
+}
+
+impl UserRecord {
+    pub fn passwd(&self) -> Passwd<'_> {
+        Passwd {
+            name: &self.name,
+            uid: self.uid,
+            gid: self.gid,
+            gecos: &self.gecos,
+            home: &self.home,
+            shell: &self.shell,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GroupShadow {
     pub hashed_password: Option<String>,

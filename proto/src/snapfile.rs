@@ -53,6 +53,7 @@ use std::path::{Path, PathBuf};
 
 use crate::api::LookupOptions;
 use crate::names::{valid_gecos, valid_id, valid_name, valid_path};
+use crate::record::Passwd;
 use crate::visibility::Origin;
 
 /// The file's name, in the directory of the broker's socket.
@@ -273,12 +274,7 @@ impl<'a> Table<'a> {
 /// A user as the file holds it, fields already validated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UserView<'a> {
-    pub name: &'a str,
-    pub uid: u32,
-    pub gid: u32,
-    pub gecos: &'a str,
-    pub home: &'a str,
-    pub shell: &'a str,
+    pub passwd: Passwd<'a>,
     pub listed: bool,
     pub origin: Origin,
 }
@@ -486,12 +482,14 @@ impl<'a> Snapfile<'a> {
             return Err(Invalid("invalid user record"));
         }
         Ok(UserView {
-            name,
-            uid,
-            gid,
-            gecos,
-            home,
-            shell,
+            passwd: Passwd {
+                name,
+                uid,
+                gid,
+                gecos,
+                home,
+                shell,
+            },
             listed: flags & LISTED != 0,
             origin: origin_of(flags),
         })
@@ -623,12 +621,7 @@ impl<'a> Snapfile<'a> {
 /// A user as the writer takes it.
 #[derive(Debug, Clone, Copy)]
 pub struct UserIn<'a> {
-    pub name: &'a str,
-    pub uid: u32,
-    pub gid: u32,
-    pub gecos: &'a str,
-    pub home: &'a str,
-    pub shell: &'a str,
+    pub passwd: Passwd<'a>,
     pub listed: bool,
     pub origin: Origin,
     /// This record answers look-ups by its name / by its uid.
@@ -719,22 +712,23 @@ impl<'a> Builder<'a> {
 
     pub fn user(&mut self, u: UserIn<'a>) {
         let index = (self.users.len() / USER_SIZE) as u32;
+        let p = u.passwd;
         let fields = [
-            self.string(u.name),
-            u.uid,
-            u.gid,
-            self.string(u.gecos),
-            self.string(u.home),
-            self.string(u.shell),
+            self.string(p.name),
+            p.uid,
+            p.gid,
+            self.string(p.gecos),
+            self.string(p.home),
+            self.string(p.shell),
             flags_of(u.listed, u.origin),
             0,
         ];
         put(&mut self.users, &fields);
         if u.holds_name && u.listed {
-            self.user_names.push((fnv1a(u.name.as_bytes()), index));
+            self.user_names.push((fnv1a(p.name.as_bytes()), index));
         }
         if u.holds_id {
-            self.user_ids.push((mix(u.uid), index));
+            self.user_ids.push((mix(p.uid), index));
         }
     }
 
@@ -868,12 +862,14 @@ mod tests {
 
     fn user<'a>(name: &'a str, uid: u32, origin: Origin) -> UserIn<'a> {
         UserIn {
-            name,
-            uid,
-            gid: uid,
-            gecos: "Real Name",
-            home: "/home/x",
-            shell: "/bin/sh",
+            passwd: Passwd {
+                name,
+                uid,
+                gid: uid,
+                gecos: "Real Name",
+                home: "/home/x",
+                shell: "/bin/sh",
+            },
             listed: true,
             origin,
             holds_name: true,
@@ -939,10 +935,10 @@ mod tests {
         assert!(s.coverage().complete(PLAIN));
         let alice = s.user_by_name("alice").unwrap().unwrap();
         assert_eq!(
-            (alice.uid, alice.gecos, alice.home),
+            (alice.passwd.uid, alice.passwd.gecos, alice.passwd.home),
             (1000, "Real Name", "/home/x")
         );
-        assert_eq!(s.user_by_uid(1001).unwrap().unwrap().name, "alice");
+        assert_eq!(s.user_by_uid(1001).unwrap().unwrap().passwd.name, "alice");
         assert!(s.user_by_name("nobody").unwrap().is_none());
         assert!(s.user_by_uid(4242).unwrap().is_none());
         let wheel = s.group_by_gid(10).unwrap().unwrap();
@@ -996,7 +992,11 @@ mod tests {
             };
             for name in ["root", "alice", "bob", "wheel", "svc", "x"] {
                 if let Ok(Some(u)) = s.user_by_name(name) {
-                    assert!(valid_name(u.name) && valid_gecos(u.gecos) && valid_path(u.home));
+                    assert!(
+                        valid_name(u.passwd.name)
+                            && valid_gecos(u.passwd.gecos)
+                            && valid_path(u.passwd.home)
+                    );
                 }
                 if let Ok(Some(g)) = s.group_by_name(name) {
                     for m in g.members(PLAIN).flatten() {
