@@ -165,6 +165,7 @@ mod tests {
     use crate::sources::{LoadReport, SourceData, SourceInfo, SourceKind};
     use std::sync::Arc;
     use userdb_proto::api::LookupOptions;
+    use userdb_proto::names::ValidName;
     use userdb_proto::record::{GroupRecord, UserRecord};
     use userdb_proto::snapfile::{check_control, Snapfile, CONTROL_SIZE};
 
@@ -217,9 +218,25 @@ mod tests {
         let bytes = encode(&snapshot(), Coverage::new(false, false, true));
         let file = Snapfile::parse(&bytes[CONTROL_SIZE..]).unwrap();
         assert_eq!(file.generation(), 5);
-        assert_eq!(file.user_by_name("bob").unwrap().unwrap().passwd.uid, 2000);
-        assert!(file.user_by_name("alice").unwrap().unwrap().origin.files);
-        let wheel = file.group_by_name("wheel").unwrap().unwrap();
+        assert_eq!(
+            file.user_by_name(ValidName::new("bob").unwrap())
+                .unwrap()
+                .unwrap()
+                .passwd
+                .uid,
+            2000
+        );
+        assert!(
+            file.user_by_name(ValidName::new("alice").unwrap())
+                .unwrap()
+                .unwrap()
+                .origin
+                .files
+        );
+        let wheel = file
+            .group_by_name(ValidName::new("wheel").unwrap())
+            .unwrap()
+            .unwrap();
         let files_first = LookupOptions {
             caller_reads_files: true,
             dynamic_bypass: false,

@@ -5,7 +5,7 @@
 //! content (after the control block), as the module hands it to the reader.
 
 use userdb_proto::api::LookupOptions;
-use userdb_proto::names::{valid_gecos, valid_id, valid_name, valid_path};
+use userdb_proto::names::{valid_gecos, valid_id, valid_name, valid_path, ValidName};
 use userdb_proto::snapfile::{Snapfile, UserView};
 
 const OPTIONS: [LookupOptions; 3] = [
@@ -67,11 +67,12 @@ pub fn check(data: &[u8]) {
     }
     names.extend(["root", "nobody", ""]);
     for name in names {
-        if let Ok(Some(user)) = file.user_by_name(name) {
+        let valid = ValidName::new(name);
+        if let Some(Ok(Some(user))) = valid.map(|n| file.user_by_name(n)) {
             assert_user(&user);
             assert_eq!(user.passwd.name, name);
         }
-        if let Ok(Some(group)) = file.group_by_name(name) {
+        if let Some(Ok(Some(group))) = valid.map(|n| file.group_by_name(n)) {
             assert_eq!(group.name, name);
         }
         for options in OPTIONS {

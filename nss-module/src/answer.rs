@@ -4,6 +4,7 @@
 //! A call that may not talk and that the file cannot answer is `UNAVAIL`.
 
 use userdb_proto::api::LookupOptions;
+use userdb_proto::names::ValidName;
 use userdb_proto::record::{GroupRecord, Passwd, UserRecord};
 
 use crate::client::{Failure, Key, Lookup};
@@ -20,7 +21,7 @@ static GSHADOW_RETRY: Retry<(GroupRecord, bool)> = Retry::new();
 
 fn retry_key(key: Key) -> RetryKey {
     match key {
-        Key::Name(name) => RetryKey::Name(name.to_owned()),
+        Key::Name(name) => RetryKey::Name(name.as_str().to_owned()),
         Key::Id(id) => RetryKey::Id(id),
     }
 }
@@ -83,11 +84,11 @@ pub fn group(
 /// `getspnam_r`: privileged data come only over the socket, for root.
 pub fn shadow(
     lookup: &Lookup,
-    name: &str,
+    name: ValidName<'_>,
     write: impl Fn(&UserRecord, bool) -> Result<(), Failure>,
 ) -> Result<(), Failure> {
     SHADOW_RETRY.answer(
-        RetryKey::Name(name.to_owned()),
+        RetryKey::Name(name.as_str().to_owned()),
         lookup.now_ms(),
         || lookup.user(Key::Name(name), Database::Shadow),
         |(user, incomplete)| write(user, *incomplete),
@@ -97,11 +98,11 @@ pub fn shadow(
 /// `getsgnam_r`: as `shadow`.
 pub fn gshadow(
     lookup: &Lookup,
-    name: &str,
+    name: ValidName<'_>,
     write: impl Fn(&GroupRecord, bool) -> Result<(), Failure>,
 ) -> Result<(), Failure> {
     GSHADOW_RETRY.answer(
-        RetryKey::Name(name.to_owned()),
+        RetryKey::Name(name.as_str().to_owned()),
         lookup.now_ms(),
         || lookup.group(Key::Name(name), Database::Gshadow),
         |(group, incomplete)| write(group, *incomplete),

@@ -3,6 +3,7 @@
 //! back-off that makes a hung broker cost one deadline per window instead of
 //! one per call.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::ffi::c_int;
 use std::path::Path;
@@ -15,6 +16,7 @@ use userdb_proto::api::{
     UserQuery,
 };
 use userdb_proto::client::{ClientError, Connection};
+use userdb_proto::names::ValidName;
 use userdb_proto::peer::Peer;
 use userdb_proto::record::{GroupRecord, UserRecord};
 use userdb_proto::BROKER_SERVICE;
@@ -128,7 +130,7 @@ static NSSWITCH: nsswitch::Cache = nsswitch::Cache::new();
 
 /// What the host process gives a call: its environment, pid and clock.
 pub struct Host<'a> {
-    pub env: &'a dyn Fn(&str) -> Option<&'a str>,
+    pub env: &'a guard::Env<'a>,
     pub pid: u32,
     /// The effective uid (asked only when a call connects): a broker run
     /// by this uid is believed too.
@@ -189,7 +191,7 @@ fn group_from(reply: RecordReply) -> Result<(GroupRecord, bool), Failure> {
 /// How to look a user or group up.
 #[derive(Debug, Clone, Copy)]
 pub enum Key<'a> {
-    Name(&'a str),
+    Name(ValidName<'a>),
     Id(u32),
 }
 
@@ -230,8 +232,8 @@ impl Lookup {
     }
 
     /// Where the broker publishes its snapshot file.
-    pub fn snapshot_path(&self) -> &Path {
-        &self.plan.snapshot
+    pub fn snapshot_path(&self) -> Cow<'static, Path> {
+        self.plan.snapshot()
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -290,7 +292,7 @@ impl Lookup {
                 Key::Name(_) => None,
             },
             user_name: match key {
-                Key::Name(name) => Some(name.to_owned()),
+                Key::Name(name) => Some(name.as_str().to_owned()),
                 Key::Id(_) => None,
             },
             service: Some(BROKER_SERVICE.to_owned()),
@@ -299,7 +301,7 @@ impl Lookup {
         let params = self.talk(|c| c.call(broker::GET_USER_RECORD, &query))?;
         let (user, incomplete) = user_from(record_reply(params)?)?;
         let matches = match key {
-            Key::Name(name) => user.name == name,
+            Key::Name(name) => user.name == name.as_str(),
             Key::Id(uid) => user.uid == uid,
         };
         if !matches {
@@ -316,7 +318,7 @@ impl Lookup {
                 Key::Name(_) => None,
             },
             group_name: match key {
-                Key::Name(name) => Some(name.to_owned()),
+                Key::Name(name) => Some(name.as_str().to_owned()),
                 Key::Id(_) => None,
             },
             service: Some(BROKER_SERVICE.to_owned()),
@@ -325,7 +327,7 @@ impl Lookup {
         let params = self.talk(|c| c.call(broker::GET_GROUP_RECORD, &query))?;
         let (group, incomplete) = group_from(record_reply(params)?)?;
         let matches = match key {
-            Key::Name(name) => group.name == name,
+            Key::Name(name) => group.name == name.as_str(),
             Key::Id(gid) => group.gid == gid,
         };
         if !matches {

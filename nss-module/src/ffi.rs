@@ -12,13 +12,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU8, Ordering};
 
 use libc::{gid_t, uid_t};
-use userdb_proto::names::valid_name;
+use userdb_proto::names::ValidName;
 use userdb_proto::record::{GroupRecord, Passwd, UserRecord};
 
 use crate::answer;
 use crate::client::{new_gids, Failure, Host, Key, Lookup, Status};
 use crate::enumerate::{GROUPS, SHADOW, USERS};
-use crate::guard;
+use crate::guard::Var;
 use crate::local::Step;
 use crate::pack::{self, TooSmall};
 
@@ -50,7 +50,7 @@ const OUT_OF_MEMORY: Failure = Failure {
 /// `getenv` calls were a third of a look-up's instructions), borrowed
 /// from it: the guard copies what it keeps. As `secure_getenv`, it finds
 /// none in a set-uid or set-gid process.
-struct Environment<'e>([Option<&'e str>; guard::VARIABLES.len()]);
+struct Environment<'e>([Option<&'e str>; Var::ALL.len()]);
 
 /// AT_SECURE, read once: it cannot change in a running process.
 static SECURE: AtomicU8 = AtomicU8::new(UNKNOWN);
@@ -71,7 +71,7 @@ fn secure() -> bool {
 
 impl Environment<'_> {
     fn read() -> Self {
-        let mut values = [None; guard::VARIABLES.len()];
+        let mut values = [None; Var::ALL.len()];
         if secure() {
             return Environment(values);
         }
@@ -87,9 +87,8 @@ impl Environment<'_> {
                 if matches!(**entry as u8, b'U' | b'S' | b'I') {
                     let mut parts = CStr::from_ptr(*entry).to_bytes().splitn(2, |&b| b == b'=');
                     if let (Some(name), Some(value)) = (parts.next(), parts.next()) {
-                        let known = guard::VARIABLES.iter().position(|v| v.as_bytes() == name);
                         // The first definition wins, as for getenv.
-                        if let Some(slot) = known.and_then(|i| values.get_mut(i)) {
+                        if let Some(slot) = Var::named(name).map(|v| &mut values[v as usize]) {
                             if slot.is_none() {
                                 *slot = std::str::from_utf8(value).ok();
                             }
@@ -102,9 +101,8 @@ impl Environment<'_> {
         Environment(values)
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
-        let i = guard::VARIABLES.iter().position(|v| *v == name)?;
-        *self.0.get(i)?
+    fn get(&self, var: Var) -> Option<&str> {
+        self.0[var as usize]
     }
 }
 
@@ -177,7 +175,7 @@ fn pid() -> u32 {
 fn start_lookup() -> Result<Lookup, Failure> {
     let environment = Environment::read();
     Lookup::start(&Host {
-        env: &|name| environment.get(name),
+        env: &|var| environment.get(var),
         pid: pid(),
         euid,
         now_ms: monotonic_ms,
@@ -208,7 +206,7 @@ fn run(errnop: *mut c_int, body: impl FnOnce() -> Result<(), Failure>) -> c_int 
 
 /// The name argument; a NULL, non-UTF-8 or invalid name cannot exist, so it
 /// is answered `NOTFOUND` without asking anyone.
-fn name_arg<'a>(name: *const c_char) -> Result<&'a str, Failure> {
+fn name_arg<'a>(name: *const c_char) -> Result<ValidName<'a>, Failure> {
     if name.is_null() {
         return Err(Failure::NOT_FOUND);
     }
@@ -216,7 +214,7 @@ fn name_arg<'a>(name: *const c_char) -> Result<&'a str, Failure> {
     let name = unsafe { CStr::from_ptr(name) };
     name.to_str()
         .ok()
-        .filter(|n| valid_name(n))
+        .and_then(ValidName::new)
         .ok_or(Failure::NOT_FOUND)
 }
 
@@ -532,7 +530,7 @@ pub unsafe extern "C" fn _nss_broker_initgroups_dyn(
         if start.is_null() || size.is_null() || groupsp.is_null() {
             return Err(BAD_ARGUMENT);
         }
-        let found = answer::gids(&start_lookup()?, user)?;
+        let found = answer::gids(&start_lookup()?, user.as_str())?;
         if found.is_empty() {
             return Err(Failure::NOT_FOUND);
         }

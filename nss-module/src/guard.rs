@@ -37,20 +37,59 @@ const ARCHITECTURE_VAR: &str = "SYSTEMD_ARCHITECTURE";
 const EXEC_PID_VAR: &str = "SYSTEMD_EXEC_PID";
 const INVOCATION_VAR: &str = "INVOCATION_ID";
 
-/// Every variable the guard reads: the caller may look them all up in one
-/// pass over the environment, before the guard asks.
-pub const VARIABLES: [&str; 10] = [
-    BYPASS_VAR,
-    SOCKET_VAR,
-    TIMEOUT_VAR,
-    SYSTEMD_BYPASS_VAR,
-    DYNAMIC_BYPASS_VAR,
-    ACTIVATION_UNIT_VAR,
-    SCOPE_VAR,
-    ARCHITECTURE_VAR,
-    EXEC_PID_VAR,
-    INVOCATION_VAR,
-];
+/// A variable the guard reads. The caller looks them all up in one pass
+/// over the environment before the guard asks, and answers each by index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Var {
+    Bypass,
+    Socket,
+    Timeout,
+    SystemdBypass,
+    DynamicBypass,
+    ActivationUnit,
+    Scope,
+    Architecture,
+    ExecPid,
+    Invocation,
+}
+
+impl Var {
+    pub const ALL: [Var; 10] = [
+        Var::Bypass,
+        Var::Socket,
+        Var::Timeout,
+        Var::SystemdBypass,
+        Var::DynamicBypass,
+        Var::ActivationUnit,
+        Var::Scope,
+        Var::Architecture,
+        Var::ExecPid,
+        Var::Invocation,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Var::Bypass => BYPASS_VAR,
+            Var::Socket => SOCKET_VAR,
+            Var::Timeout => TIMEOUT_VAR,
+            Var::SystemdBypass => SYSTEMD_BYPASS_VAR,
+            Var::DynamicBypass => DYNAMIC_BYPASS_VAR,
+            Var::ActivationUnit => ACTIVATION_UNIT_VAR,
+            Var::Scope => SCOPE_VAR,
+            Var::Architecture => ARCHITECTURE_VAR,
+            Var::ExecPid => EXEC_PID_VAR,
+            Var::Invocation => INVOCATION_VAR,
+        }
+    }
+
+    /// The variable named `name`, if the guard reads it.
+    pub fn named(name: &[u8]) -> Option<Var> {
+        Var::ALL.into_iter().find(|v| v.name().as_bytes() == name)
+    }
+}
+
+/// How the guard reads the environment.
+pub type Env<'e> = dyn Fn(Var) -> Option<&'e str> + 'e;
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// `USERDB_BROKER_TIMEOUT_MS` is clamped to this range.
@@ -85,11 +124,9 @@ pub enum Silence {
 /// How a call that passed the guard may talk to the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    /// Borrowed for the default paths, so that a call allocates nothing
-    /// for them.
+    /// Borrowed for the default path, so that a call allocates nothing
+    /// for it.
     pub socket: Cow<'static, Path>,
-    /// Where the broker on `socket` publishes its snapshot file.
-    pub snapshot: Cow<'static, Path>,
     /// Set when the call may not open a socket, with the reason.
     pub silent: Option<Silence>,
     /// The deadline of one call, and of each wait for the next reply of a
@@ -99,6 +136,18 @@ pub struct Plan {
     pub listing_limit: Duration,
     /// Ask the broker to leave out every source served by PID 1.
     pub dynamic_bypass: bool,
+}
+
+impl Plan {
+    /// Where the broker on `socket` publishes its snapshot file: asked only
+    /// when a file is to be mapped, not on every call.
+    pub fn snapshot(&self) -> Cow<'static, Path> {
+        if self.socket == Path::new(DEFAULT_SOCKET_PATH) {
+            Cow::Borrowed(Path::new(DEFAULT_SNAPSHOT_PATH))
+        } else {
+            Cow::Owned(snapfile::path_for(&self.socket))
+        }
+    }
 }
 
 /// systemd's `parse_boolean`.
@@ -146,9 +195,9 @@ fn systemd_bypasses_us(value: Option<&str>) -> bool {
 /// and since), or `SYSTEMD_EXEC_PID` without `INVOCATION_ID` (environment
 /// generators, which get no `SYSTEMD_SCOPE`). A false positive only costs a
 /// shorter deadline and answers without PID 1's dynamic users.
-pub fn is_generator<'e>(env: &dyn Fn(&str) -> Option<&'e str>) -> bool {
-    let unit_generator = env(SCOPE_VAR).is_some() && env(ARCHITECTURE_VAR).is_some();
-    let spawned_not_service = env(EXEC_PID_VAR).is_some() && env(INVOCATION_VAR).is_none();
+pub fn is_generator(env: &Env<'_>) -> bool {
+    let unit_generator = env(Var::Scope).is_some() && env(Var::Architecture).is_some();
+    let spawned_not_service = env(Var::ExecPid).is_some() && env(Var::Invocation).is_none();
     unit_generator || spawned_not_service
 }
 
@@ -160,43 +209,35 @@ fn timeout(value: Option<&str>) -> Duration {
 }
 
 /// The guard's decision, except re-entry (see `Reentry`).
-pub fn plan<'e>(env: &dyn Fn(&str) -> Option<&'e str>, pid: u32) -> Result<Plan, Refusal> {
-    if is_true(env(BYPASS_VAR)) || systemd_bypasses_us(env(SYSTEMD_BYPASS_VAR)) {
+pub fn plan(env: &Env<'_>, pid: u32) -> Result<Plan, Refusal> {
+    if is_true(env(Var::Bypass)) || systemd_bypasses_us(env(Var::SystemdBypass)) {
         return Err(Refusal::Bypassed);
     }
     let generator = is_generator(env);
     let silent = if pid == 1 {
         Some(Silence::Init)
-    } else if env(ACTIVATION_UNIT_VAR) == Some(BROKER_UNIT) {
+    } else if env(Var::ActivationUnit) == Some(BROKER_UNIT) {
         Some(Silence::Broker)
     } else if generator {
         Some(Silence::Generator)
     } else {
         None
     };
-    let mut timeout = timeout(env(TIMEOUT_VAR));
+    let mut timeout = timeout(env(Var::Timeout));
     if generator {
         timeout = timeout.min(GENERATOR_TIMEOUT);
     }
-    let (socket, snapshot) = match env(SOCKET_VAR).filter(|path| !path.is_empty()) {
-        Some(path) => {
-            let socket = PathBuf::from(path);
-            let snapshot = snapfile::path_for(&socket);
-            (Cow::Owned(socket), Cow::Owned(snapshot))
-        }
-        None => (
-            Cow::Borrowed(Path::new(DEFAULT_SOCKET_PATH)),
-            Cow::Borrowed(Path::new(DEFAULT_SNAPSHOT_PATH)),
-        ),
+    let socket = match env(Var::Socket).filter(|path| !path.is_empty()) {
+        Some(path) => Cow::Owned(PathBuf::from(path)),
+        None => Cow::Borrowed(Path::new(DEFAULT_SOCKET_PATH)),
     };
     Ok(Plan {
         socket,
-        snapshot,
         silent,
         timeout,
         // A generator's whole listing gets no more than one call: PID 1 waits.
         listing_limit: if generator { timeout } else { LISTING_LIMIT },
-        dynamic_bypass: generator || is_true(env(DYNAMIC_BYPASS_VAR)),
+        dynamic_bypass: generator || is_true(env(Var::DynamicBypass)),
     })
 }
 
@@ -232,30 +273,12 @@ impl Drop for Reentry {
 mod tests {
     use super::*;
 
-    fn env_of<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<&'a str> + 'a {
-        move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
-    }
-
-    #[test]
-    fn the_guard_asks_for_no_variable_outside_its_list() {
-        let asked = std::cell::RefCell::new(Vec::new());
-        let env = |name: &str| {
-            asked.borrow_mut().push(name.to_owned());
-            // Present, so that every branch that reads more is taken.
-            Some("x")
-        };
-        let _ = plan(&env, 4242);
-        let _ = is_generator(&|name: &str| {
-            asked.borrow_mut().push(name.to_owned());
-            None
-        });
-        let asked = asked.into_inner();
-        assert!(asked.len() >= VARIABLES.len(), "{asked:?}");
-        for name in &asked {
-            assert!(
-                VARIABLES.contains(&name.as_str()),
-                "{name} is not in VARIABLES"
-            );
+    fn env_of<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(Var) -> Option<&'a str> + 'a {
+        move |var| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == var.name())
+                .map(|(_, v)| *v)
         }
     }
 
@@ -264,7 +287,7 @@ mod tests {
         let plan = plan(&env_of(&[]), 4242).unwrap();
         assert_eq!(plan.socket, Path::new(DEFAULT_SOCKET_PATH));
         assert_eq!(
-            plan.snapshot,
+            plan.snapshot(),
             snapfile::path_for(Path::new(DEFAULT_SOCKET_PATH))
         );
         assert_eq!(plan.timeout, DEFAULT_TIMEOUT);
@@ -364,7 +387,7 @@ mod tests {
         let p = plan(&env, 4242).unwrap();
         assert_eq!(p.timeout, Duration::from_millis(250));
         assert_eq!(p.socket, Path::new("/tmp/x.sock"));
-        assert_eq!(p.snapshot, Path::new("/tmp/snapshot"));
+        assert_eq!(p.snapshot(), Path::new("/tmp/snapshot"));
         for (value, expected) in [
             ("0", MIN_TIMEOUT),
             ("999999999", MAX_TIMEOUT),

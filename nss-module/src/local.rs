@@ -29,7 +29,7 @@ pub enum Local<T> {
 
 /// The file for this call, if there is one to use.
 fn mapping(lookup: &Lookup) -> Option<Mapped> {
-    mapped::current(lookup.snapshot_path(), lookup.now_ms())
+    mapped::current(|| lookup.snapshot_path(), lookup.now_ms())
 }
 
 /// `answer` over the file for this call, while its mapping is held.

@@ -111,9 +111,10 @@ fn acquire() -> Option<Mapped> {
     None
 }
 
-/// The current snapshot file at `path`, mapping a new one if the current
-/// one was superseded (or none is mapped yet). `None`: no file to use now.
-pub fn current(path: &Path, now_ms: u64) -> Option<Mapped> {
+/// The current snapshot file, mapping a new one from `path()` if the
+/// current one was superseded (or none is mapped yet). `None`: no file to
+/// use now.
+pub fn current<P: AsRef<Path>>(path: impl FnOnce() -> P, now_ms: u64) -> Option<Mapped> {
     if let Some(mapped) = acquire() {
         if !mapped.superseded() {
             return Some(mapped);
@@ -123,7 +124,7 @@ pub fn current(path: &Path, now_ms: u64) -> Option<Mapped> {
     if last_miss != 0 && now_ms.saturating_sub(last_miss) < RETRY_MS {
         return None;
     }
-    match swap_in(path) {
+    match swap_in(path().as_ref()) {
         Swap::Done => {
             LAST_MISS_MS.store(0, Ordering::Relaxed);
             acquire().filter(|m| !m.superseded())

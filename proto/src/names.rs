@@ -22,6 +22,21 @@ pub fn valid_name(name: &str) -> bool {
         && !contains_refused(name, &NAME_REFUSED)
 }
 
+/// A name that passed [`valid_name`]: a record found under these bytes
+/// needs no second check of its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValidName<'a>(&'a str);
+
+impl<'a> ValidName<'a> {
+    pub fn new(name: &'a str) -> Option<ValidName<'a>> {
+        valid_name(name).then_some(ValidName(name))
+    }
+
+    pub fn as_str(self) -> &'a str {
+        self.0
+    }
+}
+
 /// What a byte is to a field check: fine, refused, or the start of a
 /// character beyond ASCII (decoded and checked as a character).
 const FINE: u8 = 0;

@@ -52,7 +52,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use crate::api::LookupOptions;
-use crate::names::{valid_gecos, valid_id, valid_name, valid_path};
+use crate::names::{valid_gecos, valid_id, valid_name, valid_path, ValidName};
 use crate::record::Passwd;
 use crate::visibility::Origin;
 
@@ -463,11 +463,20 @@ impl<'a> Snapfile<'a> {
 
     /// The user at `index` in listing order.
     pub fn user_at(&self, index: usize) -> Result<UserView<'a>, Invalid> {
+        let name = self.name(Self::field(self.users, USER_SIZE, index, 0)?)?;
+        self.user_named(index, name)
+    }
+
+    /// The user at `index`, whose name is `name`, already checked: the
+    /// rest of the record is decoded and checked.
+    fn user_named<'q>(&self, index: usize, name: &'q str) -> Result<UserView<'q>, Invalid>
+    where
+        'a: 'q,
+    {
         let base = index
             .checked_mul(USER_SIZE)
             .ok_or(Invalid("index overflow"))?;
         let field = |i: usize| self.users.u32_at(base + i * 4);
-        let name = self.name(field(0)?)?;
         let (uid, gid) = (field(USER_UID)?, field(2)?);
         let gecos = self.string(field(3)?)?;
         let home = self.string(field(4)?)?;
@@ -497,11 +506,16 @@ impl<'a> Snapfile<'a> {
 
     /// The group at `index` in listing order.
     pub fn group_at(&'a self, index: usize) -> Result<GroupView<'a>, Invalid> {
-        let base = index
-            .checked_mul(GROUP_SIZE)
-            .ok_or(Invalid("index overflow"))?;
-        let field = |i: usize| self.groups.u32_at(base + i * 4);
-        let name = self.name(field(0)?)?;
+        let name = self.name(Self::field(self.groups, GROUP_SIZE, index, 0)?)?;
+        self.group_named(index, name)
+    }
+
+    /// As [`Snapfile::user_named`], for groups.
+    fn group_named<'q>(&'a self, index: usize, name: &'q str) -> Result<GroupView<'q>, Invalid>
+    where
+        'a: 'q,
+    {
+        let field = |i: usize| Self::field(self.groups, GROUP_SIZE, index, i);
         let gid = field(GROUP_GID)?;
         if !valid_id(gid) {
             return Err(Invalid("invalid gid"));
@@ -564,11 +578,17 @@ impl<'a> Snapfile<'a> {
             && self.string_is(Self::field(section, size, index, 0)?, name)?)
     }
 
-    pub fn user_by_name(&self, name: &str) -> Result<Option<UserView<'a>>, Invalid> {
+    /// The listed user named `name`. Its name is the checked `name`
+    /// itself: only the rest of the record is checked.
+    pub fn user_by_name<'q>(&self, name: ValidName<'q>) -> Result<Option<UserView<'q>>, Invalid>
+    where
+        'a: 'q,
+    {
+        let name = name.as_str();
         let found = self.find(self.user_by_name, fnv1a(name.as_bytes()), |i| {
             self.listed_and_named(self.users, USER_SIZE, USER_FLAGS, i, name)
         })?;
-        found.map(|i| self.user_at(i)).transpose()
+        found.map(|i| self.user_named(i, name)).transpose()
     }
 
     pub fn user_by_uid(&self, uid: u32) -> Result<Option<UserView<'a>>, Invalid> {
@@ -578,11 +598,19 @@ impl<'a> Snapfile<'a> {
         found.map(|i| self.user_at(i)).transpose()
     }
 
-    pub fn group_by_name(&'a self, name: &str) -> Result<Option<GroupView<'a>>, Invalid> {
+    /// As [`Snapfile::user_by_name`], for groups.
+    pub fn group_by_name<'q>(
+        &'a self,
+        name: ValidName<'q>,
+    ) -> Result<Option<GroupView<'q>>, Invalid>
+    where
+        'a: 'q,
+    {
+        let name = name.as_str();
         let found = self.find(self.group_by_name, fnv1a(name.as_bytes()), |i| {
             self.listed_and_named(self.groups, GROUP_SIZE, GROUP_FLAGS, i, name)
         })?;
-        found.map(|i| self.group_at(i)).transpose()
+        found.map(|i| self.group_named(i, name)).transpose()
     }
 
     pub fn group_by_gid(&'a self, gid: u32) -> Result<Option<GroupView<'a>>, Invalid> {
@@ -830,6 +858,10 @@ impl<'a> Builder<'a> {
 mod tests {
     use super::*;
 
+    fn named(name: &str) -> ValidName<'_> {
+        ValidName::new(name).expect("a valid name")
+    }
+
     const PLAIN: LookupOptions = LookupOptions {
         caller_reads_files: false,
         dynamic_bypass: false,
@@ -933,13 +965,13 @@ mod tests {
         let s = Snapfile::parse(content(&file)).unwrap();
         assert_eq!(s.generation(), 7);
         assert!(s.coverage().complete(PLAIN));
-        let alice = s.user_by_name("alice").unwrap().unwrap();
+        let alice = s.user_by_name(named("alice")).unwrap().unwrap();
         assert_eq!(
             (alice.passwd.uid, alice.passwd.gecos, alice.passwd.home),
             (1000, "Real Name", "/home/x")
         );
         assert_eq!(s.user_by_uid(1001).unwrap().unwrap().passwd.name, "alice");
-        assert!(s.user_by_name("nobody").unwrap().is_none());
+        assert!(s.user_by_name(named("nobody")).unwrap().is_none());
         assert!(s.user_by_uid(4242).unwrap().is_none());
         let wheel = s.group_by_gid(10).unwrap().unwrap();
         let members = |o| wheel.members(o).collect::<Result<Vec<_>, _>>().unwrap();
@@ -991,14 +1023,14 @@ mod tests {
                 continue;
             };
             for name in ["root", "alice", "bob", "wheel", "svc", "x"] {
-                if let Ok(Some(u)) = s.user_by_name(name) {
+                if let Ok(Some(u)) = s.user_by_name(named(name)) {
                     assert!(
                         valid_name(u.passwd.name)
                             && valid_gecos(u.passwd.gecos)
                             && valid_path(u.passwd.home)
                     );
                 }
-                if let Ok(Some(g)) = s.group_by_name(name) {
+                if let Ok(Some(g)) = s.group_by_name(named(name)) {
                     for m in g.members(PLAIN).flatten() {
                         assert!(valid_name(m));
                     }
@@ -1024,7 +1056,7 @@ mod tests {
             bytes[slot..slot + 4].copy_from_slice(&2u32.to_le_bytes());
         }
         let s = Snapfile::parse(&bytes).unwrap();
-        assert!(s.user_by_name("nobody").unwrap().is_none());
+        assert!(s.user_by_name(named("nobody")).unwrap().is_none());
     }
 
     #[test]
