@@ -3,10 +3,11 @@
 
 use std::fs;
 use std::os::unix::fs::symlink;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use userdb_broker_tests::{artifacts, Broker, Fixture, Nss};
+use userdb_proto::DEFAULT_SOCKET_PATH;
 
 use crate::data;
 
@@ -67,14 +68,21 @@ impl Lines {
 }
 
 /// Makes the fixture's drop-ins ([`data::systemd_dropins`]) visible to
-/// nss-systemd at `/run/userdb` inside the namespace (a tmpfs over `/run` hides everything
-/// else there, including any userdb service sockets), then runs the command.
-/// Every backend runs under it, so that all see the same namespace.
+/// nss-systemd at `/run/userdb` inside the namespace (a tmpfs over `/run`
+/// hides everything else there, including any userdb service sockets) and,
+/// when given, a broker's directory at `/run/userdb-broker`, where the
+/// module finds its socket and snapshot file by default, as installed;
+/// then runs the command. Every backend runs under it, so that all see the
+/// same namespace.
 const SHOW_DROPINS: &str = r#"set -e
 mount -t tmpfs -o size=1m tmpfs /run
 mkdir /run/userdb
 mount --bind "$1" /run/userdb
-shift
+if [ -n "$2" ]; then
+    mkdir /run/userdb-broker
+    mount --bind "$2" /run/userdb-broker
+fi
+shift 2
 exec "$@"
 "#;
 
@@ -87,7 +95,7 @@ const PROBE_LIMIT: Duration = Duration::from_secs(600);
 pub struct Served {
     pub size: u32,
     // Declared before the fixture: the brokers stop before it is removed.
-    file_broker: Broker,
+    _file_broker: Broker,
     _socket_broker: Broker,
     fixture: Fixture,
 }
@@ -95,14 +103,17 @@ pub struct Served {
 impl Served {
     pub fn start(size: u32) -> Served {
         let fixture = data::both_forms(size);
-        let file_dir = fixture.scratch().join("file");
+        let file_dir = Self::file_dir_of(&fixture);
         fs::create_dir_all(&file_dir)
             .unwrap_or_else(|e| panic!("mkdir {}: {e}", file_dir.display()));
-        let file_broker = Broker::start_at(&fixture, &file_dir.join("io.userdb.Broker"));
+        let socket_name = Path::new(DEFAULT_SOCKET_PATH)
+            .file_name()
+            .unwrap_or_default();
+        let file_broker = Broker::start_at(&fixture, &file_dir.join(socket_name));
         let socket_broker = Broker::launch(&fixture).socket_only().start();
         Served {
             size,
-            file_broker,
+            _file_broker: file_broker,
             _socket_broker: socket_broker,
             fixture,
         }
@@ -112,11 +123,21 @@ impl Served {
         &self.fixture
     }
 
+    /// Where the file path's broker keeps its socket and snapshot file,
+    /// mounted at the default place for its look-ups.
+    fn file_dir_of(fixture: &Fixture) -> PathBuf {
+        fixture.scratch().join("file")
+    }
+
+    fn file_dir(&self) -> PathBuf {
+        Self::file_dir_of(&self.fixture)
+    }
+
     /// The look-up namespace for `backend` named by `lines`.
     fn nss(&self, backend: Backend, lines: Lines) -> Nss {
         let nss = Nss::new(&self.fixture, &lines.nsswitch(backend)).limit(PROBE_LIMIT);
         match backend {
-            Backend::FilePath => nss.socket(self.file_broker.socket()),
+            Backend::FilePath => nss.default_socket(),
             Backend::Trivial => {
                 link_trivial_module(&self.fixture);
                 nss
@@ -129,12 +150,17 @@ impl Served {
     /// `backend`; its stdout, or why it failed.
     pub fn run(&self, backend: Backend, lines: Lines, argv: &[String]) -> Result<String, String> {
         let dropins = data::systemd_dropins(&self.fixture);
+        let broker_dir = match backend {
+            Backend::FilePath => self.file_dir().display().to_string(),
+            _ => String::new(),
+        };
         let mut full: Vec<String> = vec![
             "sh".into(),
             "-c".into(),
             SHOW_DROPINS.into(),
             "sh".into(),
             dropins.display().to_string(),
+            broker_dir,
         ];
         full.extend_from_slice(argv);
         let outcome = self

@@ -64,7 +64,8 @@ pub struct Nss {
     nsswitch: PathBuf,
     etc: PathBuf,
     lib_dir: PathBuf,
-    socket: PathBuf,
+    /// `USERDB_BROKER_SOCKET`; `None`: the module's default paths.
+    socket: Option<PathBuf>,
     env: Vec<(String, OsString)>,
     /// The nsswitch.conf lines joined with "; ", for failure messages.
     label: String,
@@ -88,7 +89,7 @@ impl Nss {
             nsswitch: nsswitch_path,
             etc: fixture.root().join("etc"),
             lib_dir: module_dir(scratch),
-            socket: fixture.socket_path(),
+            socket: Some(fixture.socket_path()),
             env: Vec::new(),
             label: nsswitch.lines().collect::<Vec<_>>().join("; "),
             as_pid1: false,
@@ -103,7 +104,14 @@ impl Nss {
 
     /// Point the module at another socket.
     pub fn socket(mut self, path: &Path) -> Nss {
-        self.socket = path.to_path_buf();
+        self.socket = Some(path.to_path_buf());
+        self
+    }
+
+    /// Leave `USERDB_BROKER_SOCKET` unset: the module uses its default
+    /// socket and snapshot file, which the command must mount in place.
+    pub fn default_socket(mut self) -> Nss {
+        self.socket = None;
         self
     }
 
@@ -161,8 +169,10 @@ impl Nss {
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("LANG", "C")
-            .env("LD_LIBRARY_PATH", &self.lib_dir)
-            .env("USERDB_BROKER_SOCKET", &self.socket);
+            .env("LD_LIBRARY_PATH", &self.lib_dir);
+        if let Some(socket) = &self.socket {
+            command.env("USERDB_BROKER_SOCKET", socket);
+        }
         for (key, value) in &self.env {
             command.env(key, value);
         }
