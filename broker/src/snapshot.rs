@@ -126,8 +126,11 @@ pub struct NameLists {
 impl NameLists {
     /// The lists of `(key, item)` pairs, by key, each in the pairs' order.
     pub fn from_pairs<'a>(pairs: impl ExactSizeIterator<Item = (&'a Name, &'a Name)>) -> Self {
-        let mut index: Map<Name, u32> = Map::default();
-        let mut counts: Vec<u32> = Vec::new();
+        // As many keys as half the pairs, say: growing the index step by
+        // step costs more than a guess that is too large.
+        let mut index: Map<Name, u32> =
+            Map::with_capacity_and_hasher(pairs.len() / 2, Default::default());
+        let mut counts: Vec<u32> = Vec::with_capacity(pairs.len() / 2);
         let mut keyed: Vec<(u32, &Name)> = Vec::with_capacity(pairs.len());
         for (key, item) in pairs {
             let list = match index.get(key) {
