@@ -248,18 +248,9 @@ pub fn build(mut sources: Vec<Loaded>, priority: &Priority, generation: u64) -> 
         stated.extend(source.data.memberships.iter().map(|(u, g)| (u, g)));
         s.sources[id].memberships = stated.len() - before;
     }
-    // By user on the other core while the groups' members are merged.
-    std::thread::scope(|scope| {
-        let by_user = scope
-            .spawn(|| NameLists::from_pairs(stated.iter().map(|&(user, group)| (user, group))));
-        s.stated_by_group =
-            NameLists::from_pairs(stated.iter().map(|&(user, group)| (group, user)));
-        finish_members(s);
-        s.stated_by_user = match by_user.join() {
-            Ok(lists) => lists,
-            Err(panic) => std::panic::resume_unwind(panic),
-        };
-    });
+    s.stated_by_group = NameLists::from_pairs(stated.iter().map(|&(user, group)| (group, user)));
+    s.stated_by_user = NameLists::from_pairs(stated.iter().copied());
+    finish_members(s);
     drop(stated);
     s.users = users;
     b.snapshot.built_at = Instant::now();
