@@ -22,12 +22,14 @@
 //!    `GetMemberships`), in priority order, each name once.
 //! 5. A user's groups are exactly the groups that list it by rule 4.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::model::{Group, Name, User};
-use crate::snapshot::{GroupEntry, Member, Snapshot, SourceId, SourceStatus, UserEntry};
+use crate::snapshot::{
+    GroupEntry, GroupRef, Map, Member, MemberName, NameLists, Set, Snapshot, SourceId,
+    SourceStatus, UserEntry,
+};
 use crate::sources::{LoadReport, SourceData, SourceInfo, SourceKind};
 
 /// The configured priority order of sources.
@@ -142,12 +144,19 @@ pub fn pick<'a, R: Keyed>(
 #[derive(Debug, Default)]
 pub struct MemberList {
     members: Vec<Member>,
-    seen: HashSet<Name>,
+    /// Names counted but not listed ([`Self::skip`]).
+    skipped: Vec<Name>,
+    /// Every name counted, once there are too many to compare one by one
+    /// (most groups have a few members; a few have thousands).
+    index: Option<Set<Name>>,
 }
+
+/// Up to this many names are compared one by one.
+const SCAN: usize = 16;
 
 impl MemberList {
     pub fn add(&mut self, name: &Name, by_files: bool) {
-        if self.seen.insert(Name::clone(name)) {
+        if self.count(name) {
             self.members.push(Member {
                 name: Name::clone(name),
                 by_files,
@@ -158,7 +167,28 @@ impl MemberList {
     /// Counts `name` as listed without listing it: the caller has it from
     /// `/etc/group` already, and glibc's merge would repeat it.
     pub fn skip(&mut self, name: &Name) {
-        self.seen.insert(Name::clone(name));
+        if self.count(name) && self.index.is_none() {
+            self.skipped.push(Name::clone(name));
+        }
+    }
+
+    /// Counts `name`; whether it is new.
+    fn count(&mut self, name: &Name) -> bool {
+        if let Some(index) = &mut self.index {
+            return index.insert(Name::clone(name));
+        }
+        let mut counted = self.members.iter().map(|m| &m.name).chain(&self.skipped);
+        if counted.any(|n| n == name) {
+            return false;
+        }
+        if self.members.len() + self.skipped.len() >= SCAN {
+            let counted = self.members.iter().map(|m| &m.name).chain(&self.skipped);
+            let mut index: Set<Name> = counted.chain([name]).cloned().collect();
+            index.shrink_to_fit();
+            self.index = Some(index);
+            self.skipped = Vec::new();
+        }
+        true
     }
 
     pub fn into_members(self) -> Box<[Member]> {
@@ -206,25 +236,23 @@ pub fn build(mut sources: Vec<Loaded>, priority: &Priority, generation: u64) -> 
         }
     }
     // Memberships stated by name, in priority order (rule 4).
+    let s = &mut b.snapshot;
+    let users = std::mem::take(&mut s.users);
+    let mut stated: Vec<(&Name, &Name)> = Vec::with_capacity(b.stated);
     for (id, source) in sources.iter().enumerate() {
-        let visible_users: Vec<Arc<User>> = b.snapshot.users[b.users_from[id]..b.users_until[id]]
-            .iter()
-            .map(|u| Arc::clone(&u.user))
-            .collect();
-        let mut count = 0;
-        for user in visible_users {
-            for group in user.member_of.iter() {
-                b.state(&user.name, group);
-                count += 1;
-            }
+        let before = stated.len();
+        for entry in &users[b.users_from[id]..b.users_until[id]] {
+            let user = &entry.user;
+            stated.extend(user.member_of.iter().map(|group| (&user.name, group)));
         }
-        for (user, group) in &source.data.memberships {
-            b.state(user, group);
-            count += 1;
-        }
-        b.snapshot.sources[id].memberships = count;
+        stated.extend(source.data.memberships.iter().map(|(u, g)| (u, g)));
+        s.sources[id].memberships = stated.len() - before;
     }
-    b.finish_members();
+    s.stated_by_group = NameLists::from_pairs(stated.iter().map(|&(user, group)| (group, user)));
+    s.stated_by_user = NameLists::from_pairs(stated.iter().copied());
+    finish_members(s);
+    drop(stated);
+    s.users = users;
     b.snapshot.built_at = Instant::now();
     Merged {
         snapshot: b.snapshot,
@@ -236,15 +264,61 @@ pub fn build(mut sources: Vec<Loaded>, priority: &Priority, generation: u64) -> 
 struct Builder {
     snapshot: Snapshot,
     messages: Vec<String>,
-    /// Which source first had each user name / uid / group name / gid, and
-    /// the index of that record (rule 2 and 3).
-    user_names: HashMap<Name, (SourceId, u32)>,
-    uids: HashMap<u32, (SourceId, u32)>,
-    group_names: HashMap<Name, (SourceId, u32)>,
-    gids: HashMap<u32, (SourceId, u32)>,
+    /// Names first had by a record found only by id (rule 2 and 3 count
+    /// them; the snapshot's name index holds listed records only). Rare:
+    /// systemd's `UID.user` drop-ins that no `NAME.user` links to.
+    unlisted_users: Map<Name, u32>,
+    unlisted_groups: Map<Name, u32>,
     /// The range of `snapshot.users` each source's visible users occupy.
     users_from: Vec<usize>,
     users_until: Vec<usize>,
+    /// How many memberships the sources state by name.
+    stated: usize,
+}
+
+/// The first record (index) to have `name`, listed or not: records are
+/// added in order, so the smaller index.
+fn first_with_name(listed: &Map<Name, u32>, unlisted: &Map<Name, u32>, name: &str) -> Option<u32> {
+    let listed = listed.get(name).copied();
+    if unlisted.is_empty() {
+        return listed;
+    }
+    listed.into_iter().chain(unlisted.get(name).copied()).min()
+}
+
+/// The earlier source's record that shadows one from `id` with this name
+/// or id, if any (rule 2): which record holds the name or id, and its source.
+fn shadowing(
+    by_name: Option<u32>,
+    by_id: Option<u32>,
+    source_of: impl Fn(u32) -> SourceId,
+    id: SourceId,
+) -> Option<(SourceId, u32)> {
+    [by_name, by_id]
+        .into_iter()
+        .flatten()
+        .map(|index| (source_of(index), index))
+        .find(|(owner, _)| *owner != id)
+}
+
+/// Puts `name` in `map` for `index` unless a record has it already;
+/// whether it did.
+fn claim(map: &mut Map<Name, u32>, name: &Name, index: u32) -> bool {
+    if map.contains_key(name) {
+        return false;
+    }
+    map.insert(Name::clone(name), index);
+    true
+}
+
+fn claim_id(map: &mut Map<u32, u32>, id: u32, index: u32) -> bool {
+    match map.entry(id) {
+        std::collections::hash_map::Entry::Occupied(_) => false,
+        std::collections::hash_map::Entry::Vacant(slot) => {
+            slot.insert(index);
+            true
+        }
+    }
 }
 
 impl Builder {
@@ -259,10 +333,7 @@ impl Builder {
             d.memberships.len() + d.users.iter().map(|u| u.member_of.len()).sum::<usize>()
         });
         let mut b = Builder {
-            user_names: HashMap::with_capacity(users),
-            uids: HashMap::with_capacity(users),
-            group_names: HashMap::with_capacity(groups),
-            gids: HashMap::with_capacity(groups),
+            stated,
             ..Builder::default()
         };
         let s = &mut b.snapshot;
@@ -272,150 +343,146 @@ impl Builder {
         s.groups.reserve(groups);
         s.group_by_name.reserve(groups);
         s.group_by_gid.reserve(groups);
-        s.stated_by_group.reserve(stated.min(groups));
-        s.stated_by_user.reserve(stated.min(users));
+        s.members.reserve(users);
+        s.member_by_name.reserve(users);
         b
     }
 
-    fn source_name(&self, id: SourceId) -> &str {
-        &self.snapshot.sources[id].info.name
-    }
-
-    /// The earlier source's record that shadows one from `id` with this name
-    /// or id, if any (rule 2).
-    fn shadowing(
-        names: &HashMap<Name, (SourceId, u32)>,
-        ids: &HashMap<u32, (SourceId, u32)>,
-        name: &str,
-        id_key: u32,
-        id: SourceId,
-    ) -> Option<(SourceId, u32)> {
-        [names.get(name), ids.get(&id_key)]
-            .into_iter()
-            .flatten()
-            .find(|(owner, _)| *owner != id)
-            .copied()
-    }
-
     fn add_user(&mut self, id: SourceId, user: &Arc<User>) {
-        if let Some((owner, index)) =
-            Self::shadowing(&self.user_names, &self.uids, &user.name, user.uid, id)
-        {
-            let winner = &self.snapshot.users[index as usize].user;
+        let s = &mut self.snapshot;
+        let by_name = first_with_name(&s.user_by_name, &self.unlisted_users, &user.name);
+        let by_id = s.user_by_uid.get(&user.uid).copied();
+        let users = &s.users;
+        if let Some((owner, index)) = shadowing(by_name, by_id, |i| users[i as usize].source, id) {
+            let winner = &users[index as usize].user;
             if let Some(message) = conflict(
                 &**winner,
-                self.source_name(owner),
+                &s.sources[owner].info.name,
                 &**user,
-                self.source_name(id),
+                &s.sources[id].info.name,
             ) {
                 self.messages.push(message);
             }
             return;
         }
-        let index = self.snapshot.users.len() as u32;
-        self.user_names
-            .entry(Name::clone(&user.name))
-            .or_insert((id, index));
-        self.uids.entry(user.uid).or_insert((id, index));
+        let index = s.users.len() as u32;
+        let holds_name = if user.listed {
+            claim(&mut s.user_by_name, &user.name, index)
+        } else {
+            claim(&mut self.unlisted_users, &user.name, index);
+            false
+        };
         if user.listed {
-            self.snapshot
-                .user_by_name
-                .entry(Name::clone(&user.name))
-                .or_insert(index);
-            self.snapshot.sources[id].users += 1;
+            s.sources[id].users += 1;
         }
-        self.snapshot.user_by_uid.entry(user.uid).or_insert(index);
-        self.snapshot.users.push(UserEntry {
+        let holds_id = claim_id(&mut s.user_by_uid, user.uid, index);
+        s.users.push(UserEntry {
             user: Arc::clone(user),
             source: id,
+            holds_name,
+            holds_id,
         });
     }
 
     fn add_group(&mut self, id: SourceId, group: &Arc<Group>) {
-        if let Some((owner, index)) =
-            Self::shadowing(&self.group_names, &self.gids, &group.name, group.gid, id)
-        {
-            let winner = &self.snapshot.groups[index as usize].group;
+        let s = &mut self.snapshot;
+        let by_name = first_with_name(&s.group_by_name, &self.unlisted_groups, &group.name);
+        let by_id = s.group_by_gid.get(&group.gid).copied();
+        let groups = &s.groups;
+        if let Some((owner, index)) = shadowing(by_name, by_id, |i| groups[i as usize].source, id) {
+            let winner = &groups[index as usize].group;
             if let Some(message) = conflict(
                 &**winner,
-                self.source_name(owner),
+                &s.sources[owner].info.name,
                 &**group,
-                self.source_name(id),
+                &s.sources[id].info.name,
             ) {
                 self.messages.push(message);
             }
             return;
         }
-        let index = self.snapshot.groups.len() as u32;
-        self.group_names
-            .entry(Name::clone(&group.name))
-            .or_insert((id, index));
-        self.gids.entry(group.gid).or_insert((id, index));
+        let index = s.groups.len() as u32;
+        let holds_name = if group.listed {
+            claim(&mut s.group_by_name, &group.name, index)
+        } else {
+            claim(&mut self.unlisted_groups, &group.name, index);
+            false
+        };
         if group.listed {
-            self.snapshot
-                .group_by_name
-                .entry(Name::clone(&group.name))
-                .or_insert(index);
-            self.snapshot.sources[id].groups += 1;
+            s.sources[id].groups += 1;
         }
-        self.snapshot.group_by_gid.entry(group.gid).or_insert(index);
-        self.snapshot.groups.push(GroupEntry {
+        let holds_id = claim_id(&mut s.group_by_gid, group.gid, index);
+        s.groups.push(GroupEntry {
             group: Arc::clone(group),
             source: id,
+            holds_name,
+            holds_id,
             members: Box::default(),
         });
     }
+}
 
-    /// A membership stated by name.
-    fn state(&mut self, user: &Name, group: &Name) {
-        self.snapshot
-            .stated_by_group
-            .entry(Name::clone(group))
-            .or_default()
-            .push(Name::clone(user));
-        self.snapshot
-            .stated_by_user
-            .entry(Name::clone(user))
-            .or_default()
-            .push(Name::clone(group));
-    }
-
-    /// Rules 4 and 5 for every group.
-    fn finish_members(&mut self) {
-        let s = &mut self.snapshot;
-        let mut groups_of: HashMap<Name, Vec<u32>> = HashMap::new();
-        for (index, entry) in s.groups.iter_mut().enumerate() {
-            let by_files = s
-                .sources
-                .get(entry.source)
-                .is_some_and(|src| src.info.kind == SourceKind::Files);
-            let mut members = MemberList::default();
-            for name in entry.group.members.iter() {
-                members.add(name, by_files);
-            }
-            let holds_name = s.group_by_name.get(&entry.group.name) == Some(&(index as u32));
-            if holds_name {
-                for name in s
-                    .stated_by_group
-                    .get(&entry.group.name)
-                    .into_iter()
-                    .flatten()
-                {
-                    members.add(name, false);
-                }
-            }
-            entry.members = members.into_members();
-            for member in entry.members.iter() {
-                groups_of
-                    .entry(Name::clone(&member.name))
-                    .or_default()
-                    .push(index as u32);
+/// Rules 4 and 5 for every group.
+fn finish_members(s: &mut Snapshot) {
+    // Each membership's member name, in group and member order.
+    let mut listed: Vec<u32> = Vec::with_capacity(s.stated_by_group.total() + s.groups.len());
+    let mut counts: Vec<u32> = Vec::with_capacity(s.members.capacity());
+    for entry in s.groups.iter_mut() {
+        let by_files = s
+            .sources
+            .get(entry.source)
+            .is_some_and(|src| src.info.kind == SourceKind::Files);
+        let mut members = MemberList::default();
+        for name in entry.group.members.iter() {
+            members.add(name, by_files);
+        }
+        if entry.holds_name {
+            for name in s.stated_by_group.get(&entry.group.name) {
+                members.add(name, false);
             }
         }
-        s.groups_of = groups_of
-            .into_iter()
-            .map(|(name, groups)| (name, groups.into_boxed_slice()))
-            .collect();
+        entry.members = members.into_members();
+        for member in entry.members.iter() {
+            let at = match s.member_by_name.get(&member.name) {
+                Some(&at) => at,
+                None => {
+                    let at = s.members.len() as u32;
+                    s.member_by_name.insert(Name::clone(&member.name), at);
+                    s.members.push(MemberName {
+                        name: Name::clone(&member.name),
+                        groups: 0..0,
+                    });
+                    counts.push(0);
+                    at
+                }
+            };
+            counts[at as usize] += 1;
+            listed.push(at);
+        }
+    }
+    // Each member's groups, one list after another.
+    let mut next = 0;
+    for (member, count) in s.members.iter_mut().zip(&counts) {
+        member.groups = next..next;
+        next += count;
+    }
+    s.member_groups = vec![
+        GroupRef {
+            group: 0,
+            by_files: false
+        };
+        next as usize
+    ];
+    let mut listed = listed.into_iter();
+    for (index, entry) in s.groups.iter().enumerate() {
+        for (member, at) in entry.members.iter().zip(listed.by_ref()) {
+            let groups = &mut s.members[at as usize].groups;
+            s.member_groups[groups.end as usize] = GroupRef {
+                group: index as u32,
+                by_files: member.by_files,
+            };
+            groups.end += 1;
+        }
     }
 }
 

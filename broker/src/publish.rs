@@ -9,7 +9,6 @@
 //! written by the watcher, off the request path, whenever a new snapshot is
 //! in place or the set of Varlink services changes what it covers.
 
-use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
@@ -96,29 +95,31 @@ impl Publisher {
 }
 
 /// The file's bytes for `snapshot`: every visible record with the keys it
-/// holds, the merged members, and the groups of every member name.
+/// holds, the merged members, and the groups of every member name, in the
+/// snapshot's own order (a stable file for a stable snapshot).
 pub fn encode(snapshot: &Snapshot, coverage: Coverage) -> Vec<u8> {
-    let mut b = Builder::new();
+    let members = snapshot.member_names();
+    let mut b = Builder::with_capacity(snapshot.users.len(), snapshot.groups.len(), members.len());
     let origin = |source| snapshot.origin(source);
-    for (i, entry) in snapshot.users.iter().enumerate() {
+    for entry in &snapshot.users {
         let u = &entry.user;
         b.user(UserIn {
             passwd: u.passwd(),
             listed: u.listed,
             origin: origin(entry.source),
-            holds_name: snapshot.user_by_name.get(&u.name) == Some(&(i as u32)),
-            holds_id: snapshot.user_by_uid.get(&u.uid) == Some(&(i as u32)),
+            holds_name: entry.holds_name,
+            holds_id: entry.holds_id,
         });
     }
-    for (i, entry) in snapshot.groups.iter().enumerate() {
+    for entry in &snapshot.groups {
         let g = &entry.group;
         b.group(GroupIn {
             name: &g.name,
             gid: g.gid,
             listed: g.listed,
             origin: origin(entry.source),
-            holds_name: snapshot.group_by_name.get(&g.name) == Some(&(i as u32)),
-            holds_id: snapshot.group_by_gid.get(&g.gid) == Some(&(i as u32)),
+            holds_name: entry.holds_name,
+            holds_id: entry.holds_id,
             members: entry
                 .members
                 .iter()
@@ -126,33 +127,16 @@ pub fn encode(snapshot: &Snapshot, coverage: Coverage) -> Vec<u8> {
                 .collect(),
         });
     }
-    // Which (group, member) pairs /etc/group states, looked up per pair
-    // below: one pass over every member, never one per user and group.
-    let by_files: HashSet<(usize, &str)> = snapshot
-        .groups
-        .iter()
-        .enumerate()
-        .flat_map(|(g, entry)| {
-            entry
-                .members
+    let mut listed: Vec<(u32, bool)> = Vec::new();
+    for member in members {
+        listed.clear();
+        listed.extend(
+            snapshot
+                .groups_listing(member)
                 .iter()
-                .filter(|m| m.by_files)
-                .map(move |m| (g, &*m.name))
-        })
-        .collect();
-    let mut members: Vec<(&str, &[u32])> = snapshot
-        .groups_of
-        .iter()
-        .map(|(name, groups)| (&**name, &**groups))
-        .collect();
-    // A stable file for a stable snapshot.
-    members.sort_unstable_by_key(|(name, _)| *name);
-    for (name, groups) in members {
-        let listed: Vec<(u32, bool)> = groups
-            .iter()
-            .map(|&g| (g, by_files.contains(&(g as usize, name))))
-            .collect();
-        b.member(name, &listed);
+                .map(|r| (r.group, r.by_files)),
+        );
+        b.member(&member.name, &listed);
     }
     b.finish(snapshot.generation, coverage)
 }

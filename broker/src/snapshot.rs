@@ -7,7 +7,6 @@
 //! the watcher ([`SnapshotStore::reap`]), never by a request that happened to
 //! hold the last reference.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -18,6 +17,16 @@ use crate::sources::{LoadReport, SourceInfo, SourceKind};
 
 /// Index of a source in [`Snapshot::sources`].
 pub type SourceId = usize;
+
+/// The maps of a snapshot and of its building. Every key in them comes from
+/// a local source, which only root can write (`/etc`, the drop-in
+/// directories, PID 1's links; a Varlink service's records never enter a
+/// snapshot), and a caller's name only ever looks one up: nobody else can
+/// choose keys that collide. So a fast hash (foldhash, seeded per map) is
+/// used where SipHash's defence against flooding cost a third of every
+/// rebuild at 100,000 users.
+pub(crate) type Map<K, V> = foldhash::HashMap<K, V>;
+pub(crate) type Set<T> = foldhash::HashSet<T>;
 
 /// What one source contributed, for status output.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +45,10 @@ pub struct UserEntry {
     pub user: Arc<User>,
     /// The source whose record this is.
     pub source: SourceId,
+    /// This record answers look-ups by its name (it is listed and the first
+    /// to have it) / by its uid.
+    pub holds_name: bool,
+    pub holds_id: bool,
 }
 
 /// One member of a group as answered.
@@ -51,8 +64,28 @@ pub struct Member {
 pub struct GroupEntry {
     pub group: Arc<Group>,
     pub source: SourceId,
+    /// As for [`UserEntry`].
+    pub holds_name: bool,
+    pub holds_id: bool,
     /// The merged member list (see `merge`), each name once.
     pub members: Box<[Member]>,
+}
+
+/// A name some group lists as a member, and where the groups that list it
+/// are in [`Snapshot::member_groups`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberName {
+    pub name: Name,
+    pub groups: std::ops::Range<u32>,
+}
+
+/// A group that lists a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupRef {
+    /// Index in [`Snapshot::all_groups`].
+    pub group: u32,
+    /// Whether the group's `/etc/group` line states the membership.
+    pub by_files: bool,
 }
 
 /// Every index is built once by `merge`; nothing is ever modified.
@@ -62,18 +95,97 @@ pub struct Snapshot {
     pub built_at: Instant,
     pub sources: Vec<SourceStatus>,
     pub(crate) users: Vec<UserEntry>,
-    pub(crate) user_by_name: HashMap<Name, u32>,
-    pub(crate) user_by_uid: HashMap<u32, u32>,
+    pub(crate) user_by_name: Map<Name, u32>,
+    pub(crate) user_by_uid: Map<u32, u32>,
     pub(crate) groups: Vec<GroupEntry>,
-    pub(crate) group_by_name: HashMap<Name, u32>,
-    pub(crate) group_by_gid: HashMap<u32, u32>,
-    /// For each member name, the groups that list it, in group order.
-    pub(crate) groups_of: HashMap<Name, Box<[u32]>>,
+    pub(crate) group_by_name: Map<Name, u32>,
+    pub(crate) group_by_gid: Map<u32, u32>,
+    /// Every member name, in the order the groups first list it, with the
+    /// groups that list it; those lists lie one after another in
+    /// `member_groups`, each in group order.
+    pub(crate) members: Vec<MemberName>,
+    pub(crate) member_by_name: Map<Name, u32>,
+    pub(crate) member_groups: Vec<GroupRef>,
     /// Memberships stated by name (membership drop-ins, `memberOf`), by
     /// group name and by user name: what a group served by a Varlink
     /// service gets from the local sources.
-    pub(crate) stated_by_group: HashMap<Name, Vec<Name>>,
-    pub(crate) stated_by_user: HashMap<Name, Vec<Name>>,
+    pub(crate) stated_by_group: NameLists,
+    pub(crate) stated_by_user: NameLists,
+}
+
+/// Lists of names by name, each in the order given, in one allocation
+/// rather than one per name (hundreds of thousands of them at scale).
+#[derive(Debug, Default)]
+pub struct NameLists {
+    index: Map<Name, u32>,
+    /// Where each list starts in `items`, and where the last one ends.
+    starts: Vec<u32>,
+    items: Vec<Name>,
+}
+
+impl NameLists {
+    /// The lists of `(key, item)` pairs, by key, each in the pairs' order.
+    pub fn from_pairs<'a>(pairs: impl ExactSizeIterator<Item = (&'a Name, &'a Name)>) -> Self {
+        // As many keys as half the pairs, say: growing the index step by
+        // step costs more than a guess that is too large.
+        let mut index: Map<Name, u32> =
+            Map::with_capacity_and_hasher(pairs.len() / 2, Default::default());
+        let mut counts: Vec<u32> = Vec::with_capacity(pairs.len() / 2);
+        let mut keyed: Vec<(u32, &Name)> = Vec::with_capacity(pairs.len());
+        for (key, item) in pairs {
+            let list = match index.get(key) {
+                Some(&list) => list,
+                None => {
+                    let list = counts.len() as u32;
+                    index.insert(Name::clone(key), list);
+                    counts.push(0);
+                    list
+                }
+            };
+            counts[list as usize] += 1;
+            keyed.push((list, item));
+        }
+        let mut starts = Vec::with_capacity(counts.len() + 1);
+        let mut next = 0;
+        for count in &counts {
+            starts.push(next);
+            next += count;
+        }
+        starts.push(next);
+        // Where each pair goes: after the earlier pairs of its key.
+        let mut cursor = starts.clone();
+        let mut order = vec![0u32; keyed.len()];
+        for (i, (list, _)) in keyed.iter().enumerate() {
+            let at = &mut cursor[*list as usize];
+            order[*at as usize] = i as u32;
+            *at += 1;
+        }
+        let items = order
+            .iter()
+            .map(|&i| Name::clone(keyed[i as usize].1))
+            .collect();
+        NameLists {
+            index,
+            starts,
+            items,
+        }
+    }
+
+    /// How many names the lists hold in all.
+    pub fn total(&self) -> usize {
+        self.items.len()
+    }
+
+    /// The list of `key`, empty if it has none.
+    pub fn get(&self, key: &str) -> &[Name] {
+        let Some(&list) = self.index.get(key) else {
+            return &[];
+        };
+        let range = self.starts.get(list as usize..list as usize + 2);
+        range
+            .and_then(|r| self.items.get(r[0] as usize..r[1] as usize))
+            .unwrap_or_default()
+    }
 }
 
 impl Snapshot {
@@ -84,14 +196,16 @@ impl Snapshot {
             built_at: Instant::now(),
             sources: Vec::new(),
             users: Vec::new(),
-            user_by_name: HashMap::new(),
-            user_by_uid: HashMap::new(),
+            user_by_name: Map::default(),
+            user_by_uid: Map::default(),
             groups: Vec::new(),
-            group_by_name: HashMap::new(),
-            group_by_gid: HashMap::new(),
-            groups_of: HashMap::new(),
-            stated_by_group: HashMap::new(),
-            stated_by_user: HashMap::new(),
+            group_by_name: Map::default(),
+            group_by_gid: Map::default(),
+            members: Vec::new(),
+            member_by_name: Map::default(),
+            member_groups: Vec::new(),
+            stated_by_group: NameLists::default(),
+            stated_by_user: NameLists::default(),
         }
     }
 
@@ -150,21 +264,33 @@ impl Snapshot {
 
     /// The groups that list `user` as a member, in group order.
     pub fn groups_of(&self, user: &str) -> impl Iterator<Item = &GroupEntry> {
-        self.groups_of
+        self.member_by_name
             .get(user)
+            .and_then(|&i| self.members.get(i as usize))
             .into_iter()
-            .flat_map(|list| list.iter())
-            .filter_map(|&i| self.groups.get(i as usize))
+            .flat_map(|m| self.groups_listing(m))
+            .filter_map(|r| self.groups.get(r.group as usize))
+    }
+
+    /// Every member name, in the order the groups first list it.
+    pub fn member_names(&self) -> &[MemberName] {
+        &self.members
+    }
+
+    /// The groups that list `member`, in group order.
+    pub fn groups_listing(&self, member: &MemberName) -> &[GroupRef] {
+        let range = member.groups.start as usize..member.groups.end as usize;
+        self.member_groups.get(range).unwrap_or_default()
     }
 
     /// Members stated by name for a group that no local record holds.
     pub fn stated_members(&self, group: &str) -> &[Name] {
-        self.stated_by_group.get(group).map_or(&[], Vec::as_slice)
+        self.stated_by_group.get(group)
     }
 
     /// Groups a user is stated a member of by name.
     pub fn stated_groups(&self, user: &str) -> &[Name] {
-        self.stated_by_user.get(user).map_or(&[], Vec::as_slice)
+        self.stated_by_user.get(user)
     }
 }
 

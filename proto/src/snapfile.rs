@@ -46,8 +46,6 @@
 //! table size, and every record is validated again by the record model's
 //! rules. A file that fails a check is not used.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
@@ -184,26 +182,6 @@ fn fnv1a_on(mut h: u32, bytes: &[u8]) -> u32 {
         h = h.wrapping_mul(0x0100_0193);
     }
     h
-}
-
-/// [`fnv1a`] as a `Hasher`, for the writer's string table.
-struct Fnv1a(u32);
-
-impl Default for Fnv1a {
-    fn default() -> Self {
-        Fnv1a(FNV_OFFSET)
-    }
-}
-
-impl Hasher for Fnv1a {
-    fn finish(&self) -> u64 {
-        // Spread into the high bits too: the map takes its tags from them.
-        u64::from(self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 = fnv1a_on(self.0, bytes);
-    }
 }
 
 fn mix(id: u32) -> u32 {
@@ -670,15 +648,69 @@ pub struct GroupIn<'a> {
     pub members: Vec<(&'a str, bool)>,
 }
 
+/// Where in the string table each string written lies: open addressing over
+/// (FNV-1a hash, offset + 1) slots, at most half full. Eight bytes a slot
+/// and a hash compared before any string, because publishing looks up
+/// every string of every record (hundreds of thousands) and a general map
+/// of `&str` spends most of that time on cache misses. The strings come
+/// from root's files only (the file never holds a Varlink service's
+/// records), so nobody can choose colliding ones.
+#[derive(Debug, Default)]
+struct StringIndex {
+    slots: Vec<(u32, u32)>,
+    len: usize,
+}
+
+impl StringIndex {
+    fn with_capacity(strings: usize) -> StringIndex {
+        StringIndex {
+            slots: vec![(0, 0); (strings * 2).next_power_of_two().max(16)],
+            len: 0,
+        }
+    }
+
+    /// The offset of the string hashing to `hash` for which `is` holds, or
+    /// where `next` is recorded as its offset.
+    fn find_or_insert(&mut self, hash: u32, next: u32, is: impl Fn(u32) -> bool) -> u32 {
+        if (self.len + 1) * 2 > self.slots.len() {
+            self.grow();
+        }
+        let mask = self.slots.len() - 1;
+        let mut at = mix(hash) as usize & mask;
+        loop {
+            match self.slots[at] {
+                (_, 0) => {
+                    self.slots[at] = (hash, next + 1);
+                    self.len += 1;
+                    return next;
+                }
+                (h, offset) if h == hash && is(offset - 1) => return offset - 1,
+                _ => at = (at + 1) & mask,
+            }
+        }
+    }
+
+    fn grow(&mut self) {
+        let old = std::mem::take(&mut self.slots);
+        self.slots = vec![(0, 0); (old.len() * 2).max(16)];
+        let mask = self.slots.len() - 1;
+        for (hash, offset) in old.into_iter().filter(|&(_, offset)| offset != 0) {
+            let mut at = mix(hash) as usize & mask;
+            while self.slots[at].1 != 0 {
+                at = (at + 1) & mask;
+            }
+            self.slots[at] = (hash, offset);
+        }
+    }
+}
+
 /// Builds a file: users and groups in listing order, then which groups
 /// each member name is in.
 #[derive(Debug, Default)]
-pub struct Builder<'a> {
+pub struct Builder {
     strings: Vec<u8>,
-    /// Strings already written: FNV-1a, not SipHash, because they come
-    /// from root's files only (the file never holds a Varlink service's
-    /// records) and publishing hashes every one of them.
-    string_at: HashMap<&'a str, u32, BuildHasherDefault<Fnv1a>>,
+    /// Strings already written, for each to be written once.
+    string_at: StringIndex,
     users: Vec<u8>,
     groups: Vec<u8>,
     lists: Vec<u8>,
@@ -710,22 +742,50 @@ fn flags_of(listed: bool, origin: Origin) -> u32 {
     flags
 }
 
-impl<'a> Builder<'a> {
+impl Builder {
     pub fn new() -> Self {
         Builder::default()
     }
 
-    fn string(&mut self, s: &'a str) -> u32 {
-        if let Some(&at) = self.string_at.get(s) {
-            return at;
+    /// A builder with room for this many users, groups and member names
+    /// (and a guess at their strings): at hundreds of thousands of records,
+    /// growing step by step costs more than writing.
+    pub fn with_capacity(users: usize, groups: usize, members: usize) -> Self {
+        let strings = 4 * users + groups;
+        Builder {
+            strings: Vec::with_capacity(strings * 16),
+            string_at: StringIndex::with_capacity(strings),
+            users: Vec::with_capacity(users * USER_SIZE),
+            groups: Vec::with_capacity(groups * GROUP_SIZE),
+            lists: Vec::with_capacity((groups + members) * 8),
+            members: Vec::with_capacity(members * MEMBER_SIZE),
+            user_names: Vec::with_capacity(users),
+            user_ids: Vec::with_capacity(users),
+            group_names: Vec::with_capacity(groups),
+            group_ids: Vec::with_capacity(groups),
+            member_names: Vec::with_capacity(members),
         }
-        let at = self.strings.len() as u32;
-        put(&mut self.strings, &[s.len() as u32]);
-        self.strings.extend_from_slice(s.as_bytes());
-        while !self.strings.len().is_multiple_of(4) {
-            self.strings.push(0);
+    }
+
+    fn string(&mut self, s: &str) -> u32 {
+        self.string_hashed(s, fnv1a(s.as_bytes()))
+    }
+
+    /// [`Self::string`] for a string whose FNV-1a hash is known.
+    fn string_hashed(&mut self, s: &str, hash: u32) -> u32 {
+        let next = self.strings.len() as u32;
+        let strings = &self.strings;
+        let at = self.string_at.find_or_insert(hash, next, |at| {
+            let start = at as usize + 4;
+            strings.get(start..start + s.len()) == Some(s.as_bytes())
+                && strings.get(start - 4..start) == Some(&(s.len() as u32).to_le_bytes()[..])
+        });
+        if at == next {
+            put(&mut self.strings, &[s.len() as u32]);
+            self.strings.extend_from_slice(s.as_bytes());
+            let padded = self.strings.len().next_multiple_of(4);
+            self.strings.resize(padded, 0);
         }
-        self.string_at.insert(s, at);
         at
     }
 
@@ -738,11 +798,12 @@ impl<'a> Builder<'a> {
         at
     }
 
-    pub fn user(&mut self, u: UserIn<'a>) {
+    pub fn user(&mut self, u: UserIn<'_>) {
         let index = (self.users.len() / USER_SIZE) as u32;
         let p = u.passwd;
+        let name_hash = fnv1a(p.name.as_bytes());
         let fields = [
-            self.string(p.name),
+            self.string_hashed(p.name, name_hash),
             p.uid,
             p.gid,
             self.string(p.gecos),
@@ -753,30 +814,31 @@ impl<'a> Builder<'a> {
         ];
         put(&mut self.users, &fields);
         if u.holds_name && u.listed {
-            self.user_names.push((fnv1a(p.name.as_bytes()), index));
+            self.user_names.push((name_hash, index));
         }
         if u.holds_id {
             self.user_ids.push((mix(p.uid), index));
         }
     }
 
-    pub fn group(&mut self, g: GroupIn<'a>) {
+    pub fn group(&mut self, g: GroupIn<'_>) {
         let index = (self.groups.len() / GROUP_SIZE) as u32;
-        let members: Vec<u32> = g
-            .members
-            .iter()
-            .map(|&(name, by_files)| self.string(name) | if by_files { BY_FILES } else { 0 })
-            .collect();
-        let list = self.list(members.into_iter());
+        let list = self.lists.len() as u32;
+        put(&mut self.lists, &[g.members.len() as u32]);
+        for &(name, by_files) in &g.members {
+            let item = self.string(name) | if by_files { BY_FILES } else { 0 };
+            put(&mut self.lists, &[item]);
+        }
+        let name_hash = fnv1a(g.name.as_bytes());
         let fields = [
-            self.string(g.name),
+            self.string_hashed(g.name, name_hash),
             g.gid,
             flags_of(g.listed, g.origin),
             list,
         ];
         put(&mut self.groups, &fields);
         if g.holds_name && g.listed {
-            self.group_names.push((fnv1a(g.name.as_bytes()), index));
+            self.group_names.push((name_hash, index));
         }
         if g.holds_id {
             self.group_ids.push((mix(g.gid), index));
@@ -785,55 +847,47 @@ impl<'a> Builder<'a> {
 
     /// The groups (indexes in the order they were added) that list
     /// `member`, each with whether `/etc/group` states it.
-    pub fn member(&mut self, member: &'a str, groups: &[(u32, bool)]) {
+    pub fn member(&mut self, member: &str, groups: &[(u32, bool)]) {
         let index = (self.members.len() / MEMBER_SIZE) as u32;
         let list = self.list(
             groups
                 .iter()
-                .map(|&(g, by_files)| g | if by_files { BY_FILES } else { 0 })
-                .collect::<Vec<_>>()
-                .into_iter(),
+                .map(|&(g, by_files)| g | if by_files { BY_FILES } else { 0 }),
         );
-        let name = self.string(member);
+        let hash = fnv1a(member.as_bytes());
+        let name = self.string_hashed(member, hash);
         put(&mut self.members, &[name, list]);
-        self.member_names.push((fnv1a(member.as_bytes()), index));
+        self.member_names.push((hash, index));
     }
 
-    /// The whole file, control block included.
+    /// The whole file, control block included, written into one buffer of
+    /// its final size.
     pub fn finish(self, generation: u64, coverage: Coverage) -> Vec<u8> {
-        let table = |keys: &[(u32, u32)]| -> Vec<u8> {
-            let buckets = (keys.len() * 2).next_power_of_two().max(1);
-            let mut slots = vec![0u32; buckets];
-            for &(hash, index) in keys {
-                let mut at = hash as usize & (buckets - 1);
-                while slots[at] != 0 {
-                    at = (at + 1) & (buckets - 1);
-                }
-                slots[at] = index + 1;
-            }
-            let mut out = Vec::with_capacity(4 + buckets * 4);
-            put(&mut out, &[buckets as u32]);
-            put(&mut out, &slots);
-            out
-        };
-        let sections: [Vec<u8>; SECTIONS] = [
-            self.strings,
-            self.users,
-            self.groups,
-            self.lists,
-            self.members,
-            table(&self.user_names),
-            table(&self.user_ids),
-            table(&self.group_names),
-            table(&self.group_ids),
-            table(&self.member_names),
+        let table_len = |keys: &[(u32, u32)]| 4 + Self::buckets(keys) * 4;
+        let keys = [
+            &self.user_names,
+            &self.user_ids,
+            &self.group_names,
+            &self.group_ids,
+            &self.member_names,
         ];
+        let records = [
+            &self.strings,
+            &self.users,
+            &self.groups,
+            &self.lists,
+            &self.members,
+        ];
+        let lengths: [usize; SECTIONS] = std::array::from_fn(|i| match i {
+            0..5 => records[i].len(),
+            _ => table_len(keys[i - 5]),
+        });
         let counts = [
-            sections[1].len() / USER_SIZE,
-            sections[2].len() / GROUP_SIZE,
-            sections[4].len() / MEMBER_SIZE,
+            self.users.len() / USER_SIZE,
+            self.groups.len() / GROUP_SIZE,
+            self.members.len() / MEMBER_SIZE,
         ];
-        let content_len = HEADER_SIZE + sections.iter().map(Vec::len).sum::<usize>();
+        let content_len = HEADER_SIZE + lengths.iter().sum::<usize>();
         let mut file = Vec::with_capacity(CONTROL_SIZE + content_len);
         file.extend_from_slice(&MAGIC);
         put(&mut file, &[VERSION, 0]);
@@ -843,14 +897,37 @@ impl<'a> Builder<'a> {
         put(&mut file, &[coverage.0]);
         put(&mut file, &counts.map(|n| n as u32));
         let mut offset = HEADER_SIZE;
-        for s in &sections {
-            put(&mut file, &[offset as u32, s.len() as u32]);
-            offset += s.len();
+        for len in lengths {
+            put(&mut file, &[offset as u32, len as u32]);
+            offset += len;
         }
-        for s in &sections {
-            file.extend_from_slice(s);
+        for section in records {
+            file.extend_from_slice(section);
+        }
+        for keys in keys {
+            Self::table(&mut file, keys);
         }
         file
+    }
+
+    fn buckets(keys: &[(u32, u32)]) -> usize {
+        (keys.len() * 2).next_power_of_two().max(1)
+    }
+
+    /// Appends the hash table of `keys` (hash, record index) to `out`.
+    fn table(out: &mut Vec<u8>, keys: &[(u32, u32)]) {
+        let buckets = Self::buckets(keys);
+        put(out, &[buckets as u32]);
+        let start = out.len();
+        out.resize(start + buckets * 4, 0);
+        let slots = &mut out[start..];
+        for &(hash, index) in keys {
+            let mut at = hash as usize & (buckets - 1);
+            while slots[at * 4..at * 4 + 4] != [0; 4] {
+                at = (at + 1) & (buckets - 1);
+            }
+            slots[at * 4..at * 4 + 4].copy_from_slice(&(index + 1).to_le_bytes());
+        }
     }
 }
 
@@ -1066,5 +1143,38 @@ mod tests {
         assert_eq!(check_control(&start), Err(Invalid("unknown version")));
         start[0] = b'X';
         assert_eq!(check_control(&start), Err(Invalid("wrong magic")));
+    }
+
+    #[test]
+    fn the_writer_stores_each_string_once_however_many_it_holds() {
+        // Enough users to grow the string index several times, each with
+        // the same shell and a home of its own.
+        let names: Vec<String> = (0..5000).map(|i| format!("u{i}")).collect();
+        let homes: Vec<String> = names.iter().map(|n| format!("/home/{n}")).collect();
+        let mut b = Builder::new();
+        for (i, (name, home)) in names.iter().zip(&homes).enumerate() {
+            b.user(UserIn {
+                passwd: Passwd {
+                    home,
+                    ..user(name, i as u32, FILES).passwd
+                },
+                ..user(name, i as u32, FILES)
+            });
+        }
+        for name in &names {
+            b.member(name, &[]);
+        }
+        let file = b.finish(1, Coverage::default());
+        let s = Snapfile::parse(content(&file)).unwrap();
+        let head = Section(&content(&file)[..HEADER_SIZE]);
+        let strings_len = head.u32_at(36).unwrap() as usize;
+        let padded = |s: &str| 4 + s.len().next_multiple_of(4);
+        let distinct: usize = names.iter().chain(&homes).map(|s| padded(s)).sum::<usize>()
+            + padded("Real Name")
+            + padded("/bin/sh");
+        assert_eq!(strings_len, distinct);
+        let last = s.user_by_name("u4999").unwrap().unwrap();
+        assert_eq!((last.passwd.uid, last.passwd.home), (4999, "/home/u4999"));
+        assert_eq!(s.user_at(17).unwrap().passwd.shell, "/bin/sh");
     }
 }
