@@ -1173,7 +1173,7 @@ mod tests {
             + padded("Real Name")
             + padded("/bin/sh");
         assert_eq!(strings_len, distinct);
-        let last = s.user_by_name("u4999").unwrap().unwrap();
+        let last = s.user_by_name(named("u4999")).unwrap().unwrap();
         assert_eq!((last.passwd.uid, last.passwd.home), (4999, "/home/u4999"));
         assert_eq!(s.user_at(17).unwrap().passwd.shell, "/bin/sh");
     }
