@@ -61,14 +61,14 @@ pub fn dirs(root: &Path) -> Vec<PathBuf> {
 
 /// What a drop-in file name declares.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DropInName {
-    UserByName(String),
+pub enum DropInName<'a> {
+    UserByName(&'a str),
     UserByUid(u32),
-    GroupByName(String),
+    GroupByName(&'a str),
     GroupByGid(u32),
     Membership {
-        user: String,
-        group: String,
+        user: &'a str,
+        group: &'a str,
     },
     /// `.user-privileged` / `.group-privileged`: read with their record.
     Companion,
@@ -81,31 +81,28 @@ const GROUP_COMPANION: &str = ".group-privileged";
 
 /// Classifies a file name; `Err` says why a name with a drop-in suffix is
 /// unusable.
-pub fn classify(file_name: &str) -> Result<DropInName, String> {
+pub fn classify(file_name: &str) -> Result<DropInName<'_>, String> {
     if file_name.ends_with(USER_COMPANION) || file_name.ends_with(GROUP_COMPANION) {
         return Ok(DropInName::Companion);
     }
     if let Some(stem) = file_name.strip_suffix(".user") {
         return match stem.parse::<u32>() {
             Ok(uid) => Ok(DropInName::UserByUid(uid)),
-            Err(_) if valid_name(stem) => Ok(DropInName::UserByName(stem.to_owned())),
+            Err(_) if valid_name(stem) => Ok(DropInName::UserByName(stem)),
             Err(_) => Err(format!("{} is not a valid user name", super::quote(stem))),
         };
     }
     if let Some(stem) = file_name.strip_suffix(".group") {
         return match stem.parse::<u32>() {
             Ok(gid) => Ok(DropInName::GroupByGid(gid)),
-            Err(_) if valid_name(stem) => Ok(DropInName::GroupByName(stem.to_owned())),
+            Err(_) if valid_name(stem) => Ok(DropInName::GroupByName(stem)),
             Err(_) => Err(format!("{} is not a valid group name", super::quote(stem))),
         };
     }
     if let Some(stem) = file_name.strip_suffix(".membership") {
         return match stem.split_once(':') {
             Some((user, group)) if valid_name(user) && valid_name(group) => {
-                Ok(DropInName::Membership {
-                    user: user.to_owned(),
-                    group: group.to_owned(),
-                })
+                Ok(DropInName::Membership { user, group })
             }
             _ => Err("not USER:GROUP with two valid names".to_owned()),
         };
@@ -292,27 +289,29 @@ impl DropIns {
         }
         // Only a named record is ever the target of a link worth
         // following; one pass over the directory finds the links to all.
-        let targets: HashSet<&str> = wanted
-            .iter()
-            .map(|(name, _)| name.as_str())
-            .filter(|name| {
-                matches!(
-                    classify(name),
-                    Ok(DropInName::UserByName(_) | DropInName::GroupByName(_))
-                )
-            })
-            .collect();
-        let links: Vec<Wanted> = if targets.is_empty() {
-            Vec::new()
-        } else {
-            self.dirs[index]
-                .entries
+        let entries = &self.dirs[index].entries;
+        if !entries.is_empty() {
+            let targets: HashSet<&str> = wanted
                 .iter()
-                .filter(|(_, e)| e.links_to.as_deref().is_some_and(|t| targets.contains(t)))
-                .map(|(link, _)| (link.to_string(), None))
-                .collect()
-        };
-        wanted.extend(links);
+                .map(|(name, _)| name.as_str())
+                .filter(|name| {
+                    matches!(
+                        classify(name),
+                        Ok(DropInName::UserByName(_) | DropInName::GroupByName(_))
+                    )
+                })
+                .collect();
+            let links: Vec<Wanted> = if targets.is_empty() {
+                Vec::new()
+            } else {
+                entries
+                    .iter()
+                    .filter(|(_, e)| e.links_to.as_deref().is_some_and(|t| targets.contains(t)))
+                    .map(|(link, _)| (link.to_string(), None))
+                    .collect()
+            };
+            wanted.extend(links);
+        }
         self.reload(index, wanted)
     }
 
@@ -326,41 +325,43 @@ impl DropIns {
         wanted.dedup_by(|(a, _), (b, _)| a == b);
         let dir = &self.dirs[index];
         let loaded = load_all(&dir.path, &wanted, &dir.entries);
-        let dir = &mut self.dirs[index];
-        let mut changed = false;
-        let mut aliases = Vec::new();
+        // Links to a sibling share its record, as just read or, when it
+        // was not read again, as it was; a link whose sibling holds no
+        // record to share is read as a file of its own.
+        let sibling = |target: &str| match wanted.binary_search_by(|(n, _)| n.as_str().cmp(target))
+        {
+            Ok(i) => match &loaded[i] {
+                Loaded::Entry(entry) => Some(entry),
+                Loaded::Alias(_) | Loaded::Gone => None,
+            },
+            Err(_) => dir.entries.get(target),
+        };
+        let shared: Vec<Option<Entry>> = wanted
+            .iter()
+            .zip(&loaded)
+            .filter_map(|((name, _), loaded)| match loaded {
+                Loaded::Alias(target) => Some(alias(name, target, sibling(target))),
+                _ => None,
+            })
+            .collect();
+        let mut shared = shared.into_iter();
+        let mut read = Vec::with_capacity(wanted.len());
+        let mut unshared = Vec::new();
         for ((name, _), loaded) in wanted.into_iter().zip(loaded) {
             match loaded {
-                Loaded::Entry(entry) => changed |= dir.put(name, entry),
-                Loaded::Alias(target) => aliases.push((name, target)),
-                Loaded::Gone => {
-                    dir.unread.remove(name.as_str());
-                    changed |= dir.entries.remove(name.as_str()).is_some();
-                }
+                Loaded::Entry(entry) => read.push((name, Some(entry))),
+                Loaded::Gone => read.push((name, None)),
+                Loaded::Alias(_) => match shared.next().flatten() {
+                    Some(entry) => read.push((name, Some(entry))),
+                    None => unshared.push(name),
+                },
             }
         }
-        // Links to a sibling, once the sibling is read: they share its
-        // record, or are read as files of their own when it has none.
-        let mut unshared = Vec::new();
-        for (name, target) in aliases {
-            match alias(&name, &target, dir.entries.get(&*target)) {
-                Some(entry) => changed |= dir.put(name, entry),
-                None => unshared.push(name),
-            }
-        }
+        let mut changed = self.dirs[index].put_all(read);
         if !unshared.is_empty() {
             let dir = &self.dirs[index];
             let loaded = load_all_followed(&dir.path, &unshared, &dir.entries);
-            let dir = &mut self.dirs[index];
-            for (name, loaded) in unshared.into_iter().zip(loaded) {
-                match loaded {
-                    Some(entry) => changed |= dir.put(name, entry),
-                    None => {
-                        dir.unread.remove(name.as_str());
-                        changed |= dir.entries.remove(name.as_str()).is_some();
-                    }
-                }
-            }
+            changed |= self.dirs[index].put_all(unshared.into_iter().zip(loaded).collect());
         }
         changed
     }
@@ -398,11 +399,20 @@ impl DropIns {
                 path.display()
             ));
         }
-        let present: HashSet<&str> = names.iter().map(|(name, _)| name.as_str()).collect();
+        names.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
         let dir = &mut self.dirs[index];
         let before = dir.entries.len();
-        dir.entries.retain(|name, _| present.contains(&**name));
-        dir.unread.retain(|name| present.contains(&**name));
+        // Both in name order: one walk keeps the entries still listed.
+        let mut listed = names.iter().map(|(name, _)| name.as_str()).peekable();
+        dir.entries.retain(|name, _| {
+            while listed.next_if(|listed| *listed < &**name).is_some() {}
+            listed.peek() == Some(&&**name)
+        });
+        dir.unread.retain(|name| {
+            names
+                .binary_search_by(|(n, _)| n.as_str().cmp(name))
+                .is_ok()
+        });
         let mut changed = dir.entries.len() != before;
         let handle = read::Dir::open(&path).ok();
         let stale: Vec<Wanted> = names
@@ -430,7 +440,7 @@ impl Directory {
     fn put(&mut self, name: String, entry: Entry) -> bool {
         if entry.unread {
             self.unread.insert(name.as_str().into());
-        } else {
+        } else if !self.unread.is_empty() {
             self.unread.remove(name.as_str());
         }
         match self.entries.get_mut(name.as_str()) {
@@ -444,6 +454,35 @@ impl Directory {
                 true
             }
         }
+    }
+
+    /// Puts what was read in place of what the names held (`None`: the
+    /// name is gone); whether that changed anything. `read` is in name
+    /// order, so a directory read for the first time is built at once.
+    fn put_all(&mut self, read: Vec<(String, Option<Entry>)>) -> bool {
+        if self.entries.is_empty() {
+            self.unread.extend(
+                read.iter()
+                    .filter(|(_, entry)| entry.as_ref().is_some_and(|e| e.unread))
+                    .map(|(name, _)| name.as_str().into()),
+            );
+            self.entries = read
+                .into_iter()
+                .filter_map(|(name, entry)| Some((name.into_boxed_str(), entry?)))
+                .collect();
+            return !self.entries.is_empty();
+        }
+        let mut changed = false;
+        for (name, entry) in read {
+            changed |= match entry {
+                Some(entry) => self.put(name, entry),
+                None => {
+                    self.unread.remove(name.as_str());
+                    self.entries.remove(name.as_str()).is_some()
+                }
+            };
+        }
+        changed
     }
 }
 
@@ -788,7 +827,7 @@ impl Files<'_> {
                 format!("is a {}, not a regular file", st.irregular().unwrap_or("?")).into(),
             ),
             Ok(DropInName::Membership { user, group }) => {
-                Content::Membership(Name::from(user.as_str()), Name::from(group.as_str()))
+                Content::Membership(Name::from(user), Name::from(group))
             }
             Ok(kind) => match self.load_record(name, st, opened, &kind) {
                 Ok(content) => content,
@@ -1050,21 +1089,18 @@ mod tests {
 
     #[test]
     fn file_names_are_classified() {
-        assert_eq!(
-            classify("alice.user"),
-            Ok(DropInName::UserByName("alice".into()))
-        );
+        assert_eq!(classify("alice.user"), Ok(DropInName::UserByName("alice")));
         assert_eq!(classify("1000.user"), Ok(DropInName::UserByUid(1000)));
         assert_eq!(
             classify("wheel.group"),
-            Ok(DropInName::GroupByName("wheel".into()))
+            Ok(DropInName::GroupByName("wheel"))
         );
         assert_eq!(classify("10.group"), Ok(DropInName::GroupByGid(10)));
         assert_eq!(
             classify("alice:wheel.membership"),
             Ok(DropInName::Membership {
-                user: "alice".into(),
-                group: "wheel".into()
+                user: "alice",
+                group: "wheel"
             })
         );
         assert_eq!(classify("alice.user-privileged"), Ok(DropInName::Companion));
@@ -1376,6 +1412,46 @@ mod tests {
             eprintln!("no device node made (not root): that case is not checked");
         }
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_rescan_drops_removed_names_keeps_the_rest_and_reads_new_ones() {
+        let root = Root::new("rescan");
+        let dir = root.0.join("etc/userdb");
+        for (name, uid) in [("a", 2001), ("b", 2002), ("c", 2003), ("d", 2004)] {
+            root.write(
+                "etc/userdb",
+                &format!("{name}.user"),
+                &format!(r#"{{"userName":"{name}","uid":{uid}}}"#),
+            );
+            symlink(format!("{name}.user"), dir.join(format!("{uid}.user"))).unwrap();
+        }
+        let mut source = DropIns::new(&root.0);
+        assert!(source.refresh(None));
+        assert_eq!(source.dirs[0].entries.len(), 8);
+        let kept = Arc::clone(&source.data().users[2]);
+        std::fs::remove_file(dir.join("a.user")).unwrap();
+        std::fs::remove_file(dir.join("2001.user")).unwrap();
+        std::fs::remove_file(dir.join("d.user")).unwrap();
+        root.write("etc/userdb", "bb.user", r#"{"userName":"bb","uid":2005}"#);
+        assert!(source.refresh(None));
+        let data = source.data();
+        // d's link now leads nowhere: it masks, as a dangling link does.
+        assert_eq!(user_names(&data), [("b", true), ("bb", true), ("c", true)]);
+        assert!(Arc::ptr_eq(&kept, &data.users[2]), "c was not read again");
+        let names: Vec<&str> = source.dirs[0].entries.keys().map(|k| &**k).collect();
+        assert_eq!(
+            names,
+            [
+                "2002.user",
+                "2003.user",
+                "2004.user",
+                "b.user",
+                "bb.user",
+                "c.user"
+            ]
+        );
+        assert_eq!(source.dirs[0].entries["2004.user"].content, Content::Masked);
     }
 
     #[test]
