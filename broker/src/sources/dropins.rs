@@ -614,13 +614,14 @@ fn load_all(dir: &Path, names: &[Wanted], previous: &BTreeMap<Box<str>, Entry>) 
         }
     };
     // Which companions exist: those listed before, and those read now
-    // (`names` is sorted).
-    let present = |name: &str| {
-        previous.contains_key(name)
-            || names
-                .binary_search_by(|(n, _)| n.as_str().cmp(name))
-                .is_ok()
-    };
+    // (in name order, as `names` is), looked up among the few companions.
+    let companions: Vec<&str> = names
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .filter(|name| matches!(classify(name), Ok(DropInName::Companion)))
+        .collect();
+    let present =
+        |name: &str| previous.contains_key(name) || companions.binary_search(&name).is_ok();
     let files = Files {
         path: dir,
         handle: &handle,
