@@ -13,6 +13,24 @@
 //! hundreds of thousands of files: each call looks up one name, not a path,
 //! and a file known to be regular is opened with `O_NOFOLLOW`, so its
 //! `lstat` is the check before the open.
+//!
+//! A name the directory listing calls a regular file (`d_type`) is opened
+//! without that `lstat` ([`Dir::open_listed`]): `O_NOFOLLOW` refuses a link
+//! put there since, `O_NONBLOCK` makes a FIFO's open return at once, and
+//! the `fstat` of what was opened is the type and size check, made before
+//! any byte is read, so nothing but the file that is read is ever checked.
+//! What this gives up: a device node put in place of a regular file
+//! between the listing and the open is opened (and closed unread) instead
+//! of being refused unopened. That takes root replacing a drop-in by a
+//! device at the moment it is read; the `lstat` never closed that race
+//! either, only narrowed it, and an `lstat` per name was a third of a
+//! fleet's start-up. Names the listing calls anything else, or does not
+//! type, are `lstat`ed as before.
+//!
+//! A file is read in one `read` when it is no larger than its `fstat`
+//! said: the buffer has room for one byte more, and a regular file that
+//! fills all but that byte is at its end. One that grew is read on, to
+//! its end or past the cap, which refuses it.
 
 use std::ffi::CString;
 use std::fs::{File, Metadata, OpenOptions};
@@ -165,7 +183,7 @@ pub fn read(path: &Path, cap: u64) -> Result<(Vec<u8>, Identity), ReadError> {
             "replaced while being opened",
         )));
     }
-    let bytes = read_capped(file, opened.len().min(cap), cap)?;
+    let bytes = read_capped(file, opened.len(), cap)?;
     Ok((bytes, Identity::of(&opened)))
 }
 
@@ -194,6 +212,15 @@ pub struct Stat {
 }
 
 impl Stat {
+    fn of(st: &libc::stat, followed: bool) -> Stat {
+        Stat {
+            mode: st.st_mode,
+            followed,
+            size: st.st_size.try_into().unwrap_or(0),
+            identity: Identity::of_stat(st),
+        }
+    }
+
     pub fn is_symlink(&self) -> bool {
         self.mode & libc::S_IFMT == libc::S_IFLNK
     }
@@ -223,9 +250,28 @@ pub struct Dir {
     fd: OwnedFd,
 }
 
-fn c_name(name: &str) -> Result<CString, ReadError> {
-    // A name with a NUL byte cannot be in a directory.
-    CString::new(name).map_err(|_| ReadError::Missing)
+/// A name as a C string, on the stack: a look-up by the hundred thousand
+/// costs no allocation.
+struct CName([u8; NAME_MAX + 1]);
+
+/// The longest name a directory entry can have (Linux's `NAME_MAX`).
+const NAME_MAX: usize = 255;
+
+fn c_name(name: &str) -> Result<CName, ReadError> {
+    // A name with a NUL byte, or longer than NAME_MAX, cannot be in a
+    // directory.
+    if name.len() > NAME_MAX || name.as_bytes().contains(&0) {
+        return Err(ReadError::Missing);
+    }
+    let mut buffer = [0u8; NAME_MAX + 1];
+    buffer[..name.len()].copy_from_slice(name.as_bytes());
+    Ok(CName(buffer))
+}
+
+impl CName {
+    fn as_ptr(&self) -> *const libc::c_char {
+        self.0.as_ptr().cast()
+    }
 }
 
 impl Dir {
@@ -258,12 +304,7 @@ impl Dir {
         if rc != 0 {
             return Err(failed(io::Error::last_os_error()));
         }
-        Ok(Stat {
-            mode: st.st_mode,
-            followed: flags & libc::AT_SYMLINK_NOFOLLOW == 0,
-            size: st.st_size.try_into().unwrap_or(0),
-            identity: Identity::of_stat(&st),
-        })
+        Ok(Stat::of(&st, flags & libc::AT_SYMLINK_NOFOLLOW == 0))
     }
 
     /// `lstat` of `name`: a link is described, not followed.
@@ -276,9 +317,10 @@ impl Dir {
         self.stat_with(name, 0)
     }
 
-    /// Where the link `name` points, if it is a link with a UTF-8 target.
-    pub fn read_link(&self, name: &str) -> Option<String> {
-        let name = c_name(name).ok()?;
+    /// Where the link `name` points; `None` for a target that is not
+    /// UTF-8, an error when `name` is no link (`EINVAL`) or not there.
+    pub fn read_link(&self, name: &str) -> io::Result<Option<String>> {
+        let name = c_name(name).map_err(|_| io::Error::from(ErrorKind::NotFound))?;
         // On the stack: a buffer of PATH_MAX bytes per link on the heap,
         // freed between the records read, left the heap fragmented.
         let mut buffer = [0u8; libc::PATH_MAX as usize];
@@ -292,10 +334,54 @@ impl Dir {
                 buffer.len(),
             )
         };
-        let n = usize::try_from(n).ok()?;
-        std::str::from_utf8(buffer.get(..n)?)
-            .ok()
-            .map(str::to_owned)
+        let Ok(n) = usize::try_from(n) else {
+            return Err(io::Error::last_os_error());
+        };
+        Ok(buffer
+            .get(..n)
+            .and_then(|target| std::str::from_utf8(target).ok())
+            .map(str::to_owned))
+    }
+
+    /// Opens `name`, which the directory listing called a regular file,
+    /// without following a link and without blocking; what was opened is
+    /// described by its `fstat`, the check to make before reading it with
+    /// [`Opened::read`]. A link put at the name since is refused
+    /// (`NotRegular`) unopened.
+    pub fn open_listed(&self, name: &str) -> Result<Opened, ReadError> {
+        let c = c_name(name)?;
+        // SAFETY: the descriptor is open and `c` a valid C string.
+        let fd = unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_RDONLY
+                    | libc::O_NONBLOCK
+                    | libc::O_NOCTTY
+                    | libc::O_CLOEXEC
+                    | libc::O_NOFOLLOW,
+            )
+        };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                return Err(ReadError::NotRegular("symbolic link"));
+            }
+            return Err(failed(e));
+        }
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        // SAFETY: all-zero is a valid `stat`, filled in by the call.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: the descriptor is open and `st` a valid `stat` for the
+        // duration of the call.
+        if unsafe { libc::fstat(file.as_raw_fd(), &mut st) } != 0 {
+            return Err(ReadError::Failed(io::Error::last_os_error()));
+        }
+        Ok(Opened {
+            file,
+            stat: Stat::of(&st, false),
+        })
     }
 
     /// The content of `name`, which `before` (its `stat`, or its `lstat`
@@ -337,29 +423,63 @@ impl Dir {
                 "replaced while being opened",
             )));
         }
-        read_capped(file, before.size.min(cap), cap)
+        read_capped(file, opened.len(), cap)
+    }
+}
+
+/// A file opened by [`Dir::open_listed`], not read yet.
+#[derive(Debug)]
+pub struct Opened {
+    file: File,
+    /// The `fstat` of the open file.
+    pub stat: Stat,
+}
+
+impl Opened {
+    /// The content, at most `cap` bytes, if [`Opened::stat`] describes a
+    /// regular file of at most `cap` bytes; nothing else is read.
+    pub fn read(self, cap: u64) -> Result<Vec<u8>, ReadError> {
+        if let Some(kind) = self.stat.irregular() {
+            return Err(ReadError::NotRegular(kind));
+        }
+        check_size(self.stat.size, cap)?;
+        read_capped(self.file, self.stat.size, cap)
     }
 }
 
 /// Reads to the end, refusing more than `cap` bytes (the file may grow
-/// after the size check). Room for `size` bytes and one more is made first,
-/// so that a file of that size takes one read and one to see its end.
-fn read_capped(file: File, size: u64, cap: u64) -> Result<Vec<u8>, ReadError> {
-    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0).saturating_add(1));
-    let mut limited = file.take(cap.saturating_add(1));
+/// after the size check). `size` is what `fstat` said: a read that leaves
+/// the byte after it empty has met the end, so a file that did not change
+/// takes one read.
+fn read_capped(mut file: File, size: u64, cap: u64) -> Result<Vec<u8>, ReadError> {
+    let limit = usize::try_from(cap).unwrap_or(usize::MAX).saturating_add(1);
+    let expected = usize::try_from(size).unwrap_or(usize::MAX).min(limit - 1);
+    let mut bytes = vec![0u8; expected + 1];
+    let mut filled = 0;
     loop {
-        match limited.read_to_end(&mut bytes) {
-            Ok(_) => break,
+        if filled == bytes.len() {
+            if filled >= limit {
+                return Err(ReadError::TooLarge {
+                    size: filled as u64,
+                    cap,
+                });
+            }
+            // Grown since the `fstat`: read on, but never past the cap.
+            bytes.resize(filled.saturating_mul(2).clamp(filled + 1, limit), 0);
+        }
+        match file.read(&mut bytes[filled..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                filled += n;
+                if filled == expected {
+                    break;
+                }
+            }
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(ReadError::Failed(e)),
         }
     }
-    if bytes.len() as u64 > cap {
-        return Err(ReadError::TooLarge {
-            size: bytes.len() as u64,
-            cap,
-        });
-    }
+    bytes.truncate(filled);
     Ok(bytes)
 }
 
@@ -446,6 +566,93 @@ mod tests {
             Err(ReadError::TooLarge { size, .. }) if size == 2 << 30
         ));
         assert!(started.elapsed() < Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_name_listed_as_regular_is_checked_by_what_was_opened() {
+        let dir = Dir::new("listed");
+        std::fs::write(dir.0.join("file"), "12345").unwrap();
+        mkfifo(&dir.0.join("fifo"));
+        symlink("file", dir.0.join("link")).unwrap();
+        let handle = super::Dir::open(&dir.0).unwrap();
+        let started = Instant::now();
+        let opened = handle.open_listed("file").unwrap();
+        assert_eq!(opened.stat.size, 5);
+        assert_eq!(opened.read(1024).unwrap(), b"12345");
+        // A FIFO's open returns at once, and it is refused unread.
+        let fifo = handle.open_listed("fifo").unwrap();
+        assert!(matches!(
+            fifo.read(1024),
+            Err(ReadError::NotRegular("FIFO"))
+        ));
+        // A link is not followed.
+        assert!(matches!(
+            handle.open_listed("link"),
+            Err(ReadError::NotRegular("symbolic link"))
+        ));
+        assert!(matches!(
+            handle.open_listed("missing"),
+            Err(ReadError::Missing)
+        ));
+        // Names no directory can hold are looked up nowhere.
+        for impossible in ["a\0b".to_owned(), "x".repeat(256)] {
+            assert!(matches!(handle.lstat(&impossible), Err(ReadError::Missing)));
+            assert!(matches!(
+                handle.open_listed(&impossible),
+                Err(ReadError::Missing)
+            ));
+        }
+        std::fs::write(dir.0.join("x".repeat(255)), "longest").unwrap();
+        assert_eq!(handle.lstat(&"x".repeat(255)).unwrap().size, 7);
+        let dev = super::Dir::open(Path::new("/dev")).unwrap();
+        let null = dev.open_listed("null").unwrap();
+        assert!(matches!(
+            null.read(1024),
+            Err(ReadError::NotRegular("character device"))
+        ));
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_file_grown_since_its_fstat_is_read_to_its_end_or_refused_past_the_cap() {
+        let dir = Dir::new("grown");
+        let path = dir.0.join("file");
+        std::fs::write(&path, "start").unwrap();
+        let handle = super::Dir::open(&dir.0).unwrap();
+        let opened = handle.open_listed("file").unwrap();
+        let grown = format!("start{}", "x".repeat(100));
+        std::fs::write(&path, &grown).unwrap();
+        assert_eq!(opened.stat.size, 5);
+        assert_eq!(opened.read(1024).unwrap(), grown.as_bytes());
+
+        std::fs::write(&path, "start").unwrap();
+        let opened = handle.open_listed("file").unwrap();
+        std::fs::write(&path, "x".repeat(2048)).unwrap();
+        assert!(matches!(
+            opened.read(1024),
+            Err(ReadError::TooLarge {
+                size: 1025,
+                cap: 1024
+            })
+        ));
+
+        // Shrunk since: what is there is read.
+        std::fs::write(&path, "start").unwrap();
+        let opened = handle.open_listed("file").unwrap();
+        std::fs::write(&path, "st").unwrap();
+        assert_eq!(opened.read(1024).unwrap(), b"st");
+    }
+
+    #[test]
+    fn a_link_is_read_as_one_and_anything_else_is_an_error() {
+        let dir = Dir::new("readlink");
+        std::fs::write(dir.0.join("file"), "x").unwrap();
+        symlink("file", dir.0.join("link")).unwrap();
+        let handle = super::Dir::open(&dir.0).unwrap();
+        assert_eq!(handle.read_link("link").unwrap().as_deref(), Some("file"));
+        let not_a_link = handle.read_link("file").unwrap_err();
+        assert_eq!(not_a_link.raw_os_error(), Some(libc::EINVAL));
+        assert!(handle.read_link("missing").is_err());
     }
 
     #[test]
