@@ -334,6 +334,23 @@ pub fn id(results: &Results, targets: &mut Targets) {
             cell_ratio(p50, file),
         ]);
     }
+    // glibc's own cost of as many calls: the trivial module's getgrgid at
+    // the same size (when the look-ups ran there), one call per look-up.
+    let floor = results
+        .p50((
+            ID_SIZE,
+            Backend::Trivial,
+            Lines::Alone,
+            Item::Lookup(Kind::GrgidHit),
+        ))
+        .map(|v| v * calls);
+    t.row(vec![
+        format!("glibc's floor ({calls} x trivial getgrgid)"),
+        cell(floor),
+        "-".to_owned(),
+        cell(floor.map(|v| v / calls)),
+        cell_ratio(floor, file),
+    ]);
     t.print();
     if let Some(f) = file {
         targets.add(
