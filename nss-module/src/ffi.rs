@@ -88,7 +88,9 @@ impl Environment<'_> {
                     let mut parts = CStr::from_ptr(*entry).to_bytes().splitn(2, |&b| b == b'=');
                     if let (Some(name), Some(value)) = (parts.next(), parts.next()) {
                         // The first definition wins, as for getenv.
-                        if let Some(slot) = Var::named(name).map(|v| &mut values[v as usize]) {
+                        if let Some(slot) =
+                            Var::named(name).and_then(|v| values.get_mut(v as usize))
+                        {
                             if slot.is_none() {
                                 *slot = std::str::from_utf8(value).ok();
                             }
@@ -102,7 +104,7 @@ impl Environment<'_> {
     }
 
     fn get(&self, var: Var) -> Option<&str> {
-        self.0[var as usize]
+        self.0.get(var as usize).copied().flatten()
     }
 }
 

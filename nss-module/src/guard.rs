@@ -283,6 +283,15 @@ mod tests {
     }
 
     #[test]
+    fn every_variable_is_listed_once_at_its_own_index() {
+        for (index, var) in Var::ALL.into_iter().enumerate() {
+            assert_eq!(var as usize, index, "{var:?}");
+            assert_eq!(Var::named(var.name().as_bytes()), Some(var));
+        }
+        assert_eq!(Var::named(b"USERDB_BROKER"), None);
+    }
+
+    #[test]
     fn defaults_without_environment() {
         let plan = plan(&env_of(&[]), 4242).unwrap();
         assert_eq!(plan.socket, Path::new(DEFAULT_SOCKET_PATH));
