@@ -349,22 +349,52 @@ impl Dir {
     /// [`Opened::read`]. A link put at the name since is refused
     /// (`NotRegular`) unopened.
     pub fn open_listed(&self, name: &str) -> Result<Opened, ReadError> {
-        let c = c_name(name)?;
-        // SAFETY: the descriptor is open and `c` a valid C string.
-        let fd = unsafe {
-            libc::openat(
-                self.fd.as_raw_fd(),
-                c.as_ptr(),
-                libc::O_RDONLY
-                    | libc::O_NONBLOCK
-                    | libc::O_NOCTTY
-                    | libc::O_CLOEXEC
-                    | libc::O_NOFOLLOW,
-            )
+        self.open_file(name, true)
+    }
+
+    /// The content of `name`, which `before` (its `stat`, or its `lstat`
+    /// when it is not a link) describes: anything but a regular file of at
+    /// most `cap` bytes is refused without being opened, and a file other
+    /// than the one `before` describes is refused once opened.
+    pub fn read(&self, name: &str, before: &Stat, cap: u64) -> Result<Vec<u8>, ReadError> {
+        if let Some(kind) = before.irregular() {
+            return Err(ReadError::NotRegular(kind));
+        }
+        check_size(before.size, cap)?;
+        // A name `lstat` found regular must still be one: never follow a
+        // link put there since.
+        let opened = match self.open_file(name, !before.followed) {
+            Err(ReadError::NotRegular(_)) => {
+                return Err(ReadError::Failed(io::Error::other(
+                    "replaced by a link while being opened",
+                )))
+            }
+            opened => opened?,
         };
+        let identity = opened.stat.identity;
+        if (identity.dev, identity.ino) != (before.identity.dev, before.identity.ino) {
+            return Err(ReadError::Failed(io::Error::other(
+                "replaced while being opened",
+            )));
+        }
+        opened.read(cap)
+    }
+
+    /// Opens `name` without blocking (and, with `no_follow`, refusing a
+    /// link as `NotRegular`) and `fstat`s what was opened.
+    fn open_file(&self, name: &str, no_follow: bool) -> Result<Opened, ReadError> {
+        let c = c_name(name)?;
+        let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+        let flags = if no_follow {
+            flags | libc::O_NOFOLLOW
+        } else {
+            flags
+        };
+        // SAFETY: the descriptor is open and `c` a valid C string.
+        let fd = unsafe { libc::openat(self.fd.as_raw_fd(), c.as_ptr(), flags) };
         if fd < 0 {
             let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ELOOP) {
+            if no_follow && e.raw_os_error() == Some(libc::ELOOP) {
                 return Err(ReadError::NotRegular("symbolic link"));
             }
             return Err(failed(e));
@@ -380,50 +410,8 @@ impl Dir {
         }
         Ok(Opened {
             file,
-            stat: Stat::of(&st, false),
+            stat: Stat::of(&st, !no_follow),
         })
-    }
-
-    /// The content of `name`, which `before` (its `stat`, or its `lstat`
-    /// when it is not a link) describes: anything but a regular file of at
-    /// most `cap` bytes is refused without being opened, and a file other
-    /// than the one `before` describes is refused once opened.
-    pub fn read(&self, name: &str, before: &Stat, cap: u64) -> Result<Vec<u8>, ReadError> {
-        if let Some(kind) = before.irregular() {
-            return Err(ReadError::NotRegular(kind));
-        }
-        check_size(before.size, cap)?;
-        let c = c_name(name)?;
-        // A name `lstat` found regular must still be one: never follow a
-        // link put there since.
-        let no_follow = if before.followed { 0 } else { libc::O_NOFOLLOW };
-        // SAFETY: the descriptor is open and `c` a valid C string.
-        let fd = unsafe {
-            libc::openat(
-                self.fd.as_raw_fd(),
-                c.as_ptr(),
-                libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC | no_follow,
-            )
-        };
-        if fd < 0 {
-            let e = io::Error::last_os_error();
-            if no_follow != 0 && e.raw_os_error() == Some(libc::ELOOP) {
-                return Err(ReadError::Failed(io::Error::other(
-                    "replaced by a link while being opened",
-                )));
-            }
-            return Err(failed(e));
-        }
-        // SAFETY: `fd` was just opened and is owned by nothing else.
-        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        let opened = file.metadata().map_err(ReadError::Failed)?;
-        check(&opened, cap)?;
-        if (opened.dev(), opened.ino()) != (before.identity.dev, before.identity.ino) {
-            return Err(ReadError::Failed(io::Error::other(
-                "replaced while being opened",
-            )));
-        }
-        read_capped(file, opened.len(), cap)
     }
 }
 
