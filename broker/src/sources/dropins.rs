@@ -655,7 +655,14 @@ fn load_all_followed(
         |name| {
             let link = files.link_target(name);
             match handle.stat(name) {
-                Ok(st) => Some(files.load_file(name, &st, None, link, previous.get(name.as_str()))),
+                Ok(st) => Some(files.load_file(
+                    name,
+                    &classify(name),
+                    &st,
+                    None,
+                    link,
+                    previous.get(name.as_str()),
+                )),
                 // A dangling link provides nothing but still takes its
                 // name, as in systemd's conf-files.
                 Err(ReadError::Missing) if handle.lstat(name).is_ok() => Some(Entry {
@@ -683,10 +690,14 @@ fn sibling(target: &str) -> Option<Box<str>> {
         .then(|| target.into())
 }
 
-/// Whether `name`'s content is read (a record), not only its type and size.
-fn reads_content(name: &str) -> bool {
+/// What [`classify`] says of a name, decided once per read of it.
+type Kind<'a> = Result<DropInName<'a>, String>;
+
+/// Whether a name of this kind has its content read (a record), not only
+/// its type and size.
+fn reads_content(kind: &Kind<'_>) -> bool {
     matches!(
-        classify(name),
+        kind,
         Ok(DropInName::UserByName(_)
             | DropInName::UserByUid(_)
             | DropInName::GroupByName(_)
@@ -761,23 +772,28 @@ impl Files<'_> {
     /// the check); anything else, or a name that is no longer what the
     /// listing said, is `lstat`ed first.
     fn load(&self, name: &str, listed: Option<FileType>, previous: Option<&Entry>) -> Loaded {
+        let kind = classify(name);
         match listed {
             Some(t) if t.is_symlink() => {
                 if let Ok(target) = self.handle.read_link(name) {
-                    return self.load_link(name, target.as_deref().and_then(sibling), previous);
+                    let link = target.as_deref().and_then(sibling);
+                    return self.load_link(name, &kind, link, previous);
                 }
             }
-            Some(t) if t.is_file() && reads_content(name) => {
+            Some(t) if t.is_file() && reads_content(&kind) => {
                 if let Ok(opened) = self.handle.open_listed(name) {
                     let st = opened.stat;
-                    return Loaded::Entry(self.load_file(name, &st, Some(opened), None, previous));
+                    let entry = self.load_file(name, &kind, &st, Some(opened), None, previous);
+                    return Loaded::Entry(entry);
                 }
             }
             _ => {}
         }
         match self.handle.lstat(name) {
-            Ok(st) if st.is_symlink() => self.load_link(name, self.link_target(name), previous),
-            Ok(st) => Loaded::Entry(self.load_file(name, &st, None, None, previous)),
+            Ok(st) if st.is_symlink() => {
+                self.load_link(name, &kind, self.link_target(name), previous)
+            }
+            Ok(st) => Loaded::Entry(self.load_file(name, &kind, &st, None, None, previous)),
             Err(ReadError::Missing) => Loaded::Gone,
             Err(e) => Loaded::Entry(unreadable(self.path, name, &e.to_string(), previous)),
         }
@@ -785,15 +801,21 @@ impl Files<'_> {
 
     /// What the link `name` holds, pointing at the sibling `link` if it
     /// does.
-    fn load_link(&self, name: &str, link: Option<Box<str>>, previous: Option<&Entry>) -> Loaded {
+    fn load_link(
+        &self,
+        name: &str,
+        kind: &Kind<'_>,
+        link: Option<Box<str>>,
+        previous: Option<&Entry>,
+    ) -> Loaded {
         let by_id = matches!(
-            classify(name),
+            kind,
             Ok(DropInName::UserByUid(_) | DropInName::GroupByGid(_))
         );
         match link {
             Some(target) if by_id => Loaded::Alias(target),
             _ => match self.handle.stat(name) {
-                Ok(st) => Loaded::Entry(self.load_file(name, &st, None, link, previous)),
+                Ok(st) => Loaded::Entry(self.load_file(name, kind, &st, None, link, previous)),
                 Err(ReadError::Missing) => Loaded::Entry(Entry {
                     stamp: None,
                     links_to: link,
@@ -811,13 +833,14 @@ impl Files<'_> {
     fn load_file(
         &self,
         name: &str,
+        kind: &Kind<'_>,
         st: &read::Stat,
         opened: Option<read::Opened>,
         links_to: Option<Box<str>>,
         previous: Option<&Entry>,
     ) -> Entry {
-        let content = match classify(name) {
-            Err(why) => Content::Broken(why.into()),
+        let content = match kind {
+            Err(why) => Content::Broken(why.as_str().into()),
             Ok(DropInName::Companion | DropInName::Unrelated) => Content::Nothing,
             // Empty, or a link to /dev/null (any device: systemd's
             // `null_or_empty`), masks the name.
@@ -828,9 +851,9 @@ impl Files<'_> {
                 format!("is a {}, not a regular file", st.irregular().unwrap_or("?")).into(),
             ),
             Ok(DropInName::Membership { user, group }) => {
-                Content::Membership(Name::from(user), Name::from(group))
+                Content::Membership(Name::from(*user), Name::from(*group))
             }
-            Ok(kind) => match self.load_record(name, st, opened, &kind) {
+            Ok(kind) => match self.load_record(name, st, opened, kind) {
                 Ok(content) => content,
                 Err(Failure::Unreadable(why)) => {
                     let mut entry = unreadable(self.path, name, &why, previous);
