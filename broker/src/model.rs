@@ -169,6 +169,12 @@ impl User {
         has_private(&self.shadow, &self.json)
     }
 
+    /// Whether the NSS fields render exactly as `record`: then its text
+    /// need not be kept, and a plain drop-in costs none.
+    pub fn renders_as(&self, record: &Map<String, Value>) -> bool {
+        matches!(self.nss(true).to_json(), Value::Object(fields) if fields == *record)
+    }
+
     /// The full userdb record as the peer may see it, and whether anything
     /// was withheld.
     pub fn userdb_json(&self, peer_privileged: bool) -> (Value, bool) {
@@ -216,6 +222,19 @@ impl Group {
 
     pub fn has_privileged(&self) -> bool {
         has_private(&self.shadow, &self.json)
+    }
+
+    /// As for [`User::renders_as`], the record's own `members` aside: the
+    /// merged list is rendered in their place.
+    pub fn renders_as(&self, record: &Map<String, Value>) -> bool {
+        let Value::Object(fields) = self.nss(Vec::new(), true).to_json() else {
+            return false;
+        };
+        let own = record.len() - usize::from(record.contains_key("members"));
+        own == fields.len()
+            && fields
+                .iter()
+                .all(|(key, value)| record.get(key) == Some(value))
     }
 
     /// The full userdb record with `members` in place of the record's own

@@ -24,6 +24,7 @@
 use std::collections::{btree_map, BTreeMap, HashSet};
 use std::fs::FileType;
 use std::iter::Peekable;
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -121,7 +122,8 @@ fn companion_of(file_name: &str) -> Option<String> {
         })
 }
 
-/// What one file in one directory provides.
+/// What one file in one directory provides. Sixteen bytes: one is kept
+/// per file, by the hundred thousand.
 #[derive(Debug, Clone, PartialEq)]
 enum Content {
     /// Hides the name in later directories and provides nothing.
@@ -133,11 +135,22 @@ enum Content {
     /// not read again, and answers by id through the named file.
     UserAlias(Arc<User>),
     GroupAlias(Arc<Group>),
-    Membership(Name, Name),
+    /// A `USER:GROUP.membership`; the names are the file name's.
+    Membership,
     /// A companion or an unrelated file: nothing on its own.
     Nothing,
     /// Refused, with the reason (logged once while it persists).
-    Broken(Box<str>),
+    #[expect(
+        clippy::box_collection,
+        reason = "a thin pointer keeps Content at 16 bytes; refusals are rare"
+    )]
+    Broken(Box<String>),
+}
+
+impl Content {
+    fn broken(why: impl Into<String>) -> Content {
+        Content::Broken(Box::new(why.into()))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -145,7 +158,7 @@ struct Entry {
     /// What the name led to (`stat`, links followed) when last read, as an
     /// [`read::Identity::fingerprint`]; a rescan re-reads only names whose
     /// fingerprint changed, and `None` is read again at any rescan.
-    stamp: Option<u64>,
+    stamp: Option<NonZeroU64>,
     /// For a link to another file of the same directory: that file's name,
     /// so that a change to it re-reads the link too.
     links_to: Option<Box<str>>,
@@ -153,6 +166,9 @@ struct Entry {
     /// The last read failed for a reason that may pass: read again soon.
     unread: bool,
 }
+
+// One entry is kept per file: at fleet size, every byte counts 600,000 times.
+const _: () = assert!(std::mem::size_of::<Content>() == 16 && std::mem::size_of::<Entry>() == 48);
 
 /// One drop-in directory, file by file, in file name order.
 #[derive(Debug, Default)]
@@ -214,6 +230,7 @@ impl DropIns {
         let mut data = SourceData::default();
         let mut by_id_users = Vec::new();
         let mut by_id_groups = Vec::new();
+        let mut memberships = Vec::new();
         let mut cursors: Vec<(usize, Cursor<'_>)> = self
             .dirs
             .iter()
@@ -254,13 +271,18 @@ impl DropIns {
                     listed: false,
                     ..Group::clone(g)
                 })),
-                Content::Membership(u, g) => data.memberships.push((u.clone(), g.clone())),
+                Content::Membership => {
+                    if let Ok(DropInName::Membership { user, group }) = classify(name) {
+                        memberships.push((user, group));
+                    }
+                }
                 Content::Broken(why) => data
                     .problems
                     .push(format!("{}: skipped: {why}", dir.path.join(name).display())),
                 Content::Masked | Content::Nothing => {}
             }
         }
+        data.memberships = shared_names(&data.users, &data.groups, &memberships);
         data.users.extend(by_id_users);
         data.groups.extend(by_id_groups);
         self.data = Arc::new(data);
@@ -555,6 +577,43 @@ impl LocalSource for DropIns {
     }
 }
 
+/// The memberships' names, sharing the allocation of this source's record
+/// of that name where it has one (a name once for every other name that
+/// repeats it). The names come from root's directories, so a fast hash
+/// without flooding defence will do.
+fn shared_names<'a>(
+    users: &'a [Arc<User>],
+    groups: &'a [Arc<Group>],
+    pairs: &[(&'a str, &'a str)],
+) -> Vec<(Name, Name)> {
+    if pairs.is_empty() {
+        return Vec::new();
+    }
+    let mut known: foldhash::HashMap<&'a str, Name> =
+        foldhash::HashMap::with_capacity_and_hasher(users.len() + groups.len(), Default::default());
+    for name in users
+        .iter()
+        .map(|u| &u.name)
+        .chain(groups.iter().map(|g| &g.name))
+    {
+        known.entry(name).or_insert_with(|| Name::clone(name));
+    }
+    let mut share = |name: &'a str| -> Name {
+        match known.get(name) {
+            Some(shared) => Name::clone(shared),
+            None => {
+                let new = Name::from(name);
+                known.insert(name, Name::clone(&new));
+                new
+            }
+        }
+    };
+    pairs
+        .iter()
+        .map(|&(user, group)| (share(user), share(group)))
+        .collect()
+}
+
 /// What reading one name gave.
 enum Loaded {
     Entry(Entry),
@@ -715,13 +774,13 @@ fn alias(name: &str, target: &str, sibling: Option<&Entry>) -> Option<Entry> {
             Content::UserAlias(Arc::clone(u))
         }
         (Ok(DropInName::UserByUid(uid)), Content::User(u)) => {
-            Content::Broken(format!("uid {} does not match the file name {uid}", u.uid).into())
+            Content::broken(format!("uid {} does not match the file name {uid}", u.uid))
         }
         (Ok(DropInName::GroupByGid(gid)), Content::Group(g)) if g.gid == gid => {
             Content::GroupAlias(Arc::clone(g))
         }
         (Ok(DropInName::GroupByGid(gid)), Content::Group(g)) => {
-            Content::Broken(format!("gid {} does not match the file name {gid}", g.gid).into())
+            Content::broken(format!("gid {} does not match the file name {gid}", g.gid))
         }
         _ => return None,
     };
@@ -741,7 +800,7 @@ fn unreadable(dir: &Path, name: &str, why: &str, previous: Option<&Entry>) -> En
             tracing::warn!("{}: {why}; keeping what it held", dir.join(name).display());
             before.content.clone()
         }
-        _ => Content::Broken(why.into()),
+        _ => Content::broken(why),
     };
     Entry {
         // The stamp is forgotten, so that any rescan tries again.
@@ -840,19 +899,18 @@ impl Files<'_> {
         previous: Option<&Entry>,
     ) -> Entry {
         let content = match kind {
-            Err(why) => Content::Broken(why.as_str().into()),
+            Err(why) => Content::broken(why.as_str()),
             Ok(DropInName::Companion | DropInName::Unrelated) => Content::Nothing,
             // Empty, or a link to /dev/null (any device: systemd's
             // `null_or_empty`), masks the name.
             Ok(_) if st.is_device() || (st.irregular().is_none() && st.size == 0) => {
                 Content::Masked
             }
-            Ok(_) if st.irregular().is_some() => Content::Broken(
-                format!("is a {}, not a regular file", st.irregular().unwrap_or("?")).into(),
-            ),
-            Ok(DropInName::Membership { user, group }) => {
-                Content::Membership(Name::from(*user), Name::from(*group))
-            }
+            Ok(_) if st.irregular().is_some() => Content::broken(format!(
+                "is a {}, not a regular file",
+                st.irregular().unwrap_or("?")
+            )),
+            Ok(DropInName::Membership { .. }) => Content::Membership,
             Ok(kind) => match self.load_record(name, st, opened, kind) {
                 Ok(content) => content,
                 Err(Failure::Unreadable(why)) => {
@@ -860,7 +918,7 @@ impl Files<'_> {
                     entry.links_to = links_to;
                     return entry;
                 }
-                Err(Failure::Refused(why)) => Content::Broken(why.into()),
+                Err(Failure::Refused(why)) => Content::broken(why),
             },
         };
         Entry {
@@ -976,13 +1034,22 @@ enum Failure {
 
 /// The record split for readers: what the companion holds is privileged,
 /// and so are the shadow aging fields, as they are for `/etc/shadow`.
-fn json_record(record: Map<String, Value>, private_keys: &[String]) -> Box<JsonRecord> {
+/// None when the record has no companion and its fields render as it
+/// (`rendered`): then it is rendered from them.
+fn json_record(
+    record: Map<String, Value>,
+    private_keys: &[String],
+    rendered: impl FnOnce(&Map<String, Value>) -> bool,
+) -> Option<Box<JsonRecord>> {
+    if private_keys.is_empty() && rendered(&record) {
+        return None;
+    }
     let keys: Vec<&str> = private_keys
         .iter()
         .map(String::as_str)
         .chain(SHADOW_FIELDS)
         .collect();
-    Box::new(JsonRecord::split(record, &keys))
+    Some(Box::new(JsonRecord::split(record, &keys)))
 }
 
 fn names_in(record: &Map<String, Value>, key: &str) -> Box<[Name]> {
@@ -1028,7 +1095,7 @@ fn load_user(
     let member_of = names_in(&record, "memberOf");
     let mut out = User::from_nss(user, listed);
     out.member_of = member_of;
-    out.json = Some(json_record(record, private_keys));
+    out.json = json_record(record, private_keys, |record| out.renders_as(record));
     Ok(out)
 }
 
@@ -1061,13 +1128,14 @@ fn load_group(
         return Err(Failure::Refused("not a JSON object".to_owned()));
     };
     let mut out = Group::from_nss(group, listed);
-    out.json = Some(json_record(record, private_keys));
+    out.json = json_record(record, private_keys, |record| out.renders_as(record));
     Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use std::os::unix::fs::symlink;
 
     struct Root(PathBuf);
@@ -1354,7 +1422,35 @@ mod tests {
             .map(|(u, g)| (u.as_ref(), g.as_ref()))
             .collect();
         assert_eq!(pairs, [("alice", "devs"), ("bob", "devs")]);
+        // The group's name is shared, not allocated once more per membership.
+        assert!(Arc::ptr_eq(&data.memberships[0].1, &data.groups[0].name));
         assert_eq!(data.problems.len(), 1);
+    }
+
+    #[test]
+    fn a_record_its_fields_render_exactly_keeps_no_text_and_renders_the_same() {
+        let root = Root::new("plain");
+        let plain = json!({"userName": "alice", "uid": 1500, "gid": 1500, "realName": "Alice",
+            "homeDirectory": "/home/alice", "shell": "/bin/sh"});
+        let richer = json!({"userName": "bob", "uid": 1501, "gid": 1501,
+            "homeDirectory": "/home/bob", "shell": "/bin/sh", "disposition": "regular"});
+        let group = json!({"groupName": "devs", "gid": 5000, "members": ["alice"]});
+        root.write("etc/userdb", "alice.user", &plain.to_string());
+        root.write("etc/userdb", "bob.user", &richer.to_string());
+        root.write("etc/userdb", "devs.group", &group.to_string());
+        let data = root.load();
+        let (alice, bob) = (&data.users[0], &data.users[1]);
+        assert!(alice.json.is_none());
+        assert_eq!(alice.userdb_json(false), (plain, false));
+        assert!(bob.json.is_some());
+        assert_eq!(bob.userdb_json(false), (richer, false));
+        let devs = &data.groups[0];
+        assert!(devs.json.is_none());
+        assert_eq!(
+            devs.userdb_json(vec!["alice".into(), "carol".into()], false)
+                .0,
+            json!({"groupName": "devs", "gid": 5000, "members": ["alice", "carol"]})
+        );
     }
 
     #[test]
