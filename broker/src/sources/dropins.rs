@@ -160,11 +160,31 @@ struct Entry {
     /// fingerprint changed, and `None` is read again at any rescan.
     stamp: Option<NonZeroU64>,
     /// For a link to another file of the same directory: that file's name,
-    /// so that a change to it re-reads the link too.
+    /// so that a change to it re-reads the link too. An alias of a named
+    /// record stores none: it is that record's file ([`Entry::link_target`]).
     links_to: Option<Box<str>>,
     content: Content,
     /// The last read failed for a reason that may pass: read again soon.
     unread: bool,
+}
+
+impl Entry {
+    /// The file of the same directory this entry is a link to, spelled in
+    /// `scratch` when it is derived from the record an alias shares.
+    fn link_target<'a>(&'a self, scratch: &'a mut String) -> Option<&'a str> {
+        if let Some(target) = self.links_to.as_deref() {
+            return Some(target);
+        }
+        let (name, suffix) = match &self.content {
+            Content::UserAlias(u) => (&u.name, ".user"),
+            Content::GroupAlias(g) => (&g.name, ".group"),
+            _ => return None,
+        };
+        scratch.clear();
+        scratch.push_str(name);
+        scratch.push_str(suffix);
+        Some(scratch)
+    }
 }
 
 // One entry is kept per file: at fleet size, every byte counts 600,000 times.
@@ -178,6 +198,14 @@ struct Directory {
     /// The names whose entry is `unread`, so that finding them costs
     /// nothing while idle.
     unread: HashSet<Box<str>>,
+    /// A membership file came, went or changed since the last rebuild:
+    /// otherwise the last rebuild's memberships stand as they were.
+    memberships_changed: bool,
+}
+
+/// Whether a name is a membership's (a valid one or not).
+fn is_membership(name: &str) -> bool {
+    name.ends_with(".membership")
 }
 
 /// A name to read, with what the directory listing said it was (`d_type`),
@@ -215,13 +243,6 @@ impl DropIns {
         }
     }
 
-    /// The directory whose entry a name is: the earliest that has it.
-    fn visible_in(&self, name: &str) -> Option<usize> {
-        self.dirs
-            .iter()
-            .position(|dir| dir.entries.contains_key(name))
-    }
-
     /// Makes the data of the visible entries, in systemd's order: named
     /// records by file name, then the id-named ones. The directories are
     /// kept in name order, so this is one merge of sorted lists, without
@@ -231,6 +252,9 @@ impl DropIns {
         let mut by_id_users = Vec::new();
         let mut by_id_groups = Vec::new();
         let mut memberships = Vec::new();
+        // Sharing 200,000 memberships' names costs more than the rest of a
+        // rebuild: done again only when one of them changed.
+        let memberships_changed = self.dirs.iter().any(|dir| dir.memberships_changed);
         let mut cursors: Vec<(usize, Cursor<'_>)> = self
             .dirs
             .iter()
@@ -258,20 +282,12 @@ impl DropIns {
             let dir = &self.dirs[index];
             match &entry.content {
                 Content::User(u) if u.listed => data.users.push(Arc::clone(u)),
-                Content::User(u) => by_id_users.push(Arc::clone(u)),
+                Content::User(u) => by_id_users.push(ById::Own(u)),
                 Content::Group(g) if g.listed => data.groups.push(Arc::clone(g)),
-                Content::Group(g) => by_id_groups.push(Arc::clone(g)),
-                Content::UserAlias(u) if !self.alias_answers(index, entry) => {}
-                Content::UserAlias(u) => by_id_users.push(Arc::new(User {
-                    listed: false,
-                    ..User::clone(u)
-                })),
-                Content::GroupAlias(g) if !self.alias_answers(index, entry) => {}
-                Content::GroupAlias(g) => by_id_groups.push(Arc::new(Group {
-                    listed: false,
-                    ..Group::clone(g)
-                })),
-                Content::Membership => {
+                Content::Group(g) => by_id_groups.push(ById::Own(g)),
+                Content::UserAlias(u) => by_id_users.push(ById::Alias(u)),
+                Content::GroupAlias(g) => by_id_groups.push(ById::Alias(g)),
+                Content::Membership if memberships_changed => {
                     if let Ok(DropInName::Membership { user, group }) = classify(name) {
                         memberships.push((user, group));
                     }
@@ -279,24 +295,28 @@ impl DropIns {
                 Content::Broken(why) => data
                     .problems
                     .push(format!("{}: skipped: {why}", dir.path.join(name).display())),
-                Content::Masked | Content::Nothing => {}
+                Content::Masked | Content::Membership | Content::Nothing => {}
             }
         }
-        data.memberships = shared_names(&data.users, &data.groups, &memberships);
-        data.users.extend(by_id_users);
-        data.groups.extend(by_id_groups);
+        data.memberships = if memberships_changed {
+            shared_names(&data.users, &data.groups, &memberships)
+        } else {
+            self.data.memberships.clone()
+        };
+        let users = answering_by_id(by_id_users, &data.users, |u| User {
+            listed: false,
+            ..u.clone()
+        });
+        let groups = answering_by_id(by_id_groups, &data.groups, |g| Group {
+            listed: false,
+            ..g.clone()
+        });
+        data.users.extend(users);
+        data.groups.extend(groups);
+        for dir in &mut self.dirs {
+            dir.memberships_changed = false;
+        }
         self.data = Arc::new(data);
-    }
-
-    /// Whether an alias in directory `index` must answer by id itself: its
-    /// named file is hidden by an earlier directory. Otherwise the named
-    /// record, listed by the same source, already answers that id, and a
-    /// second copy would answer nothing.
-    fn alias_answers(&self, index: usize, alias: &Entry) -> bool {
-        alias
-            .links_to
-            .as_deref()
-            .is_none_or(|target| self.visible_in(target) != Some(index))
     }
 
     /// Re-reads the given names of one directory, with what depends on
@@ -323,15 +343,16 @@ impl DropIns {
                     )
                 })
                 .collect();
-            let links: Vec<Wanted> = if targets.is_empty() {
-                Vec::new()
-            } else {
-                entries
-                    .iter()
-                    .filter(|(_, e)| e.links_to.as_deref().is_some_and(|t| targets.contains(t)))
-                    .map(|(link, _)| (link.to_string(), None))
-                    .collect()
-            };
+            let mut links: Vec<Wanted> = Vec::new();
+            let mut scratch = String::new();
+            for (link, entry) in entries.iter().filter(|_| !targets.is_empty()) {
+                if entry
+                    .link_target(&mut scratch)
+                    .is_some_and(|t| targets.contains(t))
+                {
+                    links.push((link.to_string(), None));
+                }
+            }
             wanted.extend(links);
         }
         self.reload(index, wanted)
@@ -426,10 +447,14 @@ impl DropIns {
         let before = dir.entries.len();
         // Both in name order: one walk keeps the entries still listed.
         let mut listed = names.iter().map(|(name, _)| name.as_str()).peekable();
+        let mut memberships_gone = false;
         dir.entries.retain(|name, _| {
             while listed.next_if(|listed| *listed < &**name).is_some() {}
-            listed.peek() == Some(&&**name)
+            let kept = listed.peek() == Some(&&**name);
+            memberships_gone |= !kept && is_membership(name);
+            kept
         });
+        dir.memberships_changed |= memberships_gone;
         dir.unread.retain(|name| {
             names
                 .binary_search_by(|(n, _)| n.as_str().cmp(name))
@@ -465,17 +490,19 @@ impl Directory {
         } else if !self.unread.is_empty() {
             self.unread.remove(name.as_str());
         }
-        match self.entries.get_mut(name.as_str()) {
+        let changed = match self.entries.get_mut(name.as_str()) {
             Some(previous) if *previous == entry => false,
             Some(previous) => {
                 *previous = entry;
                 true
             }
             None => {
-                self.entries.insert(name.into(), entry);
+                self.entries.insert(name.as_str().into(), entry);
                 true
             }
-        }
+        };
+        self.memberships_changed |= changed && is_membership(&name);
+        changed
     }
 
     /// Puts what was read in place of what the names held (`None`: the
@@ -492,6 +519,7 @@ impl Directory {
                 .into_iter()
                 .filter_map(|(name, entry)| Some((name.into_boxed_str(), entry?)))
                 .collect();
+            self.memberships_changed |= self.entries.keys().any(|name| is_membership(name));
             return !self.entries.is_empty();
         }
         let mut changed = false;
@@ -500,7 +528,9 @@ impl Directory {
                 Some(entry) => self.put(name, entry),
                 None => {
                     self.unread.remove(name.as_str());
-                    self.entries.remove(name.as_str()).is_some()
+                    let gone = self.entries.remove(name.as_str()).is_some();
+                    self.memberships_changed |= gone && is_membership(&name);
+                    gone
                 }
             };
         }
@@ -575,6 +605,40 @@ impl LocalSource for DropIns {
     fn report(&self) -> LoadReport {
         self.report.clone()
     }
+}
+
+/// A record found only by id: its own (`UID.user`), or one an alias shares.
+enum ById<'a, T> {
+    Own(&'a Arc<T>),
+    Alias(&'a Arc<T>),
+}
+
+/// The records of `found` that answer by id, in order. An alias answers
+/// only when the record it shares is not seen (its file hidden by an
+/// earlier directory): otherwise that record, from the same directory,
+/// already answers the id, and a second copy would answer nothing.
+fn answering_by_id<T>(
+    found: Vec<ById<'_, T>>,
+    listed: &[Arc<T>],
+    unlisted: impl Fn(&T) -> T,
+) -> Vec<Arc<T>> {
+    let seen: foldhash::HashSet<*const T> = if found.iter().any(|f| matches!(f, ById::Alias(_))) {
+        let own = found.iter().filter_map(|f| match f {
+            ById::Own(record) => Some(*record),
+            ById::Alias(_) => None,
+        });
+        listed.iter().chain(own).map(Arc::as_ptr).collect()
+    } else {
+        foldhash::HashSet::default()
+    };
+    found
+        .into_iter()
+        .filter_map(|f| match f {
+            ById::Own(record) => Some(Arc::clone(record)),
+            ById::Alias(record) if seen.contains(&Arc::as_ptr(record)) => None,
+            ById::Alias(record) => Some(Arc::new(unlisted(record))),
+        })
+        .collect()
 }
 
 /// The memberships' names, sharing the allocation of this source's record
@@ -769,14 +833,18 @@ fn reads_content(kind: &Kind<'_>) -> bool {
 /// a link itself): then the link is read as a file of its own.
 fn alias(name: &str, target: &str, sibling: Option<&Entry>) -> Option<Entry> {
     let sibling = sibling.filter(|s| s.links_to.is_none() && s.stamp.is_some())?;
+    // A listed record's file is its name's: the alias need not store it.
+    let mut derived = false;
     let content = match (classify(name), &sibling.content) {
         (Ok(DropInName::UserByUid(uid)), Content::User(u)) if u.uid == uid => {
+            derived = u.listed;
             Content::UserAlias(Arc::clone(u))
         }
         (Ok(DropInName::UserByUid(uid)), Content::User(u)) => {
             Content::broken(format!("uid {} does not match the file name {uid}", u.uid))
         }
         (Ok(DropInName::GroupByGid(gid)), Content::Group(g)) if g.gid == gid => {
+            derived = g.listed;
             Content::GroupAlias(Arc::clone(g))
         }
         (Ok(DropInName::GroupByGid(gid)), Content::Group(g)) => {
@@ -786,7 +854,7 @@ fn alias(name: &str, target: &str, sibling: Option<&Entry>) -> Option<Entry> {
     };
     Some(Entry {
         stamp: sibling.stamp,
-        links_to: Some(target.into()),
+        links_to: (!derived).then(|| target.into()),
         content,
         unread: false,
     })
@@ -1572,6 +1640,42 @@ mod tests {
             ]
         );
         assert_eq!(source.dirs[0].entries["2004.user"].content, Content::Masked);
+    }
+
+    #[test]
+    fn memberships_follow_their_files_through_changes_rescans_and_masks() {
+        let root = Root::new("memberships");
+        let pairs = |source: &DropIns| -> Vec<(String, String)> {
+            source
+                .data()
+                .memberships
+                .iter()
+                .map(|(u, g)| (u.to_string(), g.to_string()))
+                .collect()
+        };
+        let pair = |u: &str, g: &str| (u.to_owned(), g.to_owned());
+        let alice = root.write(
+            "run/userdb",
+            "alice.user",
+            r#"{"userName":"alice","uid":2001}"#,
+        );
+        root.write("run/userdb", "alice:devs.membership", "{}");
+        let mut source = DropIns::new(&root.0);
+        source.refresh(None);
+        assert_eq!(pairs(&source), [pair("alice", "devs")]);
+        // A record changes, no membership does: they stand as they were.
+        std::fs::write(&alice, r#"{"userName":"alice","uid":2001,"realName":"A"}"#).unwrap();
+        assert!(source.refresh(Some(&[alice])));
+        assert_eq!(pairs(&source), [pair("alice", "devs")]);
+        // One goes, one comes: seen by a rescan.
+        std::fs::remove_file(root.0.join("run/userdb/alice:devs.membership")).unwrap();
+        root.write("run/userdb", "bob:devs.membership", "{}");
+        assert!(source.refresh(None));
+        assert_eq!(pairs(&source), [pair("bob", "devs")]);
+        // An empty file of that name in an earlier directory masks it.
+        let mask = root.write("etc/userdb", "bob:devs.membership", "");
+        assert!(source.refresh(Some(&[mask])));
+        assert_eq!(pairs(&source), []);
     }
 
     #[test]
