@@ -754,7 +754,8 @@ impl Builder {
         let strings = 4 * users + groups;
         Builder {
             strings: Vec::with_capacity(strings * 16),
-            string_at: StringIndex::with_capacity(strings),
+            // Names and shells are looked up; homes and real names are not.
+            string_at: StringIndex::with_capacity(2 * users + groups),
             users: Vec::with_capacity(users * USER_SIZE),
             groups: Vec::with_capacity(groups * GROUP_SIZE),
             lists: Vec::with_capacity((groups + members) * 8),
@@ -781,12 +782,25 @@ impl Builder {
                 && strings.get(start - 4..start) == Some(&(s.len() as u32).to_le_bytes()[..])
         });
         if at == next {
-            put(&mut self.strings, &[s.len() as u32]);
-            self.strings.extend_from_slice(s.as_bytes());
-            let padded = self.strings.len().next_multiple_of(4);
-            self.strings.resize(padded, 0);
+            self.append_string(s);
         }
         at
+    }
+
+    /// A string written without looking for an earlier copy: for the
+    /// fields that seldom repeat (home, real name), where the look-up
+    /// costs more than the bytes it would save.
+    fn string_unshared(&mut self, s: &str) -> u32 {
+        let at = self.strings.len() as u32;
+        self.append_string(s);
+        at
+    }
+
+    fn append_string(&mut self, s: &str) {
+        put(&mut self.strings, &[s.len() as u32]);
+        self.strings.extend_from_slice(s.as_bytes());
+        let padded = self.strings.len().next_multiple_of(4);
+        self.strings.resize(padded, 0);
     }
 
     fn list(&mut self, items: impl ExactSizeIterator<Item = u32>) -> u32 {
@@ -806,8 +820,8 @@ impl Builder {
             self.string_hashed(p.name, name_hash),
             p.uid,
             p.gid,
-            self.string(p.gecos),
-            self.string(p.home),
+            self.string_unshared(p.gecos),
+            self.string_unshared(p.home),
             self.string(p.shell),
             flags_of(u.listed, u.origin),
             0,
@@ -1146,9 +1160,10 @@ mod tests {
     }
 
     #[test]
-    fn the_writer_stores_each_string_once_however_many_it_holds() {
+    fn the_writer_stores_each_name_and_shell_once_however_many_it_holds() {
         // Enough users to grow the string index several times, each with
-        // the same shell and a home of its own.
+        // the same shell and real name and a home of its own: the shell
+        // and each name are written once, homes and real names per user.
         let names: Vec<String> = (0..5000).map(|i| format!("u{i}")).collect();
         let homes: Vec<String> = names.iter().map(|n| format!("/home/{n}")).collect();
         let mut b = Builder::new();
@@ -1170,7 +1185,7 @@ mod tests {
         let strings_len = head.u32_at(36).unwrap() as usize;
         let padded = |s: &str| 4 + s.len().next_multiple_of(4);
         let distinct: usize = names.iter().chain(&homes).map(|s| padded(s)).sum::<usize>()
-            + padded("Real Name")
+            + names.len() * padded("Real Name")
             + padded("/bin/sh");
         assert_eq!(strings_len, distinct);
         let last = s.user_by_name(named("u4999")).unwrap().unwrap();
