@@ -75,9 +75,11 @@ pub struct User {
     pub name: Name,
     pub uid: u32,
     pub gid: u32,
-    pub gecos: Box<str>,
-    pub home: Box<str>,
-    pub shell: Box<str>,
+    /// The real name, home and shell one after another, in one allocation
+    /// (users are kept by the hundred thousand): see [`User::gecos`].
+    text: Box<str>,
+    home_at: u32,
+    shell_at: u32,
     /// Groups this record says the user is a member of (`memberOf`).
     pub member_of: Box<[Name]>,
     /// False for records found only under their uid (systemd's `UID.user`
@@ -125,18 +127,33 @@ impl User {
             shell,
             shadow,
         } = record;
+        // The fields were checked when read: each is far below 4 GiB.
+        let offset = |len: usize| u32::try_from(len).unwrap_or(u32::MAX);
         User {
             name: name.into(),
             uid,
             gid,
-            gecos: gecos.into(),
-            home: home.into(),
-            shell: shell.into(),
+            home_at: offset(gecos.len()),
+            shell_at: offset(gecos.len() + home.len()),
+            text: [gecos, home, shell].concat().into(),
             member_of: Box::default(),
             listed,
             shadow: shadow.map(Box::new),
             json: None,
         }
+    }
+
+    pub fn gecos(&self) -> &str {
+        self.text.get(..self.home_at as usize).unwrap_or_default()
+    }
+
+    pub fn home(&self) -> &str {
+        let (from, to) = (self.home_at as usize, self.shell_at as usize);
+        self.text.get(from..to).unwrap_or_default()
+    }
+
+    pub fn shell(&self) -> &str {
+        self.text.get(self.shell_at as usize..).unwrap_or_default()
     }
 
     /// The NSS view, with the shadow part only for a privileged peer.
@@ -145,9 +162,9 @@ impl User {
             name: self.name.to_string(),
             uid: self.uid,
             gid: self.gid,
-            gecos: self.gecos.to_string(),
-            home: self.home.to_string(),
-            shell: self.shell.to_string(),
+            gecos: self.gecos().to_owned(),
+            home: self.home().to_owned(),
+            shell: self.shell().to_owned(),
             shadow: for_peer(&self.shadow, peer_privileged),
         }
     }
@@ -158,9 +175,9 @@ impl User {
             name: &self.name,
             uid: self.uid,
             gid: self.gid,
-            gecos: &self.gecos,
-            home: &self.home,
-            shell: &self.shell,
+            gecos: self.gecos(),
+            home: self.home(),
+            shell: self.shell(),
         }
     }
 
@@ -301,6 +318,31 @@ mod tests {
         assert!(!withheld);
         assert_eq!(full["privileged"]["hashedPassword"], json!(["$6$h"]));
         assert_eq!(user.nss(false).shadow, None);
+    }
+
+    #[test]
+    fn a_users_text_fields_read_back_as_given() {
+        for (gecos, home, shell) in [
+            ("", "/", "/bin/sh"),
+            ("Jos\u{e9} \u{1f600}", "/home/j\u{f6}", ""),
+        ] {
+            let user = User::from_nss(
+                UserRecord {
+                    name: "j".into(),
+                    uid: 1,
+                    gid: 1,
+                    gecos: gecos.into(),
+                    home: home.into(),
+                    shell: shell.into(),
+                    shadow: None,
+                },
+                true,
+            );
+            assert_eq!(
+                (user.gecos(), user.home(), user.shell()),
+                (gecos, home, shell)
+            );
+        }
     }
 
     #[test]

@@ -303,9 +303,10 @@ impl DropIns {
         } else {
             self.data.memberships.clone()
         };
-        let users = answering_by_id(by_id_users, &data.users, |u| User {
-            listed: false,
-            ..u.clone()
+        let users = answering_by_id(by_id_users, &data.users, |u| {
+            let mut unlisted = u.clone();
+            unlisted.listed = false;
+            unlisted
         });
         let groups = answering_by_id(by_id_groups, &data.groups, |g| Group {
             listed: false,
@@ -1707,7 +1708,7 @@ mod tests {
         assert!(data
             .users
             .iter()
-            .all(|u| u.name.as_ref() != "alice" || &*u.gecos == "A"));
+            .all(|u| u.name.as_ref() != "alice" || u.gecos() == "A"));
         assert!(Arc::ptr_eq(&bob, &data.users[1]), "bob was not read again");
         let link = &source.dirs[0].entries["2001.user"].content;
         assert!(

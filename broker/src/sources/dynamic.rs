@@ -273,9 +273,9 @@ mod tests {
                 svc.name.as_ref(),
                 svc.uid,
                 svc.gid,
-                &*svc.gecos,
-                &*svc.home,
-                &*svc.shell
+                svc.gecos(),
+                svc.home(),
+                svc.shell()
             ),
             ("svc", 61200, 61200, REAL_NAME, HOME, SHELL)
         );
