@@ -24,7 +24,6 @@
 use std::collections::{btree_map, BTreeMap, HashSet};
 use std::fs::FileType;
 use std::iter::Peekable;
-use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -155,17 +154,35 @@ impl Content {
 
 #[derive(Debug, Clone, PartialEq)]
 struct Entry {
-    /// What the name led to (`stat`, links followed) when last read, as an
-    /// [`read::Identity::fingerprint`]; a rescan re-reads only names whose
-    /// fingerprint changed, and `None` is read again at any rescan.
-    stamp: Option<NonZeroU64>,
+    stamp: Stamp,
     /// For a link to another file of the same directory: that file's name,
-    /// so that a change to it re-reads the link too. An alias of a named
-    /// record stores none: it is that record's file ([`Entry::link_target`]).
-    links_to: Option<Box<str>>,
+    /// so that a change to it re-reads the link too; behind a thin pointer,
+    /// as few links store one: an alias of a named record stores none, it
+    /// is that record's file ([`Entry::link_target`]).
+    links_to: Option<Box<Box<str>>>,
     content: Content,
+}
+
+/// What a name led to (`stat`, links followed) when last read, in eight
+/// bytes: its [`read::Identity::fingerprint`], or why there is none. A
+/// rescan re-reads the names whose fingerprint changed or who have none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp(u64);
+
+impl Stamp {
+    /// Nothing read (a dangling link).
+    const NONE: Stamp = Stamp(0);
     /// The last read failed for a reason that may pass: read again soon.
-    unread: bool,
+    const UNREAD: Stamp = Stamp(1);
+
+    fn of(st: &read::Stat) -> Stamp {
+        // The two fingerprints in 2^64 that are marks count as the next.
+        Stamp(st.identity.fingerprint().max(2))
+    }
+
+    fn is_read(self) -> bool {
+        self.0 >= 2
+    }
 }
 
 impl Entry {
@@ -173,7 +190,7 @@ impl Entry {
     /// `scratch` when it is derived from the record an alias shares.
     fn link_target<'a>(&'a self, scratch: &'a mut String) -> Option<&'a str> {
         if let Some(target) = self.links_to.as_deref() {
-            return Some(target);
+            return Some(&**target);
         }
         let (name, suffix) = match &self.content {
             Content::UserAlias(u) => (&u.name, ".user"),
@@ -188,7 +205,7 @@ impl Entry {
 }
 
 // One entry is kept per file: at fleet size, every byte counts 600,000 times.
-const _: () = assert!(std::mem::size_of::<Content>() == 16 && std::mem::size_of::<Entry>() == 48);
+const _: () = assert!(std::mem::size_of::<Content>() == 16 && std::mem::size_of::<Entry>() == 32);
 
 /// One drop-in directory, file by file, in file name order.
 #[derive(Debug, Default)]
@@ -466,11 +483,9 @@ impl DropIns {
         let stale: Vec<Wanted> = names
             .iter()
             .filter(|(name, _)| match dir.entries.get(name.as_str()) {
-                Some(Entry {
-                    stamp: Some(stamp), ..
-                }) => {
+                Some(entry) if entry.stamp.is_read() => {
                     let now = handle.as_ref().and_then(|h| h.stat(name).ok());
-                    now.is_none_or(|st| st.identity.fingerprint() != *stamp)
+                    now.is_none_or(|st| Stamp::of(&st) != entry.stamp)
                 }
                 _ => true,
             })
@@ -486,7 +501,7 @@ impl DropIns {
 impl Directory {
     /// Puts `entry` in place of what `name` held; whether that changed it.
     fn put(&mut self, name: String, entry: Entry) -> bool {
-        if entry.unread {
+        if entry.stamp == Stamp::UNREAD {
             self.unread.insert(name.as_str().into());
         } else if !self.unread.is_empty() {
             self.unread.remove(name.as_str());
@@ -513,7 +528,7 @@ impl Directory {
         if self.entries.is_empty() {
             self.unread.extend(
                 read.iter()
-                    .filter(|(_, entry)| entry.as_ref().is_some_and(|e| e.unread))
+                    .filter(|(_, entry)| entry.as_ref().is_some_and(|e| e.stamp == Stamp::UNREAD))
                     .map(|(name, _)| name.as_str().into()),
             );
             self.entries = read
@@ -790,10 +805,9 @@ fn load_all_followed(
                 // A dangling link provides nothing but still takes its
                 // name, as in systemd's conf-files.
                 Err(ReadError::Missing) if handle.lstat(name).is_ok() => Some(Entry {
-                    stamp: None,
-                    links_to: link,
+                    stamp: Stamp::NONE,
+                    links_to: link.map(Box::new),
                     content: Content::Masked,
-                    unread: false,
                 }),
                 Err(ReadError::Missing) => None,
                 Err(e) => Some(unreadable(
@@ -833,7 +847,7 @@ fn reads_content(kind: &Kind<'_>) -> bool {
 /// `None` when the sibling holds no record to share (gone, masked, broken,
 /// a link itself): then the link is read as a file of its own.
 fn alias(name: &str, target: &str, sibling: Option<&Entry>) -> Option<Entry> {
-    let sibling = sibling.filter(|s| s.links_to.is_none() && s.stamp.is_some())?;
+    let sibling = sibling.filter(|s| s.links_to.is_none() && s.stamp.is_read())?;
     // A listed record's file is its name's: the alias need not store it.
     let mut derived = false;
     let content = match (classify(name), &sibling.content) {
@@ -855,9 +869,8 @@ fn alias(name: &str, target: &str, sibling: Option<&Entry>) -> Option<Entry> {
     };
     Some(Entry {
         stamp: sibling.stamp,
-        links_to: (!derived).then(|| target.into()),
+        links_to: (!derived).then(|| Box::new(target.into())),
         content,
-        unread: false,
     })
 }
 
@@ -872,11 +885,10 @@ fn unreadable(dir: &Path, name: &str, why: &str, previous: Option<&Entry>) -> En
         _ => Content::broken(why),
     };
     Entry {
-        // The stamp is forgotten, so that any rescan tries again.
-        stamp: None,
+        // The fingerprint is forgotten, so that any rescan tries again.
+        stamp: Stamp::UNREAD,
         links_to: previous.and_then(|p| p.links_to.clone()),
         content,
-        unread: true,
     }
 }
 
@@ -945,10 +957,9 @@ impl Files<'_> {
             _ => match self.handle.stat(name) {
                 Ok(st) => Loaded::Entry(self.load_file(name, kind, &st, None, link, previous)),
                 Err(ReadError::Missing) => Loaded::Entry(Entry {
-                    stamp: None,
-                    links_to: link,
+                    stamp: Stamp::NONE,
+                    links_to: link.map(Box::new),
                     content: Content::Masked,
-                    unread: false,
                 }),
                 Err(e) => Loaded::Entry(unreadable(self.path, name, &e.to_string(), previous)),
             },
@@ -984,17 +995,16 @@ impl Files<'_> {
                 Ok(content) => content,
                 Err(Failure::Unreadable(why)) => {
                     let mut entry = unreadable(self.path, name, &why, previous);
-                    entry.links_to = links_to;
+                    entry.links_to = links_to.map(Box::new);
                     return entry;
                 }
                 Err(Failure::Refused(why)) => Content::broken(why),
             },
         };
         Entry {
-            stamp: Some(st.identity.fingerprint()),
-            links_to,
+            stamp: Stamp::of(st),
+            links_to: links_to.map(Box::new),
             content,
-            unread: false,
         }
     }
 

@@ -36,7 +36,6 @@ use std::ffi::CString;
 use std::fs::{File, Metadata, OpenOptions};
 use std::hash::{Hash, Hasher};
 use std::io::{self, ErrorKind, Read};
-use std::num::NonZeroU64;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -81,14 +80,13 @@ impl Identity {
     /// Eight bytes standing for the identity, for sources that keep one per
     /// file by the hundred thousand: two identities of one file differ at
     /// least in their ctime, and a 64-bit hash maps them to the same value
-    /// once in 2^64 changes. Never zero, so that an optional one takes
-    /// eight bytes too.
-    pub fn fingerprint(&self) -> NonZeroU64 {
+    /// once in 2^64 changes.
+    pub fn fingerprint(&self) -> u64 {
         // Fixed keys: the value must be the same at every rescan.
         #[allow(deprecated)]
         let mut hasher = std::hash::SipHasher::new();
         self.hash(&mut hasher);
-        NonZeroU64::new(hasher.finish()).unwrap_or(NonZeroU64::MIN)
+        hasher.finish()
     }
 }
 
