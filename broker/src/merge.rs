@@ -249,7 +249,14 @@ pub fn build(mut sources: Vec<Loaded>, priority: &Priority, generation: u64) -> 
         s.sources[id].memberships = stated.len() - before;
     }
     s.stated_by_group = NameLists::from_pairs(stated.iter().map(|&(user, group)| (group, user)));
-    s.stated_by_user = NameLists::from_pairs(stated.iter().copied());
+    // By user, only the groups no local record holds are ever asked for
+    // (their gids come from the services): the others are left out.
+    let unheld: Vec<(&Name, &Name)> = stated
+        .iter()
+        .copied()
+        .filter(|(_, group)| !s.group_by_name.contains_key(&***group))
+        .collect();
+    s.unheld_by_user = NameLists::from_pairs(unheld.into_iter());
     finish_members(s);
     drop(stated);
     s.users = users;
@@ -702,6 +709,52 @@ mod tests {
         );
         let (none, _) = pick::<User>(Vec::new());
         assert!(none.is_none());
+    }
+
+    #[test]
+    fn a_users_stated_groups_that_no_local_record_holds_are_kept_for_the_services() {
+        // bob: devs and wheel by memberOf, svc by a membership drop-in; only
+        // svc has no local record, so only its gid is asked of the services.
+        let mut merged = two_sources();
+        let names = |s: &Snapshot, user| -> Vec<String> {
+            s.stated_unheld_groups(user)
+                .iter()
+                .map(|g| g.to_string())
+                .collect()
+        };
+        assert!(names(&merged.snapshot, "bob").is_empty());
+        let dropins = SourceData {
+            users: vec![user("bob", 1001, &["wheel", "svc"])],
+            memberships: vec![pair("bob", "devs"), pair("bob", "svc2")],
+            ..Default::default()
+        };
+        merged = build(
+            vec![loaded(SourceKind::DropIns, dropins)],
+            &default_priority(),
+            8,
+        );
+        assert_eq!(
+            names(&merged.snapshot, "bob"),
+            ["wheel", "svc", "devs", "svc2"]
+        );
+        let files = SourceData {
+            groups: vec![group("wheel", 10, &[]), group("svc2", 600, &[])],
+            ..Default::default()
+        };
+        let dropins = SourceData {
+            users: vec![user("bob", 1001, &["wheel", "svc"])],
+            memberships: vec![pair("bob", "devs"), pair("bob", "svc2")],
+            ..Default::default()
+        };
+        merged = build(
+            vec![
+                loaded(SourceKind::Files, files),
+                loaded(SourceKind::DropIns, dropins),
+            ],
+            &default_priority(),
+            9,
+        );
+        assert_eq!(names(&merged.snapshot, "bob"), ["svc", "devs"]);
     }
 
     #[test]

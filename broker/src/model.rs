@@ -8,7 +8,8 @@
 //! - Privileged data (hashes, shadow aging) sit apart and go only to root.
 //! - Records that came as JSON (drop-ins, services) keep their original text
 //!   for `io.systemd.UserDatabase` clients, split into the part anyone may
-//!   read and the privileged part. Records from `/etc` are rendered from
+//!   read and the privileged part. Records from `/etc`, and drop-ins that
+//!   say no more than their NSS fields (`renders_as`), are rendered from
 //!   their fields.
 
 use std::sync::Arc;

@@ -463,12 +463,7 @@ impl Resolver {
         }
         // Groups stated locally by name but not held locally, and every
         // membership the services state: their gids come from the services.
-        let mut unresolved: Vec<Name> = snapshot
-            .stated_groups(user)
-            .iter()
-            .filter(|g| snapshot.group_by_name(g).is_none())
-            .cloned()
-            .collect();
+        let mut unresolved: Vec<Name> = snapshot.stated_unheld_groups(user).to_vec();
         let answers = self.varlink.ask(
             services,
             &[Request::Memberships {

@@ -107,10 +107,12 @@ pub struct Snapshot {
     pub(crate) member_by_name: Map<Name, u32>,
     pub(crate) member_groups: Vec<GroupRef>,
     /// Memberships stated by name (membership drop-ins, `memberOf`), by
-    /// group name and by user name: what a group served by a Varlink
-    /// service gets from the local sources.
+    /// group name: what a group served by a Varlink service gets from the
+    /// local sources.
     pub(crate) stated_by_group: NameLists,
-    pub(crate) stated_by_user: NameLists,
+    /// The same memberships of groups no local record holds, by user name:
+    /// the groups whose gids a user's `initgroups` asks the services for.
+    pub(crate) unheld_by_user: NameLists,
 }
 
 /// Lists of names by name, each in the order given, in one allocation
@@ -205,7 +207,7 @@ impl Snapshot {
             member_by_name: Map::default(),
             member_groups: Vec::new(),
             stated_by_group: NameLists::default(),
-            stated_by_user: NameLists::default(),
+            unheld_by_user: NameLists::default(),
         }
     }
 
@@ -288,9 +290,10 @@ impl Snapshot {
         self.stated_by_group.get(group)
     }
 
-    /// Groups a user is stated a member of by name.
-    pub fn stated_groups(&self, user: &str) -> &[Name] {
-        self.stated_by_user.get(user)
+    /// Groups no local record holds that a user is stated a member of by
+    /// name.
+    pub fn stated_unheld_groups(&self, user: &str) -> &[Name] {
+        self.unheld_by_user.get(user)
     }
 }
 
