@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use crate::model::{Group, Name, User};
 use crate::snapshot::{
-    GroupEntry, GroupRef, Map, Member, MemberName, NameLists, Set, Snapshot, SourceId,
+    GroupEntry, GroupRef, Map, Member, MemberName, NameIndex, NameLists, Set, Snapshot, SourceId,
     SourceStatus, UserEntry,
 };
 use crate::sources::{LoadReport, SourceData, SourceInfo, SourceKind};
@@ -254,7 +254,7 @@ pub fn build(mut sources: Vec<Loaded>, priority: &Priority, generation: u64) -> 
     let unheld: Vec<(&Name, &Name)> = stated
         .iter()
         .copied()
-        .filter(|(_, group)| !s.group_by_name.contains_key(&***group))
+        .filter(|(_, group)| s.group_by_name(group).is_none())
         .collect();
     s.unheld_by_user = NameLists::from_pairs(unheld.into_iter());
     finish_members(s);
@@ -283,10 +283,9 @@ struct Builder {
     stated: usize,
 }
 
-/// The first record (index) to have `name`, listed or not: records are
-/// added in order, so the smaller index.
-fn first_with_name(listed: &Map<Name, u32>, unlisted: &Map<Name, u32>, name: &str) -> Option<u32> {
-    let listed = listed.get(name).copied();
+/// The first record (index) to have `name`, listed (`listed`, that
+/// record) or not: records are added in order, so the smaller index.
+fn first_with_name(listed: Option<u32>, unlisted: &Map<Name, u32>, name: &str) -> Option<u32> {
     if unlisted.is_empty() {
         return listed;
     }
@@ -310,6 +309,11 @@ fn shadowing(
 
 /// Puts `name` in `map` for `index` unless a record has it already;
 /// whether it did.
+/// The name of the record at `at` of `records`, for a [`NameIndex`].
+fn name_at<T>(records: &[T], at: u32, name: impl Fn(&T) -> &Name) -> Option<&str> {
+    records.get(at as usize).map(|r| &**name(r))
+}
+
 fn claim(map: &mut Map<Name, u32>, name: &Name, index: u32) -> bool {
     if map.contains_key(name) {
         return false;
@@ -345,19 +349,20 @@ impl Builder {
         };
         let s = &mut b.snapshot;
         s.users.reserve(users);
-        s.user_by_name.reserve(users);
+        s.user_by_name = NameIndex::with_capacity(users);
         s.user_by_uid.reserve(users);
         s.groups.reserve(groups);
-        s.group_by_name.reserve(groups);
+        s.group_by_name = NameIndex::with_capacity(groups);
         s.group_by_gid.reserve(groups);
         s.members.reserve(users);
-        s.member_by_name.reserve(users);
+        s.member_by_name = NameIndex::with_capacity(users);
         b
     }
 
     fn add_user(&mut self, id: SourceId, user: &Arc<User>) {
         let s = &mut self.snapshot;
-        let by_name = first_with_name(&s.user_by_name, &self.unlisted_users, &user.name);
+        let listed = s.user_by_name.get(&user.name, |at| s.user_name(at));
+        let by_name = first_with_name(listed, &self.unlisted_users, &user.name);
         let by_id = s.user_by_uid.get(&user.uid).copied();
         let users = &s.users;
         if let Some((owner, index)) = shadowing(by_name, by_id, |i| users[i as usize].source, id) {
@@ -374,7 +379,9 @@ impl Builder {
         }
         let index = s.users.len() as u32;
         let holds_name = if user.listed {
-            claim(&mut s.user_by_name, &user.name, index)
+            let users = &s.users;
+            s.user_by_name
+                .claim(&user.name, index, |at| name_at(users, at, |u| &u.user.name))
         } else {
             claim(&mut self.unlisted_users, &user.name, index);
             false
@@ -393,7 +400,8 @@ impl Builder {
 
     fn add_group(&mut self, id: SourceId, group: &Arc<Group>) {
         let s = &mut self.snapshot;
-        let by_name = first_with_name(&s.group_by_name, &self.unlisted_groups, &group.name);
+        let listed = s.group_by_name.get(&group.name, |at| s.group_name(at));
+        let by_name = first_with_name(listed, &self.unlisted_groups, &group.name);
         let by_id = s.group_by_gid.get(&group.gid).copied();
         let groups = &s.groups;
         if let Some((owner, index)) = shadowing(by_name, by_id, |i| groups[i as usize].source, id) {
@@ -410,7 +418,10 @@ impl Builder {
         }
         let index = s.groups.len() as u32;
         let holds_name = if group.listed {
-            claim(&mut s.group_by_name, &group.name, index)
+            let groups = &s.groups;
+            s.group_by_name.claim(&group.name, index, |at| {
+                name_at(groups, at, |g| &g.group.name)
+            })
         } else {
             claim(&mut self.unlisted_groups, &group.name, index);
             false
@@ -450,15 +461,18 @@ fn finish_members(s: &mut Snapshot) {
         }
         entry.members = members.into_members();
         for member in entry.members.iter() {
-            let at = match s.member_by_name.get(&member.name) {
-                Some(&at) => at,
+            let known = |at| name_at(&s.members, at, |m| &m.name);
+            let at = match s.member_by_name.get(&member.name, known) {
+                Some(at) => at,
                 None => {
                     let at = s.members.len() as u32;
-                    s.member_by_name.insert(Name::clone(&member.name), at);
                     s.members.push(MemberName {
                         name: Name::clone(&member.name),
                         groups: 0..0,
                     });
+                    let members = &s.members;
+                    s.member_by_name
+                        .claim(&member.name, at, |i| name_at(members, i, |m| &m.name));
                     counts.push(0);
                     at
                 }

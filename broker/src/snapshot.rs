@@ -7,6 +7,7 @@
 //! the watcher ([`SnapshotStore::reap`]), never by a request that happened to
 //! hold the last reference.
 
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -27,6 +28,56 @@ pub type SourceId = usize;
 /// rebuild at 100,000 users.
 pub(crate) type Map<K, V> = foldhash::HashMap<K, V>;
 pub(crate) type Set<T> = foldhash::HashSet<T>;
+
+/// Record numbers by name, four bytes a slot where a map would hold the
+/// name too: the name is read from the record (`name_of`). The records'
+/// vectors are indexed this way at hundreds of thousands of entries.
+#[derive(Debug, Default)]
+pub(crate) struct NameIndex {
+    table: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl NameIndex {
+    pub fn with_capacity(capacity: usize) -> NameIndex {
+        NameIndex {
+            table: hashbrown::HashTable::with_capacity(capacity),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+
+    /// The record of `name`, given each record's name.
+    pub fn get<'a>(&self, name: &str, name_of: impl Fn(u32) -> Option<&'a str>) -> Option<u32> {
+        let hash = self.hasher.hash_one(name);
+        self.table
+            .find(hash, |&at| name_of(at) == Some(name))
+            .copied()
+    }
+
+    /// Records `index` under `name` unless a record has it already;
+    /// whether it did.
+    pub fn claim<'a>(
+        &mut self,
+        name: &str,
+        index: u32,
+        name_of: impl Fn(u32) -> Option<&'a str>,
+    ) -> bool {
+        let NameIndex { table, hasher } = self;
+        let hash = hasher.hash_one(name);
+        let entry = table.entry(
+            hash,
+            |&at| name_of(at) == Some(name),
+            |&at| hasher.hash_one(name_of(at).unwrap_or_default()),
+        );
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(_) => false,
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                slot.insert(index);
+                true
+            }
+        }
+    }
+}
 
 /// What one source contributed, for status output.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,16 +146,16 @@ pub struct Snapshot {
     pub built_at: Instant,
     pub sources: Vec<SourceStatus>,
     pub(crate) users: Vec<UserEntry>,
-    pub(crate) user_by_name: Map<Name, u32>,
+    pub(crate) user_by_name: NameIndex,
     pub(crate) user_by_uid: Map<u32, u32>,
     pub(crate) groups: Vec<GroupEntry>,
-    pub(crate) group_by_name: Map<Name, u32>,
+    pub(crate) group_by_name: NameIndex,
     pub(crate) group_by_gid: Map<u32, u32>,
     /// Every member name, in the order the groups first list it, with the
     /// groups that list it; those lists lie one after another in
     /// `member_groups`, each in group order.
     pub(crate) members: Vec<MemberName>,
-    pub(crate) member_by_name: Map<Name, u32>,
+    pub(crate) member_by_name: NameIndex,
     pub(crate) member_groups: Vec<GroupRef>,
     /// Memberships stated by name (membership drop-ins, `memberOf`), by
     /// group name: what a group served by a Varlink service gets from the
@@ -198,13 +249,13 @@ impl Snapshot {
             built_at: Instant::now(),
             sources: Vec::new(),
             users: Vec::new(),
-            user_by_name: Map::default(),
+            user_by_name: NameIndex::default(),
             user_by_uid: Map::default(),
             groups: Vec::new(),
-            group_by_name: Map::default(),
+            group_by_name: NameIndex::default(),
             group_by_gid: Map::default(),
             members: Vec::new(),
-            member_by_name: Map::default(),
+            member_by_name: NameIndex::default(),
             member_groups: Vec::new(),
             stated_by_group: NameLists::default(),
             unheld_by_user: NameLists::default(),
@@ -225,8 +276,21 @@ impl Snapshot {
 
     pub fn user_by_name(&self, name: &str) -> Option<&UserEntry> {
         self.user_by_name
-            .get(name)
-            .and_then(|&i| self.users.get(i as usize))
+            .get(name, |at| self.user_name(at))
+            .and_then(|i| self.users.get(i as usize))
+    }
+
+    /// The name of the user at `at`, for [`Snapshot::user_by_name`].
+    pub(crate) fn user_name(&self, at: u32) -> Option<&str> {
+        self.users.get(at as usize).map(|u| &*u.user.name)
+    }
+
+    pub(crate) fn group_name(&self, at: u32) -> Option<&str> {
+        self.groups.get(at as usize).map(|g| &*g.group.name)
+    }
+
+    pub(crate) fn member_name(&self, at: u32) -> Option<&str> {
+        self.members.get(at as usize).map(|m| &*m.name)
     }
 
     pub fn user_by_uid(&self, uid: u32) -> Option<&UserEntry> {
@@ -246,8 +310,8 @@ impl Snapshot {
 
     pub fn group_by_name(&self, name: &str) -> Option<&GroupEntry> {
         self.group_by_name
-            .get(name)
-            .and_then(|&i| self.groups.get(i as usize))
+            .get(name, |at| self.group_name(at))
+            .and_then(|i| self.groups.get(i as usize))
     }
 
     pub fn group_by_gid(&self, gid: u32) -> Option<&GroupEntry> {
@@ -267,8 +331,8 @@ impl Snapshot {
     /// The groups that list `user` as a member, in group order.
     pub fn groups_of(&self, user: &str) -> impl Iterator<Item = &GroupEntry> {
         self.member_by_name
-            .get(user)
-            .and_then(|&i| self.members.get(i as usize))
+            .get(user, |at| self.member_name(at))
+            .and_then(|i| self.members.get(i as usize))
             .into_iter()
             .flat_map(|m| self.groups_listing(m))
             .filter_map(|r| self.groups.get(r.group as usize))
