@@ -27,8 +27,8 @@ use std::time::Instant;
 
 use crate::model::{Group, Name, User};
 use crate::snapshot::{
-    GroupEntry, GroupRef, Map, Member, MemberName, NameIndex, NameLists, Set, Snapshot, SourceId,
-    SourceStatus, UserEntry,
+    group_name, member_name, user_name, GroupEntry, GroupRef, Map, Member, MemberName, NameIndex,
+    NameLists, Set, Snapshot, SourceId, SourceStatus, UserEntry,
 };
 use crate::sources::{LoadReport, SourceData, SourceInfo, SourceKind};
 
@@ -309,11 +309,6 @@ fn shadowing(
 
 /// Puts `name` in `map` for `index` unless a record has it already;
 /// whether it did.
-/// The name of the record at `at` of `records`, for a [`NameIndex`].
-fn name_at<T>(records: &[T], at: u32, name: impl Fn(&T) -> &Name) -> Option<&str> {
-    records.get(at as usize).map(|r| &**name(r))
-}
-
 fn claim(map: &mut Map<Name, u32>, name: &Name, index: u32) -> bool {
     if map.contains_key(name) {
         return false;
@@ -361,7 +356,7 @@ impl Builder {
 
     fn add_user(&mut self, id: SourceId, user: &Arc<User>) {
         let s = &mut self.snapshot;
-        let listed = s.user_by_name.get(&user.name, |at| s.user_name(at));
+        let listed = s.user_by_name.get(&user.name, |at| user_name(&s.users, at));
         let by_name = first_with_name(listed, &self.unlisted_users, &user.name);
         let by_id = s.user_by_uid.get(&user.uid).copied();
         let users = &s.users;
@@ -381,7 +376,7 @@ impl Builder {
         let holds_name = if user.listed {
             let users = &s.users;
             s.user_by_name
-                .claim(&user.name, index, |at| name_at(users, at, |u| &u.user.name))
+                .claim(&user.name, index, |at| user_name(users, at))
         } else {
             claim(&mut self.unlisted_users, &user.name, index);
             false
@@ -400,7 +395,9 @@ impl Builder {
 
     fn add_group(&mut self, id: SourceId, group: &Arc<Group>) {
         let s = &mut self.snapshot;
-        let listed = s.group_by_name.get(&group.name, |at| s.group_name(at));
+        let listed = s
+            .group_by_name
+            .get(&group.name, |at| group_name(&s.groups, at));
         let by_name = first_with_name(listed, &self.unlisted_groups, &group.name);
         let by_id = s.group_by_gid.get(&group.gid).copied();
         let groups = &s.groups;
@@ -419,9 +416,8 @@ impl Builder {
         let index = s.groups.len() as u32;
         let holds_name = if group.listed {
             let groups = &s.groups;
-            s.group_by_name.claim(&group.name, index, |at| {
-                name_at(groups, at, |g| &g.group.name)
-            })
+            s.group_by_name
+                .claim(&group.name, index, |at| group_name(groups, at))
         } else {
             claim(&mut self.unlisted_groups, &group.name, index);
             false
@@ -461,7 +457,7 @@ fn finish_members(s: &mut Snapshot) {
         }
         entry.members = members.into_members();
         for member in entry.members.iter() {
-            let known = |at| name_at(&s.members, at, |m| &m.name);
+            let known = |at| member_name(&s.members, at);
             let at = match s.member_by_name.get(&member.name, known) {
                 Some(at) => at,
                 None => {
@@ -472,7 +468,7 @@ fn finish_members(s: &mut Snapshot) {
                     });
                     let members = &s.members;
                     s.member_by_name
-                        .claim(&member.name, at, |i| name_at(members, i, |m| &m.name));
+                        .claim(&member.name, at, |i| member_name(members, i));
                     counts.push(0);
                     at
                 }
@@ -727,8 +723,9 @@ mod tests {
 
     #[test]
     fn a_users_stated_groups_that_no_local_record_holds_are_kept_for_the_services() {
-        // bob: devs and wheel by memberOf, svc by a membership drop-in; only
-        // svc has no local record, so only its gid is asked of the services.
+        // Kept by user only where no local record holds the group: none of
+        // bob's in two_sources (wheel and devs are local), all four with no
+        // local group, svc and devs once files hold wheel and svc2.
         let mut merged = two_sources();
         let names = |s: &Snapshot, user| -> Vec<String> {
             s.stated_unheld_groups(user)

@@ -157,6 +157,14 @@ impl User {
         self.text.get(self.shell_at as usize..).unwrap_or_default()
     }
 
+    /// A copy that answers look-ups by uid only.
+    pub fn unlisted(&self) -> User {
+        User {
+            listed: false,
+            ..self.clone()
+        }
+    }
+
     /// The NSS view, with the shadow part only for a privileged peer.
     pub fn nss(&self, peer_privileged: bool) -> UserRecord {
         UserRecord {
@@ -225,6 +233,14 @@ impl Group {
             listed,
             shadow: shadow.map(Box::new),
             json: None,
+        }
+    }
+
+    /// A copy that answers look-ups by gid only.
+    pub fn unlisted(&self) -> Group {
+        Group {
+            listed: false,
+            ..self.clone()
         }
     }
 

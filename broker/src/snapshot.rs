@@ -139,6 +139,19 @@ pub struct GroupRef {
     pub by_files: bool,
 }
 
+/// The name of the user at `at`: what `user_by_name` indexes.
+pub(crate) fn user_name(users: &[UserEntry], at: u32) -> Option<&str> {
+    users.get(at as usize).map(|u| &*u.user.name)
+}
+
+pub(crate) fn group_name(groups: &[GroupEntry], at: u32) -> Option<&str> {
+    groups.get(at as usize).map(|g| &*g.group.name)
+}
+
+pub(crate) fn member_name(members: &[MemberName], at: u32) -> Option<&str> {
+    members.get(at as usize).map(|m| &*m.name)
+}
+
 /// Every index is built once by `merge`; nothing is ever modified.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -276,21 +289,8 @@ impl Snapshot {
 
     pub fn user_by_name(&self, name: &str) -> Option<&UserEntry> {
         self.user_by_name
-            .get(name, |at| self.user_name(at))
+            .get(name, |at| user_name(&self.users, at))
             .and_then(|i| self.users.get(i as usize))
-    }
-
-    /// The name of the user at `at`, for [`Snapshot::user_by_name`].
-    pub(crate) fn user_name(&self, at: u32) -> Option<&str> {
-        self.users.get(at as usize).map(|u| &*u.user.name)
-    }
-
-    pub(crate) fn group_name(&self, at: u32) -> Option<&str> {
-        self.groups.get(at as usize).map(|g| &*g.group.name)
-    }
-
-    pub(crate) fn member_name(&self, at: u32) -> Option<&str> {
-        self.members.get(at as usize).map(|m| &*m.name)
     }
 
     pub fn user_by_uid(&self, uid: u32) -> Option<&UserEntry> {
@@ -310,7 +310,7 @@ impl Snapshot {
 
     pub fn group_by_name(&self, name: &str) -> Option<&GroupEntry> {
         self.group_by_name
-            .get(name, |at| self.group_name(at))
+            .get(name, |at| group_name(&self.groups, at))
             .and_then(|i| self.groups.get(i as usize))
     }
 
@@ -331,7 +331,7 @@ impl Snapshot {
     /// The groups that list `user` as a member, in group order.
     pub fn groups_of(&self, user: &str) -> impl Iterator<Item = &GroupEntry> {
         self.member_by_name
-            .get(user, |at| self.member_name(at))
+            .get(user, |at| member_name(&self.members, at))
             .and_then(|i| self.members.get(i as usize))
             .into_iter()
             .flat_map(|m| self.groups_listing(m))

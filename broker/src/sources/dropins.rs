@@ -320,15 +320,8 @@ impl DropIns {
         } else {
             self.data.memberships.clone()
         };
-        let users = answering_by_id(by_id_users, &data.users, |u| {
-            let mut unlisted = u.clone();
-            unlisted.listed = false;
-            unlisted
-        });
-        let groups = answering_by_id(by_id_groups, &data.groups, |g| Group {
-            listed: false,
-            ..g.clone()
-        });
+        let users = answering_by_id(by_id_users, &data.users, User::unlisted);
+        let groups = answering_by_id(by_id_groups, &data.groups, Group::unlisted);
         data.users.extend(users);
         data.groups.extend(groups);
         for dir in &mut self.dirs {
@@ -363,12 +356,14 @@ impl DropIns {
                 .collect();
             let mut links: Vec<Wanted> = Vec::new();
             let mut scratch = String::new();
-            for (link, entry) in entries.iter().filter(|_| !targets.is_empty()) {
-                if entry
-                    .link_target(&mut scratch)
-                    .is_some_and(|t| targets.contains(t))
-                {
-                    links.push((link.to_string(), None));
+            if !targets.is_empty() {
+                for (link, entry) in entries {
+                    if entry
+                        .link_target(&mut scratch)
+                        .is_some_and(|t| targets.contains(t))
+                    {
+                        links.push((link.to_string(), None));
+                    }
                 }
             }
             wanted.extend(links);
