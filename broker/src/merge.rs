@@ -283,15 +283,6 @@ struct Builder {
     stated: usize,
 }
 
-/// The first record (index) to have `name`, listed (`listed`, that
-/// record) or not: records are added in order, so the smaller index.
-fn first_with_name(listed: Option<u32>, unlisted: &Map<Name, u32>, name: &str) -> Option<u32> {
-    if unlisted.is_empty() {
-        return listed;
-    }
-    listed.into_iter().chain(unlisted.get(name).copied()).min()
-}
-
 /// The earlier source's record that shadows one from `id` with this name
 /// or id, if any (rule 2): which record holds the name or id, and its source.
 fn shadowing(
@@ -307,23 +298,62 @@ fn shadowing(
         .find(|(owner, _)| *owner != id)
 }
 
-/// Puts `name` in `map` for `index` unless a record has it already;
-/// whether it did.
-fn claim(map: &mut Map<Name, u32>, name: &Name, index: u32) -> bool {
-    if map.contains_key(name) {
-        return false;
-    }
-    map.insert(Name::clone(name), index);
-    true
+/// The indexes of one kind of record (rule 3: the first record to have a
+/// name or an id holds it).
+struct Keys<'a> {
+    by_name: &'a mut NameIndex,
+    /// Names first had by records found only by id.
+    unlisted: &'a mut Map<Name, u32>,
+    by_id: &'a mut Map<u32, u32>,
 }
 
-fn claim_id(map: &mut Map<u32, u32>, id: u32, index: u32) -> bool {
-    match map.entry(id) {
-        std::collections::hash_map::Entry::Occupied(_) => false,
-        std::collections::hash_map::Entry::Vacant(slot) => {
-            slot.insert(index);
-            true
-        }
+impl Keys<'_> {
+    /// The records that have `name` and `id` first, if any; by name,
+    /// listed or not: records are added in order, so the smaller index.
+    fn holders<'n>(
+        &self,
+        name: &str,
+        id: u32,
+        name_of: impl Fn(u32) -> Option<&'n str>,
+    ) -> (Option<u32>, Option<u32>) {
+        let listed = self.by_name.get(name, name_of);
+        let by_name = if self.unlisted.is_empty() {
+            listed
+        } else {
+            listed
+                .into_iter()
+                .chain(self.unlisted.get(name).copied())
+                .min()
+        };
+        (by_name, self.by_id.get(&id).copied())
+    }
+
+    /// Puts record `index` under its name and id where no record has them
+    /// yet; whether it holds its name (only a listed record can) and its id.
+    fn claim<'n>(
+        self,
+        name: &Name,
+        id: u32,
+        listed: bool,
+        index: u32,
+        name_of: impl Fn(u32) -> Option<&'n str>,
+    ) -> (bool, bool) {
+        let holds_name = if listed {
+            self.by_name.claim(name, index, name_of)
+        } else {
+            if !self.unlisted.contains_key(name) {
+                self.unlisted.insert(Name::clone(name), index);
+            }
+            false
+        };
+        let holds_id = match self.by_id.entry(id) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(index);
+                true
+            }
+        };
+        (holds_name, holds_id)
     }
 }
 
@@ -356,10 +386,14 @@ impl Builder {
 
     fn add_user(&mut self, id: SourceId, user: &Arc<User>) {
         let s = &mut self.snapshot;
-        let listed = s.user_by_name.get(&user.name, |at| user_name(&s.users, at));
-        let by_name = first_with_name(listed, &self.unlisted_users, &user.name);
-        let by_id = s.user_by_uid.get(&user.uid).copied();
         let users = &s.users;
+        let name_of = |at| user_name(users, at);
+        let keys = Keys {
+            by_name: &mut s.user_by_name,
+            unlisted: &mut self.unlisted_users,
+            by_id: &mut s.user_by_uid,
+        };
+        let (by_name, by_id) = keys.holders(&user.name, user.uid, name_of);
         if let Some((owner, index)) = shadowing(by_name, by_id, |i| users[i as usize].source, id) {
             let winner = &users[index as usize].user;
             if let Some(message) = conflict(
@@ -372,19 +406,11 @@ impl Builder {
             }
             return;
         }
-        let index = s.users.len() as u32;
-        let holds_name = if user.listed {
-            let users = &s.users;
-            s.user_by_name
-                .claim(&user.name, index, |at| user_name(users, at))
-        } else {
-            claim(&mut self.unlisted_users, &user.name, index);
-            false
-        };
+        let index = users.len() as u32;
+        let (holds_name, holds_id) = keys.claim(&user.name, user.uid, user.listed, index, name_of);
         if user.listed {
             s.sources[id].users += 1;
         }
-        let holds_id = claim_id(&mut s.user_by_uid, user.uid, index);
         s.users.push(UserEntry {
             user: Arc::clone(user),
             source: id,
@@ -395,12 +421,14 @@ impl Builder {
 
     fn add_group(&mut self, id: SourceId, group: &Arc<Group>) {
         let s = &mut self.snapshot;
-        let listed = s
-            .group_by_name
-            .get(&group.name, |at| group_name(&s.groups, at));
-        let by_name = first_with_name(listed, &self.unlisted_groups, &group.name);
-        let by_id = s.group_by_gid.get(&group.gid).copied();
         let groups = &s.groups;
+        let name_of = |at| group_name(groups, at);
+        let keys = Keys {
+            by_name: &mut s.group_by_name,
+            unlisted: &mut self.unlisted_groups,
+            by_id: &mut s.group_by_gid,
+        };
+        let (by_name, by_id) = keys.holders(&group.name, group.gid, name_of);
         if let Some((owner, index)) = shadowing(by_name, by_id, |i| groups[i as usize].source, id) {
             let winner = &groups[index as usize].group;
             if let Some(message) = conflict(
@@ -413,19 +441,12 @@ impl Builder {
             }
             return;
         }
-        let index = s.groups.len() as u32;
-        let holds_name = if group.listed {
-            let groups = &s.groups;
-            s.group_by_name
-                .claim(&group.name, index, |at| group_name(groups, at))
-        } else {
-            claim(&mut self.unlisted_groups, &group.name, index);
-            false
-        };
+        let index = groups.len() as u32;
+        let (holds_name, holds_id) =
+            keys.claim(&group.name, group.gid, group.listed, index, name_of);
         if group.listed {
             s.sources[id].groups += 1;
         }
-        let holds_id = claim_id(&mut s.group_by_gid, group.gid, index);
         s.groups.push(GroupEntry {
             group: Arc::clone(group),
             source: id,
