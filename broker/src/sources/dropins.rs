@@ -53,6 +53,8 @@ pub const MAX_ENTRIES: usize = 4_000_000;
 
 /// Below this many files to read, one thread reads them all.
 const PARALLEL_THRESHOLD: usize = 1024;
+/// How many names a reader thread takes at a time.
+const PARALLEL_BLOCK: usize = 512;
 
 /// The drop-in directories below `root`, in priority order.
 pub fn dirs(root: &Path) -> Vec<PathBuf> {
@@ -699,6 +701,9 @@ enum Loaded {
 }
 
 /// Runs `load` on every name (on several threads when there are many).
+/// The threads take blocks of names in turn, so that one meeting the
+/// costlier kind of file (records, where the other meets memberships)
+/// does not finish long after the rest.
 fn in_parallel<N: Sync, T: Send>(
     names: &[N],
     gone: impl Fn() -> T + Sync,
@@ -708,25 +713,36 @@ fn in_parallel<N: Sync, T: Send>(
     if names.len() < PARALLEL_THRESHOLD || threads < 2 {
         return names.iter().map(load).collect();
     }
-    let chunk = names.len().div_ceil(threads);
-    let load = &load;
+    let blocks: Vec<&[N]> = names.chunks(PARALLEL_BLOCK).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let take = || {
+        let mut done = Vec::new();
+        loop {
+            let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(block) = blocks.get(at) else {
+                return done;
+            };
+            done.push((at, block.iter().map(&load).collect::<Vec<_>>()));
+        }
+    };
+    let mut loaded: Vec<Option<Vec<T>>> =
+        std::iter::repeat_with(|| None).take(blocks.len()).collect();
     std::thread::scope(|scope| {
-        let parts: Vec<_> = names
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(load).collect::<Vec<_>>()))
-            .collect();
-        parts
-            .into_iter()
-            .zip(names.chunks(chunk))
-            .flat_map(|(handle, part)| {
-                // A reader thread that panicked reads as "nothing there" for
-                // its part; the next rescan tries again.
-                handle
-                    .join()
-                    .unwrap_or_else(|_| part.iter().map(|_| gone()).collect())
-            })
-            .collect()
-    })
+        let workers: Vec<_> = (0..threads).map(|_| scope.spawn(take)).collect();
+        for worker in workers {
+            // A reader thread that panicked leaves its blocks unfilled.
+            for (at, part) in worker.join().unwrap_or_default() {
+                loaded[at] = Some(part);
+            }
+        }
+    });
+    // What a panicked thread took reads as "nothing there"; the next
+    // rescan tries again.
+    loaded
+        .into_iter()
+        .zip(blocks)
+        .flat_map(|(part, block)| part.unwrap_or_else(|| block.iter().map(|_| gone()).collect()))
+        .collect()
 }
 
 /// Loads `names` of `dir`. A file that cannot be read keeps what
