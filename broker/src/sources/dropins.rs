@@ -159,8 +159,8 @@ struct Entry {
     stamp: Stamp,
     /// For a link to another file of the same directory: that file's name,
     /// so that a change to it re-reads the link too; behind a thin pointer,
-    /// as few links store one: an alias of a named record stores none, it
-    /// is that record's file ([`Entry::link_target`]).
+    /// as few links store one: an alias of a named record at that record's
+    /// id stores none, it is that record's file ([`Entry::link_target`]).
     links_to: Option<Box<Box<str>>>,
     content: Content,
 }
@@ -203,6 +203,19 @@ impl Entry {
         scratch.push_str(name);
         scratch.push_str(suffix);
         Some(scratch)
+    }
+}
+
+impl Content {
+    /// The name of the `UID.user` (`GID.group`) alias of the record this
+    /// holds, spelled as systemd writes it: the only alias name that needs
+    /// not store its target.
+    fn alias_name(&self) -> Option<String> {
+        match self {
+            Content::User(u) => Some(format!("{}.user", u.uid)),
+            Content::Group(g) => Some(format!("{}.group", g.gid)),
+            _ => None,
+        }
     }
 }
 
@@ -343,7 +356,8 @@ impl DropIns {
             wanted.push((name, listed));
         }
         // Only a named record is ever the target of a link worth
-        // following; one pass over the directory finds the links to all.
+        // following. An alias that stores no target is at its record's id
+        // ([`alias`]); one pass over the entries finds those that store one.
         let entries = &self.dirs[index].entries;
         if !entries.is_empty() {
             let targets: HashSet<&str> = wanted
@@ -357,12 +371,26 @@ impl DropIns {
                 })
                 .collect();
             let mut links: Vec<Wanted> = Vec::new();
-            let mut scratch = String::new();
             if !targets.is_empty() {
+                let mut scratch = String::new();
+                let aliases = targets
+                    .iter()
+                    .filter_map(|target| entries.get(*target)?.content.alias_name());
+                for alias in aliases {
+                    let leads_back = entries.get(alias.as_str()).is_some_and(|entry| {
+                        entry
+                            .link_target(&mut scratch)
+                            .is_some_and(|t| targets.contains(t))
+                    });
+                    if leads_back {
+                        links.push((alias, None));
+                    }
+                }
                 for (link, entry) in entries {
                     if entry
-                        .link_target(&mut scratch)
-                        .is_some_and(|t| targets.contains(t))
+                        .links_to
+                        .as_deref()
+                        .is_some_and(|t| targets.contains(&**t))
                     {
                         links.push((link.to_string(), None));
                     }
@@ -859,18 +887,19 @@ fn reads_content(kind: &Kind<'_>) -> bool {
 /// a link itself): then the link is read as a file of its own.
 fn alias(name: &str, target: &str, sibling: Option<&Entry>) -> Option<Entry> {
     let sibling = sibling.filter(|s| s.links_to.is_none() && s.stamp.is_read())?;
-    // A listed record's file is its name's: the alias need not store it.
+    // A listed record's file is its name's, and an alias spelled as its
+    // id is found from the record: such an alias need not store its target.
     let mut derived = false;
     let content = match (classify(name), &sibling.content) {
         (Ok(DropInName::UserByUid(uid)), Content::User(u)) if u.uid == uid => {
-            derived = u.listed;
+            derived = u.listed && Some(name) == sibling.content.alias_name().as_deref();
             Content::UserAlias(Arc::clone(u))
         }
         (Ok(DropInName::UserByUid(uid)), Content::User(u)) => {
             Content::broken(format!("uid {} does not match the file name {uid}", u.uid))
         }
         (Ok(DropInName::GroupByGid(gid)), Content::Group(g)) if g.gid == gid => {
-            derived = g.listed;
+            derived = g.listed && Some(name) == sibling.content.alias_name().as_deref();
             Content::GroupAlias(Arc::clone(g))
         }
         (Ok(DropInName::GroupByGid(gid)), Content::Group(g)) => {
@@ -1711,6 +1740,8 @@ mod tests {
         );
         symlink("alice.user", dir.join("2001.user")).unwrap();
         root.write("etc/userdb", "bob.user", r#"{"userName":"bob","uid":2002}"#);
+        // The same id spelled otherwise: a link that stores its target.
+        symlink("bob.user", dir.join("02002.user")).unwrap();
         let mut source = DropIns::new(&root.0);
         assert!(source.refresh(None));
         assert!(
@@ -1735,6 +1766,20 @@ mod tests {
         assert!(
             matches!(link, Content::UserAlias(u) if Arc::ptr_eq(u, &data.users[0])),
             "the link shares the new record: {link:?}"
+        );
+
+        root.write(
+            "etc/userdb",
+            "bob.user",
+            r#"{"userName":"bob","uid":2002,"realName":"B"}"#,
+        );
+        assert!(source.refresh(Some(&[dir.join("bob.user")])));
+        let data = source.data();
+        let link = &source.dirs[0].entries["02002.user"];
+        assert!(
+            matches!(&link.content, Content::UserAlias(u) if Arc::ptr_eq(u, &data.users[1]))
+                && link.links_to.is_some(),
+            "the otherwise spelled link shares the new record: {link:?}"
         );
 
         root.write(
