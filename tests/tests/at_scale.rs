@@ -464,7 +464,7 @@ fn a_large_tree_is_served_soon_after_start_completely_under_load_and_flat_in_mem
 }
 
 #[test]
-#[ignore = "not met yet: about 1.45 KB per user at 100,000 drop-in files, 1.3 KB at 614,000 (see the README's \"Limits at fleet size\")"]
+#[ignore = "not met yet: about 1.34 KB per user at 100,000 drop-in files, 1.3 KB at 614,000 (see the README's \"Limits at fleet size\")"]
 fn a_large_tree_costs_at_most_a_kilobyte_per_user() {
     let _serial = exclusive();
     let population = population();
