@@ -1729,6 +1729,15 @@ mod tests {
         assert_eq!(pairs(&source), []);
     }
 
+    /// Writes `name` of `etc/userdb` anew and refreshes `source` for it,
+    /// which must see a change; what `source` then provides.
+    fn rewrite(root: &Root, source: &mut DropIns, name: &str, content: &str) -> Arc<SourceData> {
+        root.write("etc/userdb", name, content);
+        let path = root.0.join("etc/userdb").join(name);
+        assert!(source.refresh(Some(&[path])), "{name} changed nothing");
+        source.data()
+    }
+
     #[test]
     fn a_change_rereads_the_file_its_companion_record_and_links_to_it() {
         let root = Root::new("incremental");
@@ -1750,13 +1759,8 @@ mod tests {
         );
         let bob = Arc::clone(&source.data().users[1]);
 
-        root.write(
-            "etc/userdb",
-            "alice.user",
-            r#"{"userName":"alice","uid":2001,"realName":"A"}"#,
-        );
-        assert!(source.refresh(Some(&[dir.join("alice.user")])));
-        let data = source.data();
+        let content = r#"{"userName":"alice","uid":2001,"realName":"A"}"#;
+        let data = rewrite(&root, &mut source, "alice.user", content);
         assert!(data
             .users
             .iter()
@@ -1768,13 +1772,8 @@ mod tests {
             "the link shares the new record: {link:?}"
         );
 
-        root.write(
-            "etc/userdb",
-            "bob.user",
-            r#"{"userName":"bob","uid":2002,"realName":"B"}"#,
-        );
-        assert!(source.refresh(Some(&[dir.join("bob.user")])));
-        let data = source.data();
+        let content = r#"{"userName":"bob","uid":2002,"realName":"B"}"#;
+        let data = rewrite(&root, &mut source, "bob.user", content);
         let link = &source.dirs[0].entries["02002.user"];
         assert!(
             matches!(&link.content, Content::UserAlias(u) if Arc::ptr_eq(u, &data.users[1]))
@@ -1782,12 +1781,8 @@ mod tests {
             "the otherwise spelled link shares the new record: {link:?}"
         );
 
-        root.write(
-            "etc/userdb",
-            "alice.user-privileged",
-            r#"{"privileged":{"hashedPassword":["$6$new"]}}"#,
-        );
-        assert!(source.refresh(Some(&[dir.join("alice.user-privileged")])));
+        let content = r#"{"privileged":{"hashedPassword":["$6$new"]}}"#;
+        rewrite(&root, &mut source, "alice.user-privileged", content);
         assert!(source.data().users[0].shadow.is_some());
 
         std::fs::remove_file(dir.join("bob.user")).unwrap();
@@ -1795,12 +1790,8 @@ mod tests {
         assert_eq!(user_names(&source.data()), [("alice", true)]);
 
         // The link now names another uid than its record: refused.
-        root.write(
-            "etc/userdb",
-            "alice.user",
-            r#"{"userName":"alice","uid":2005}"#,
-        );
-        assert!(source.refresh(Some(&[dir.join("alice.user")])));
+        let content = r#"{"userName":"alice","uid":2005}"#;
+        rewrite(&root, &mut source, "alice.user", content);
         let problems = &source.data().problems;
         assert!(
             problems.len() == 1 && problems[0].contains("2001.user"),
