@@ -21,7 +21,7 @@
 //! names (with the companion's record and the links in the same directory
 //! that point at it), and a file that cannot be read keeps what it held.
 
-use std::collections::{btree_map, BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fs::FileType;
 use std::iter::Peekable;
 use std::path::{Path, PathBuf};
@@ -32,6 +32,7 @@ use serde_json::{Map, Value};
 use userdb_proto::names::valid_name;
 use userdb_proto::record::{GroupRecord, UserRecord};
 
+use super::name_table::{self, NameTable};
 use super::read::{self, ReadError};
 use super::{LoadReport, LocalSource, SourceData, SourceInfo, SourceKind};
 use crate::model::{Group, JsonRecord, Name, User, SHADOW_FIELDS};
@@ -226,7 +227,7 @@ const _: () = assert!(std::mem::size_of::<Content>() == 16 && std::mem::size_of:
 #[derive(Debug, Default)]
 struct Directory {
     path: PathBuf,
-    entries: BTreeMap<Box<str>, Entry>,
+    entries: NameTable<Entry>,
     /// The names whose entry is `unread`, so that finding them costs
     /// nothing while idle.
     unread: HashSet<Box<str>>,
@@ -245,7 +246,7 @@ fn is_membership(name: &str) -> bool {
 type Wanted = (String, Option<FileType>);
 
 /// Where the merge of the directories' entries is in one directory.
-type Cursor<'a> = Peekable<btree_map::Iter<'a, Box<str>, Entry>>;
+type Cursor<'a> = Peekable<name_table::Iter<'a, Entry>>;
 
 /// The `dropins` source.
 pub struct DropIns {
@@ -300,7 +301,7 @@ impl DropIns {
             let mut next: Option<(usize, &str, &Entry)> = None;
             for (index, cursor) in &mut cursors {
                 if let Some((name, entry)) = cursor.peek() {
-                    if next.is_none_or(|(_, smallest, _)| &***name < smallest) {
+                    if next.is_none_or(|(_, smallest, _)| *name < smallest) {
                         next = Some((*index, name, entry));
                     }
                 }
@@ -309,7 +310,7 @@ impl DropIns {
                 break;
             };
             for (_, cursor) in &mut cursors {
-                cursor.next_if(|(n, _)| &***n == name);
+                cursor.next_if(|(n, _)| *n == name);
             }
             let dir = &self.dirs[index];
             match &entry.content {
@@ -375,7 +376,7 @@ impl DropIns {
                 let mut scratch = String::new();
                 let aliases = targets
                     .iter()
-                    .filter_map(|target| entries.get(*target)?.content.alias_name());
+                    .filter_map(|target| entries.get(target)?.content.alias_name());
                 for alias in aliases {
                     let leads_back = entries.get(alias.as_str()).is_some_and(|entry| {
                         entry
@@ -492,8 +493,8 @@ impl DropIns {
         let mut listed = names.iter().map(|(name, _)| name.as_str()).peekable();
         let mut memberships_gone = false;
         dir.entries.retain(|name, _| {
-            while listed.next_if(|listed| *listed < &**name).is_some() {}
-            let kept = listed.peek() == Some(&&**name);
+            while listed.next_if(|listed| *listed < name).is_some() {}
+            let kept = listed.peek() == Some(&name);
             memberships_gone |= !kept && is_membership(name);
             kept
         });
@@ -524,31 +525,10 @@ impl DropIns {
 }
 
 impl Directory {
-    /// Puts `entry` in place of what `name` held; whether that changed it.
-    fn put(&mut self, name: String, entry: Entry) -> bool {
-        if entry.stamp == Stamp::UNREAD {
-            self.unread.insert(name.as_str().into());
-        } else if !self.unread.is_empty() {
-            self.unread.remove(name.as_str());
-        }
-        let changed = match self.entries.get_mut(name.as_str()) {
-            Some(previous) if *previous == entry => false,
-            Some(previous) => {
-                *previous = entry;
-                true
-            }
-            None => {
-                self.entries.insert(name.as_str().into(), entry);
-                true
-            }
-        };
-        self.memberships_changed |= changed && is_membership(&name);
-        changed
-    }
-
     /// Puts what was read in place of what the names held (`None`: the
     /// name is gone); whether that changed anything. `read` is in name
-    /// order, so a directory read for the first time is built at once.
+    /// order, so a directory read for the first time is built at once, and
+    /// the names that come or go are added or removed in one pass.
     fn put_all(&mut self, read: Vec<(String, Option<Entry>)>) -> bool {
         if self.entries.is_empty() {
             self.unread.extend(
@@ -556,25 +536,45 @@ impl Directory {
                     .filter(|(_, entry)| entry.as_ref().is_some_and(|e| e.stamp == Stamp::UNREAD))
                     .map(|(name, _)| name.as_str().into()),
             );
-            self.entries = read
+            let read: Vec<(String, Entry)> = read
                 .into_iter()
-                .filter_map(|(name, entry)| Some((name.into_boxed_str(), entry?)))
+                .filter_map(|(name, entry)| Some((name, entry?)))
                 .collect();
-            self.memberships_changed |= self.entries.keys().any(|name| is_membership(name));
+            self.memberships_changed |= read.iter().any(|(name, _)| is_membership(name));
+            self.entries = NameTable::from_sorted(read);
             return !self.entries.is_empty();
         }
         let mut changed = false;
+        let mut added = Vec::new();
+        let mut gone = Vec::new();
         for (name, entry) in read {
-            changed |= match entry {
-                Some(entry) => self.put(name, entry),
-                None => {
-                    self.unread.remove(name.as_str());
-                    let gone = self.entries.remove(name.as_str()).is_some();
-                    self.memberships_changed |= gone && is_membership(&name);
-                    gone
+            if entry.as_ref().is_some_and(|e| e.stamp == Stamp::UNREAD) {
+                self.unread.insert(name.as_str().into());
+            } else if !self.unread.is_empty() {
+                self.unread.remove(name.as_str());
+            }
+            let membership = is_membership(&name);
+            let this_changed = match (self.entries.get_mut(&name), entry) {
+                (Some(previous), Some(entry)) if *previous == entry => false,
+                (Some(previous), Some(entry)) => {
+                    *previous = entry;
+                    true
                 }
+                (None, Some(entry)) => {
+                    added.push((name, entry));
+                    true
+                }
+                (Some(_), None) => {
+                    gone.push(name);
+                    true
+                }
+                (None, None) => false,
             };
+            self.memberships_changed |= this_changed && membership;
+            changed |= this_changed;
         }
+        self.entries.remove_sorted(&gone);
+        self.entries.insert_sorted(added);
         changed
     }
 }
@@ -775,7 +775,7 @@ fn in_parallel<N: Sync, T: Send>(
 
 /// Loads `names` of `dir`. A file that cannot be read keeps what
 /// `previous` held for it.
-fn load_all(dir: &Path, names: &[Wanted], previous: &BTreeMap<Box<str>, Entry>) -> Vec<Loaded> {
+fn load_all(dir: &Path, names: &[Wanted], previous: &NameTable<Entry>) -> Vec<Loaded> {
     let handle = match read::Dir::open(dir) {
         Ok(handle) => handle,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -816,7 +816,7 @@ fn load_all(dir: &Path, names: &[Wanted], previous: &BTreeMap<Box<str>, Entry>) 
 fn load_all_followed(
     dir: &Path,
     names: &[String],
-    previous: &BTreeMap<Box<str>, Entry>,
+    previous: &NameTable<Entry>,
 ) -> Vec<Option<Entry>> {
     let Ok(handle) = read::Dir::open(dir) else {
         return names.iter().map(|_| None).collect();
@@ -1678,7 +1678,7 @@ mod tests {
         // d's link now leads nowhere: it masks, as a dangling link does.
         assert_eq!(user_names(&data), [("b", true), ("bb", true), ("c", true)]);
         assert!(Arc::ptr_eq(&kept, &data.users[2]), "c was not read again");
-        let names: Vec<&str> = source.dirs[0].entries.keys().map(|k| &**k).collect();
+        let names: Vec<&str> = source.dirs[0].entries.keys().collect();
         assert_eq!(
             names,
             [

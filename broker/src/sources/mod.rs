@@ -17,6 +17,7 @@
 pub mod dropins;
 pub mod dynamic;
 pub mod files;
+mod name_table;
 pub mod read;
 pub mod varlink;
 
