@@ -21,7 +21,8 @@
 //! names (with the companion's record and the links in the same directory
 //! that point at it), and a file that cannot be read keeps what it held.
 
-use std::collections::HashSet;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::fs::FileType;
 use std::iter::Peekable;
 use std::path::{Path, PathBuf};
@@ -155,15 +156,31 @@ impl Content {
     }
 }
 
+/// What one file provides, as its directory keeps it.
 #[derive(Debug, Clone, PartialEq)]
 struct Entry {
     stamp: Stamp,
-    /// For a link to another file of the same directory: that file's name,
-    /// so that a change to it re-reads the link too; behind a thin pointer,
-    /// as few links store one: an alias of a named record at that record's
-    /// id stores none, it is that record's file ([`Entry::link_target`]).
-    links_to: Option<Box<Box<str>>>,
     content: Content,
+}
+
+/// What reading a name found: its entry and, for a link to another file
+/// of the same directory, that file's name, so that a change to it re-reads
+/// the link too. Few links store one ([`Directory::targets`]): an alias of a
+/// named record at that record's id stores none, it is that record's file
+/// ([`Directory::link_target`]).
+#[derive(Debug, Clone, PartialEq)]
+struct Found {
+    entry: Entry,
+    links_to: Option<Box<str>>,
+}
+
+impl Found {
+    fn new(stamp: Stamp, links_to: Option<Box<str>>, content: Content) -> Found {
+        Found {
+            entry: Entry { stamp, content },
+            links_to,
+        }
+    }
 }
 
 /// What a name led to (`stat`, links followed) when last read, in eight
@@ -188,14 +205,20 @@ impl Stamp {
     }
 }
 
-impl Entry {
-    /// The file of the same directory this entry is a link to, spelled in
-    /// `scratch` when it is derived from the record an alias shares.
-    fn link_target<'a>(&'a self, scratch: &'a mut String) -> Option<&'a str> {
-        if let Some(target) = self.links_to.as_deref() {
-            return Some(&**target);
+impl Directory {
+    /// The file of the same directory `entry`, at `name`, is a link to,
+    /// spelled in `scratch` when it is derived from the record an alias
+    /// shares.
+    fn link_target<'a>(
+        &'a self,
+        name: &str,
+        entry: &'a Entry,
+        scratch: &'a mut String,
+    ) -> Option<&'a str> {
+        if let Some(target) = self.targets.get(name) {
+            return Some(target);
         }
-        let (name, suffix) = match &self.content {
+        let (name, suffix) = match &entry.content {
             Content::UserAlias(u) => (&u.name, ".user"),
             Content::GroupAlias(g) => (&g.name, ".group"),
             _ => return None,
@@ -221,13 +244,16 @@ impl Content {
 }
 
 // One entry is kept per file: at fleet size, every byte counts 600,000 times.
-const _: () = assert!(std::mem::size_of::<Content>() == 16 && std::mem::size_of::<Entry>() == 32);
+const _: () = assert!(std::mem::size_of::<Content>() == 16 && std::mem::size_of::<Entry>() == 24);
 
 /// One drop-in directory, file by file, in file name order.
 #[derive(Debug, Default)]
 struct Directory {
     path: PathBuf,
     entries: NameTable<Entry>,
+    /// The links that store their target, by name: a few, beside the
+    /// hundreds of thousands of entries.
+    targets: HashMap<Box<str>, Box<str>>,
     /// The names whose entry is `unread`, so that finding them costs
     /// nothing while idle.
     unread: HashSet<Box<str>>,
@@ -358,8 +384,9 @@ impl DropIns {
         }
         // Only a named record is ever the target of a link worth
         // following. An alias that stores no target is at its record's id
-        // ([`alias`]); one pass over the entries finds those that store one.
-        let entries = &self.dirs[index].entries;
+        // ([`alias`]); the others are among the few that store one.
+        let dir = &self.dirs[index];
+        let entries = &dir.entries;
         if !entries.is_empty() {
             let targets: HashSet<&str> = wanted
                 .iter()
@@ -379,20 +406,15 @@ impl DropIns {
                     .filter_map(|target| entries.get(target)?.content.alias_name());
                 for alias in aliases {
                     let leads_back = entries.get(alias.as_str()).is_some_and(|entry| {
-                        entry
-                            .link_target(&mut scratch)
+                        dir.link_target(&alias, entry, &mut scratch)
                             .is_some_and(|t| targets.contains(t))
                     });
                     if leads_back {
                         links.push((alias, None));
                     }
                 }
-                for (link, entry) in entries {
-                    if entry
-                        .links_to
-                        .as_deref()
-                        .is_some_and(|t| targets.contains(&**t))
-                    {
+                for (link, target) in &dir.targets {
+                    if targets.contains(&**target) {
                         links.push((link.to_string(), None));
                     }
                 }
@@ -411,23 +433,23 @@ impl DropIns {
         });
         wanted.dedup_by(|(a, _), (b, _)| a == b);
         let dir = &self.dirs[index];
-        let loaded = load_all(&dir.path, &wanted, &dir.entries);
+        let loaded = load_all(&dir.path, &wanted, dir);
         // Links to a sibling share its record, as just read or, when it
         // was not read again, as it was; a link whose sibling holds no
         // record to share is read as a file of its own.
         let sibling = |target: &str| match wanted.binary_search_by(|(n, _)| n.as_str().cmp(target))
         {
             Ok(i) => match &loaded[i] {
-                Loaded::Entry(entry) => Some(entry),
+                Loaded::Entry(found) => Some(Cow::Borrowed(found)),
                 Loaded::Alias(_) | Loaded::Gone => None,
             },
-            Err(_) => dir.entries.get(target),
+            Err(_) => dir.found(target).map(Cow::Owned),
         };
-        let shared: Vec<Option<Entry>> = wanted
+        let shared: Vec<Option<Found>> = wanted
             .iter()
             .zip(&loaded)
             .filter_map(|((name, _), loaded)| match loaded {
-                Loaded::Alias(target) => Some(alias(name, target, sibling(target))),
+                Loaded::Alias(target) => Some(alias(name, target, sibling(target).as_deref())),
                 _ => None,
             })
             .collect();
@@ -436,10 +458,10 @@ impl DropIns {
         let mut unshared = Vec::new();
         for ((name, _), loaded) in wanted.into_iter().zip(loaded) {
             match loaded {
-                Loaded::Entry(entry) => read.push((name, Some(entry))),
+                Loaded::Entry(found) => read.push((name, Some(found))),
                 Loaded::Gone => read.push((name, None)),
                 Loaded::Alias(_) => match shared.next().flatten() {
-                    Some(entry) => read.push((name, Some(entry))),
+                    Some(found) => read.push((name, Some(found))),
                     None => unshared.push(name),
                 },
             }
@@ -447,7 +469,7 @@ impl DropIns {
         let mut changed = self.dirs[index].put_all(read);
         if !unshared.is_empty() {
             let dir = &self.dirs[index];
-            let loaded = load_all_followed(&dir.path, &unshared, &dir.entries);
+            let loaded = load_all_followed(&dir.path, &unshared, dir);
             changed |= self.dirs[index].put_all(unshared.into_iter().zip(loaded).collect());
         }
         changed
@@ -492,10 +514,14 @@ impl DropIns {
         // Both in name order: one walk keeps the entries still listed.
         let mut listed = names.iter().map(|(name, _)| name.as_str()).peekable();
         let mut memberships_gone = false;
+        let targets = &mut dir.targets;
         dir.entries.retain(|name, _| {
             while listed.next_if(|listed| *listed < name).is_some() {}
             let kept = listed.peek() == Some(&name);
             memberships_gone |= !kept && is_membership(name);
+            if !kept && !targets.is_empty() {
+                targets.remove(name);
+            }
             kept
         });
         dir.memberships_changed |= memberships_gone;
@@ -525,37 +551,61 @@ impl DropIns {
 }
 
 impl Directory {
+    /// What `name` holds, as [`Files::load`] would find it unchanged.
+    fn found(&self, name: &str) -> Option<Found> {
+        Some(Found {
+            entry: self.entries.get(name)?.clone(),
+            links_to: self.targets.get(name).cloned(),
+        })
+    }
+
     /// Puts what was read in place of what the names held (`None`: the
     /// name is gone); whether that changed anything. `read` is in name
     /// order, so a directory read for the first time is built at once, and
     /// the names that come or go are added or removed in one pass.
-    fn put_all(&mut self, read: Vec<(String, Option<Entry>)>) -> bool {
+    fn put_all(&mut self, read: Vec<(String, Option<Found>)>) -> bool {
         if self.entries.is_empty() {
-            self.unread.extend(
-                read.iter()
-                    .filter(|(_, entry)| entry.as_ref().is_some_and(|e| e.stamp == Stamp::UNREAD))
-                    .map(|(name, _)| name.as_str().into()),
-            );
-            let read: Vec<(String, Entry)> = read
-                .into_iter()
-                .filter_map(|(name, entry)| Some((name, entry?)))
-                .collect();
-            self.memberships_changed |= read.iter().any(|(name, _)| is_membership(name));
-            self.entries = NameTable::from_sorted(read);
+            let mut entries = Vec::with_capacity(read.len());
+            for (name, found) in read {
+                let Some(found) = found else { continue };
+                if found.entry.stamp == Stamp::UNREAD {
+                    self.unread.insert(name.as_str().into());
+                }
+                if let Some(target) = found.links_to {
+                    self.targets.insert(name.as_str().into(), target);
+                }
+                self.memberships_changed |= is_membership(&name);
+                entries.push((name, found.entry));
+            }
+            self.entries = NameTable::from_sorted(entries);
             return !self.entries.is_empty();
         }
         let mut changed = false;
         let mut added = Vec::new();
         let mut gone = Vec::new();
-        for (name, entry) in read {
-            if entry.as_ref().is_some_and(|e| e.stamp == Stamp::UNREAD) {
+        for (name, found) in read {
+            if found
+                .as_ref()
+                .is_some_and(|f| f.entry.stamp == Stamp::UNREAD)
+            {
                 self.unread.insert(name.as_str().into());
             } else if !self.unread.is_empty() {
                 self.unread.remove(name.as_str());
             }
             let membership = is_membership(&name);
+            let (entry, links_to) = match found {
+                Some(found) => (Some(found.entry), found.links_to),
+                None => (None, None),
+            };
+            let retargeted = self.targets.get(name.as_str()) != links_to.as_ref();
+            if retargeted {
+                match links_to {
+                    Some(target) => self.targets.insert(name.as_str().into(), target),
+                    None => self.targets.remove(name.as_str()),
+                };
+            }
             let this_changed = match (self.entries.get_mut(&name), entry) {
-                (Some(previous), Some(entry)) if *previous == entry => false,
+                (Some(previous), Some(entry)) if *previous == entry => retargeted,
                 (Some(previous), Some(entry)) => {
                     *previous = entry;
                     true
@@ -721,7 +771,7 @@ fn shared_names<'a>(
 
 /// What reading one name gave.
 enum Loaded {
-    Entry(Entry),
+    Entry(Found),
     /// A link to this sibling, resolved once the sibling is read.
     Alias(Box<str>),
     /// Nothing at that name any more.
@@ -775,7 +825,7 @@ fn in_parallel<N: Sync, T: Send>(
 
 /// Loads `names` of `dir`. A file that cannot be read keeps what
 /// `previous` held for it.
-fn load_all(dir: &Path, names: &[Wanted], previous: &NameTable<Entry>) -> Vec<Loaded> {
+fn load_all(dir: &Path, names: &[Wanted], previous: &Directory) -> Vec<Loaded> {
     let handle = match read::Dir::open(dir) {
         Ok(handle) => handle,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -786,7 +836,7 @@ fn load_all(dir: &Path, names: &[Wanted], previous: &NameTable<Entry>) -> Vec<Lo
             return names
                 .iter()
                 .map(|(name, _)| {
-                    Loaded::Entry(unreadable(dir, name, &why, previous.get(name.as_str())))
+                    Loaded::Entry(unreadable(dir, name, &why, previous.found(name).as_ref()))
                 })
                 .collect();
         }
@@ -799,7 +849,7 @@ fn load_all(dir: &Path, names: &[Wanted], previous: &NameTable<Entry>) -> Vec<Lo
         .filter(|name| matches!(classify(name), Ok(DropInName::Companion)))
         .collect();
     let present =
-        |name: &str| previous.contains_key(name) || companions.binary_search(&name).is_ok();
+        |name: &str| previous.entries.contains_key(name) || companions.binary_search(&name).is_ok();
     let files = Files {
         path: dir,
         handle: &handle,
@@ -808,20 +858,16 @@ fn load_all(dir: &Path, names: &[Wanted], previous: &NameTable<Entry>) -> Vec<Lo
     in_parallel(
         names,
         || Loaded::Gone,
-        |(name, listed)| files.load(name, *listed, previous.get(name.as_str())),
+        |(name, listed)| files.load(name, *listed, previous.found(name).as_ref()),
     )
 }
 
 /// Loads `names` of `dir` as the files their links lead to.
-fn load_all_followed(
-    dir: &Path,
-    names: &[String],
-    previous: &NameTable<Entry>,
-) -> Vec<Option<Entry>> {
+fn load_all_followed(dir: &Path, names: &[String], previous: &Directory) -> Vec<Option<Found>> {
     let Ok(handle) = read::Dir::open(dir) else {
         return names.iter().map(|_| None).collect();
     };
-    let present = |name: &str| previous.contains_key(name);
+    let present = |name: &str| previous.entries.contains_key(name);
     let files = Files {
         path: dir,
         handle: &handle,
@@ -839,21 +885,19 @@ fn load_all_followed(
                     &st,
                     None,
                     link,
-                    previous.get(name.as_str()),
+                    previous.found(name).as_ref(),
                 )),
                 // A dangling link provides nothing but still takes its
                 // name, as in systemd's conf-files.
-                Err(ReadError::Missing) if handle.lstat(name).is_ok() => Some(Entry {
-                    stamp: Stamp::NONE,
-                    links_to: link.map(Box::new),
-                    content: Content::Masked,
-                }),
+                Err(ReadError::Missing) if handle.lstat(name).is_ok() => {
+                    Some(Found::new(Stamp::NONE, link, Content::Masked))
+                }
                 Err(ReadError::Missing) => None,
                 Err(e) => Some(unreadable(
                     dir,
                     name,
                     &e.to_string(),
-                    previous.get(name.as_str()),
+                    previous.found(name).as_ref(),
                 )),
             }
         },
@@ -885,8 +929,9 @@ fn reads_content(kind: &Kind<'_>) -> bool {
 /// The entry of a link `name` to the sibling `target`, sharing its record;
 /// `None` when the sibling holds no record to share (gone, masked, broken,
 /// a link itself): then the link is read as a file of its own.
-fn alias(name: &str, target: &str, sibling: Option<&Entry>) -> Option<Entry> {
-    let sibling = sibling.filter(|s| s.links_to.is_none() && s.stamp.is_read())?;
+fn alias(name: &str, target: &str, sibling: Option<&Found>) -> Option<Found> {
+    let sibling = sibling.filter(|s| s.links_to.is_none() && s.entry.stamp.is_read())?;
+    let sibling = &sibling.entry;
     // A listed record's file is its name's, and an alias spelled as its
     // id is found from the record: such an alias need not store its target.
     let mut derived = false;
@@ -907,29 +952,29 @@ fn alias(name: &str, target: &str, sibling: Option<&Entry>) -> Option<Entry> {
         }
         _ => return None,
     };
-    Some(Entry {
-        stamp: sibling.stamp,
-        links_to: (!derived).then(|| Box::new(target.into())),
+    Some(Found::new(
+        sibling.stamp,
+        (!derived).then(|| target.into()),
         content,
-    })
+    ))
 }
 
 /// The entry of a name that could not be read: what it held before is
 /// kept, and read again soon.
-fn unreadable(dir: &Path, name: &str, why: &str, previous: Option<&Entry>) -> Entry {
+fn unreadable(dir: &Path, name: &str, why: &str, previous: Option<&Found>) -> Found {
     let content = match previous {
-        Some(before) if !matches!(before.content, Content::Broken(_)) => {
+        Some(before) if !matches!(before.entry.content, Content::Broken(_)) => {
             tracing::warn!("{}: {why}; keeping what it held", dir.join(name).display());
-            before.content.clone()
+            before.entry.content.clone()
         }
         _ => Content::broken(why),
     };
-    Entry {
-        // The fingerprint is forgotten, so that any rescan tries again.
-        stamp: Stamp::UNREAD,
-        links_to: previous.and_then(|p| p.links_to.clone()),
+    // The fingerprint is forgotten, so that any rescan tries again.
+    Found::new(
+        Stamp::UNREAD,
+        previous.and_then(|p| p.links_to.clone()),
         content,
-    }
+    )
 }
 
 /// The files of one open directory, as one batch reads them.
@@ -951,7 +996,7 @@ impl Files<'_> {
     /// a record it called a regular file is opened at once (its `fstat` is
     /// the check); anything else, or a name that is no longer what the
     /// listing said, is `lstat`ed first.
-    fn load(&self, name: &str, listed: Option<FileType>, previous: Option<&Entry>) -> Loaded {
+    fn load(&self, name: &str, listed: Option<FileType>, previous: Option<&Found>) -> Loaded {
         let kind = classify(name);
         match listed {
             Some(t) if t.is_symlink() => {
@@ -963,8 +1008,8 @@ impl Files<'_> {
             Some(t) if t.is_file() && reads_content(&kind) => {
                 if let Ok(opened) = self.handle.open_listed(name) {
                     let st = opened.stat;
-                    let entry = self.load_file(name, &kind, &st, Some(opened), None, previous);
-                    return Loaded::Entry(entry);
+                    let found = self.load_file(name, &kind, &st, Some(opened), None, previous);
+                    return Loaded::Entry(found);
                 }
             }
             _ => {}
@@ -986,7 +1031,7 @@ impl Files<'_> {
         name: &str,
         kind: &Kind<'_>,
         link: Option<Box<str>>,
-        previous: Option<&Entry>,
+        previous: Option<&Found>,
     ) -> Loaded {
         let by_id = matches!(
             kind,
@@ -996,11 +1041,9 @@ impl Files<'_> {
             Some(target) if by_id => Loaded::Alias(target),
             _ => match self.handle.stat(name) {
                 Ok(st) => Loaded::Entry(self.load_file(name, kind, &st, None, link, previous)),
-                Err(ReadError::Missing) => Loaded::Entry(Entry {
-                    stamp: Stamp::NONE,
-                    links_to: link.map(Box::new),
-                    content: Content::Masked,
-                }),
+                Err(ReadError::Missing) => {
+                    Loaded::Entry(Found::new(Stamp::NONE, link, Content::Masked))
+                }
                 Err(e) => Loaded::Entry(unreadable(self.path, name, &e.to_string(), previous)),
             },
         }
@@ -1016,8 +1059,8 @@ impl Files<'_> {
         st: &read::Stat,
         opened: Option<read::Opened>,
         links_to: Option<Box<str>>,
-        previous: Option<&Entry>,
-    ) -> Entry {
+        previous: Option<&Found>,
+    ) -> Found {
         let content = match kind {
             Err(why) => Content::broken(why.as_str()),
             Ok(DropInName::Companion | DropInName::Unrelated) => Content::Nothing,
@@ -1034,18 +1077,14 @@ impl Files<'_> {
             Ok(kind) => match self.load_record(name, st, opened, kind) {
                 Ok(content) => content,
                 Err(Failure::Unreadable(why)) => {
-                    let mut entry = unreadable(self.path, name, &why, previous);
-                    entry.links_to = links_to.map(Box::new);
-                    return entry;
+                    let mut found = unreadable(self.path, name, &why, previous);
+                    found.links_to = links_to;
+                    return found;
                 }
                 Err(Failure::Refused(why)) => Content::broken(why),
             },
         };
-        Entry {
-            stamp: Stamp::of(st),
-            links_to: links_to.map(Box::new),
-            content,
-        }
+        Found::new(Stamp::of(st), links_to, content)
     }
 
     fn load_record(
@@ -1612,7 +1651,7 @@ mod tests {
         };
         let started = Instant::now();
         let content = |loaded: Loaded| match loaded {
-            Loaded::Entry(entry) => entry.content,
+            Loaded::Entry(found) => found.entry.content,
             Loaded::Alias(target) => panic!("an alias of {target}"),
             Loaded::Gone => panic!("gone"),
         };
@@ -1777,7 +1816,7 @@ mod tests {
         let link = &source.dirs[0].entries["02002.user"];
         assert!(
             matches!(&link.content, Content::UserAlias(u) if Arc::ptr_eq(u, &data.users[1]))
-                && link.links_to.is_some(),
+                && source.dirs[0].targets.contains_key("02002.user"),
             "the otherwise spelled link shares the new record: {link:?}"
         );
 
