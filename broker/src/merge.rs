@@ -27,8 +27,8 @@ use std::time::Instant;
 
 use crate::model::{Group, Name, User};
 use crate::snapshot::{
-    group_name, member_name, user_name, GroupEntry, GroupRef, Map, Member, MemberName, NameIndex,
-    NameLists, Set, Snapshot, SourceId, SourceStatus, UserEntry,
+    group_name, member_name, user_name, GroupEntry, GroupRef, Map, Member, MemberName, MemberRef,
+    NameIndex, NameLists, Set, Snapshot, SourceId, SourceStatus, UserEntry,
 };
 use crate::sources::{LoadReport, SourceData, SourceInfo, SourceKind};
 
@@ -194,6 +194,18 @@ impl MemberList {
     pub fn into_members(self) -> Box<[Member]> {
         self.members.into_boxed_slice()
     }
+
+    /// The members listed so far.
+    pub fn listed(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// Empties the list, keeping its room for the next one.
+    pub fn clear(&mut self) {
+        self.members.clear();
+        self.skipped.clear();
+        self.index = None;
+    }
 }
 
 /// One local source as the build takes it.
@@ -228,11 +240,11 @@ pub fn build(mut sources: Vec<Loaded>, priority: &Priority, generation: u64) -> 
         b.messages.extend(source.data.problems.iter().cloned());
         b.users_from.push(b.snapshot.users.len());
         for user in &source.data.users {
-            b.add_user(id, user);
+            b.add_user(id as SourceId, user);
         }
         b.users_until.push(b.snapshot.users.len());
         for group in &source.data.groups {
-            b.add_group(id, group);
+            b.add_group(id as SourceId, group);
         }
     }
     // Memberships stated by name, in priority order (rule 4).
@@ -398,9 +410,9 @@ impl Builder {
             let winner = &users[index as usize].user;
             if let Some(message) = conflict(
                 &**winner,
-                &s.sources[owner].info.name,
+                &s.sources[owner as usize].info.name,
                 &**user,
-                &s.sources[id].info.name,
+                &s.sources[id as usize].info.name,
             ) {
                 self.messages.push(message);
             }
@@ -409,7 +421,7 @@ impl Builder {
         let index = users.len() as u32;
         let (holds_name, holds_id) = keys.claim(&user.name, user.uid, user.listed, index, name_of);
         if user.listed {
-            s.sources[id].users += 1;
+            s.sources[id as usize].users += 1;
         }
         s.users.push(UserEntry {
             user: Arc::clone(user),
@@ -433,9 +445,9 @@ impl Builder {
             let winner = &groups[index as usize].group;
             if let Some(message) = conflict(
                 &**winner,
-                &s.sources[owner].info.name,
+                &s.sources[owner as usize].info.name,
                 &**group,
-                &s.sources[id].info.name,
+                &s.sources[id as usize].info.name,
             ) {
                 self.messages.push(message);
             }
@@ -445,7 +457,7 @@ impl Builder {
         let (holds_name, holds_id) =
             keys.claim(&group.name, group.gid, group.listed, index, name_of);
         if group.listed {
-            s.sources[id].groups += 1;
+            s.sources[id as usize].groups += 1;
         }
         s.groups.push(GroupEntry {
             group: Arc::clone(group),
@@ -459,15 +471,16 @@ impl Builder {
 
 /// Rules 4 and 5 for every group.
 fn finish_members(s: &mut Snapshot) {
-    // Each membership's member name, in group and member order.
-    let mut listed: Vec<u32> = Vec::with_capacity(s.stated_by_group.total() + s.groups.len());
     let mut counts: Vec<u32> = Vec::with_capacity(s.members.capacity());
+    // One list for every group in turn: only each group's final places
+    // are allocated, by the hundred thousand.
+    let mut members = MemberList::default();
     for entry in s.groups.iter_mut() {
         let by_files = s
             .sources
-            .get(entry.source)
+            .get(entry.source as usize)
             .is_some_and(|src| src.info.kind == SourceKind::Files);
-        let mut members = MemberList::default();
+        members.clear();
         for name in entry.group.members.iter() {
             members.add(name, by_files);
         }
@@ -476,8 +489,8 @@ fn finish_members(s: &mut Snapshot) {
                 members.add(name, false);
             }
         }
-        entry.members = members.into_members();
-        for member in entry.members.iter() {
+        let mut refs = Vec::with_capacity(members.listed().len());
+        for member in members.listed() {
             let known = |at| member_name(&s.members, at);
             let at = match s.member_by_name.get(&member.name, known) {
                 Some(at) => at,
@@ -495,8 +508,12 @@ fn finish_members(s: &mut Snapshot) {
                 }
             };
             counts[at as usize] += 1;
-            listed.push(at);
+            refs.push(MemberRef {
+                at,
+                by_files: member.by_files,
+            });
         }
+        entry.members = refs.into_boxed_slice();
     }
     // Each member's groups, one list after another.
     let mut next = 0;
@@ -511,10 +528,9 @@ fn finish_members(s: &mut Snapshot) {
         };
         next as usize
     ];
-    let mut listed = listed.into_iter();
     for (index, entry) in s.groups.iter().enumerate() {
-        for (member, at) in entry.members.iter().zip(listed.by_ref()) {
-            let groups = &mut s.members[at as usize].groups;
+        for member in entry.members.iter() {
+            let groups = &mut s.members[member.at as usize].groups;
             s.member_groups[groups.end as usize] = GroupRef {
                 group: index as u32,
                 by_files: member.by_files,
@@ -604,8 +620,8 @@ mod tests {
         )
     }
 
-    fn member_names(entry: &GroupEntry) -> Vec<&str> {
-        entry.members.iter().map(|m| m.name.as_ref()).collect()
+    fn member_names<'s>(s: &'s Snapshot, entry: &'s GroupEntry) -> Vec<&'s str> {
+        s.members_of(entry).map(|(name, _)| name.as_ref()).collect()
     }
 
     #[test]
@@ -640,12 +656,12 @@ mod tests {
         let wheel = s.group_by_name("wheel").unwrap();
         // mallory is listed only by the shadowed wheel:5000; alice's
         // memberOf of the shadowed alice:2000 does not count either.
-        assert_eq!(member_names(wheel), ["alice", "bob", "dave"]);
+        assert_eq!(member_names(s, wheel), ["alice", "bob", "dave"]);
         assert_eq!(
             wheel.members.iter().map(|m| m.by_files).collect::<Vec<_>>(),
             [true, false, false]
         );
-        assert_eq!(member_names(s.group_by_name("devs").unwrap()), ["bob"]);
+        assert_eq!(member_names(s, s.group_by_name("devs").unwrap()), ["bob"]);
         assert_eq!(s.groups_of("mallory").count(), 0);
         let bob: Vec<&str> = s.groups_of("bob").map(|g| g.group.name.as_ref()).collect();
         assert_eq!(bob, ["wheel", "devs"]);
@@ -673,7 +689,7 @@ mod tests {
         assert_eq!(s.user_by_uid(1).unwrap().user.name.as_ref(), "dup");
         let x2: Vec<u32> = s.groups_of("x2").map(|g| g.group.gid).collect();
         assert_eq!(x2, [1005]);
-        assert_eq!(member_names(s.group_by_gid(1005).unwrap()), ["x2"]);
+        assert_eq!(member_names(s, s.group_by_gid(1005).unwrap()), ["x2"]);
         assert!(merged.messages.is_empty(), "{:?}", merged.messages);
     }
 

@@ -120,10 +120,9 @@ pub fn encode(snapshot: &Snapshot, coverage: Coverage) -> Vec<u8> {
             origin: origin(entry.source),
             holds_name: entry.holds_name,
             holds_id: entry.holds_id,
-            members: entry
-                .members
-                .iter()
-                .map(|m| (&*m.name, m.by_files))
+            members: snapshot
+                .members_of(entry)
+                .map(|(name, by_files)| (&**name, by_files))
                 .collect(),
         });
     }

@@ -24,7 +24,7 @@ use userdb_proto::visibility;
 use crate::log_once::LogOnce;
 use crate::merge::{self, Candidate, MemberList, Priority};
 use crate::model::{Group, Name, User};
-use crate::snapshot::{GroupEntry, Snapshot, SnapshotStore, UserEntry};
+use crate::snapshot::{GroupEntry, Snapshot, SnapshotStore, SourceId, UserEntry};
 use crate::sources::varlink::{Answers, Request, VarlinkSource, VarlinkSources};
 use crate::sources::{SourceData, SourceInfo};
 
@@ -70,11 +70,11 @@ impl<'a> View<'a> {
         View { snapshot, options }
     }
 
-    fn visible(&self, source: usize) -> bool {
+    fn visible(&self, source: SourceId) -> bool {
         visibility::visible(self.snapshot.origin(source), self.options)
     }
 
-    fn listed(&self, source: usize) -> bool {
+    fn listed(&self, source: SourceId) -> bool {
         visibility::listed(self.snapshot.origin(source), self.options)
     }
 
@@ -97,22 +97,21 @@ impl<'a> View<'a> {
     /// The members of a local group this caller does not have already.
     pub fn members(&self, entry: &'a GroupEntry) -> impl Iterator<Item = &'a Name> + 'a {
         let options = self.options;
-        entry
-            .members
-            .iter()
-            .filter(move |m| visibility::member_answered(m.by_files, options))
-            .map(|m| &m.name)
+        self.snapshot
+            .members_of(entry)
+            .filter(move |(_, by_files)| visibility::member_answered(*by_files, options))
+            .map(|(name, _)| name)
     }
 
     /// Starts a merged member list with a local group's members: those the
     /// caller has already are counted but not listed, so that nobody else
     /// can list them again.
     pub fn fill(&self, entry: &GroupEntry, members: &mut MemberList) {
-        for m in entry.members.iter() {
-            if visibility::member_answered(m.by_files, self.options) {
-                members.add(&m.name, false);
+        for (name, by_files) in self.snapshot.members_of(entry) {
+            if visibility::member_answered(by_files, self.options) {
+                members.add(name, false);
             } else {
-                members.skip(&m.name);
+                members.skip(name);
             }
         }
     }
@@ -136,8 +135,8 @@ impl<'a> View<'a> {
         let view = *self;
         self.snapshot.groups_of(user).filter(move |g| {
             view.visible(g.source)
-                && g.members.iter().any(|m| {
-                    &*m.name == user && visibility::member_answered(m.by_files, view.options)
+                && view.snapshot.members_of(g).any(|(name, by_files)| {
+                    &**name == user && visibility::member_answered(by_files, view.options)
                 })
         })
     }
@@ -599,7 +598,7 @@ impl Resolver {
     fn listed_winners<'a, R: merge::Keyed>(
         &self,
         view: &View<'a>,
-        local: impl Iterator<Item = (usize, &'a Arc<R>)>,
+        local: impl Iterator<Item = (SourceId, &'a Arc<R>)>,
         remote: impl Iterator<Item = (&'a Arc<VarlinkSource>, &'a Arc<R>)>,
     ) -> Vec<&'a Arc<R>> {
         let priority = self.priority();

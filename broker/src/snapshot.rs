@@ -17,7 +17,7 @@ use crate::model::{Group, Name, User};
 use crate::sources::{LoadReport, SourceInfo, SourceKind};
 
 /// Index of a source in [`Snapshot::sources`].
-pub type SourceId = usize;
+pub type SourceId = u32;
 
 /// The maps of a snapshot and of its building. Every key in them comes from
 /// a local source, which only root can write (`/etc`, the drop-in
@@ -118,8 +118,19 @@ pub struct GroupEntry {
     /// As for [`UserEntry`].
     pub holds_name: bool,
     pub holds_id: bool,
-    /// The merged member list (see `merge`), each name once.
-    pub members: Box<[Member]>,
+    /// The merged member list (see `merge`), each name once, as places in
+    /// [`Snapshot::members`]: [`Snapshot::members_of`] names them.
+    pub members: Box<[MemberRef]>,
+}
+
+/// One member of a group as answered, eight bytes (groups list hundreds of
+/// thousands of them): which member name, and whether the `/etc/group` line
+/// the answer comes from lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberRef {
+    /// Index in [`Snapshot::members`].
+    pub at: u32,
+    pub by_files: bool,
 }
 
 /// A name some group lists as a member, and where the groups that list it
@@ -276,7 +287,7 @@ impl Snapshot {
     }
 
     pub fn source(&self, id: SourceId) -> Option<&SourceInfo> {
-        self.sources.get(id).map(|s| &s.info)
+        self.sources.get(id as usize).map(|s| &s.info)
     }
 
     /// Where a record of source `id` comes from, as callers' options see it.
@@ -341,6 +352,18 @@ impl Snapshot {
     /// Every member name, in the order the groups first list it.
     pub fn member_names(&self) -> &[MemberName] {
         &self.members
+    }
+
+    /// The members of `entry`, each with whether its `/etc/group` line
+    /// lists it.
+    pub fn members_of<'s>(
+        &'s self,
+        entry: &'s GroupEntry,
+    ) -> impl Iterator<Item = (&'s Name, bool)> + 's {
+        entry.members.iter().filter_map(|m| {
+            let member = self.members.get(m.at as usize)?;
+            Some((&member.name, m.by_files))
+        })
     }
 
     /// The groups that list `member`, in group order.
