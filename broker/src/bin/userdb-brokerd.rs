@@ -9,7 +9,7 @@ use userdb_broker::daemon;
 
 fn main() -> ExitCode {
     daemon::set_own_bypass();
-    daemon::limit_malloc_arenas();
+    daemon::tune_malloc();
     if daemon::is_pid1() {
         eprintln!("userdb-brokerd: refusing to run as PID 1: the broker must never be init (it would answer init's own look-ups)");
         return ExitCode::from(EXIT_FAILURE);
