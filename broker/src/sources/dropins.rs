@@ -232,7 +232,7 @@ impl Directory {
 
 impl Content {
     /// The name of the `UID.user` (`GID.group`) alias of the record this
-    /// holds, spelled as systemd writes it: the only alias name that needs
+    /// holds, spelled as systemd writes it: the only alias name that need
     /// not store its target.
     fn alias_name(&self) -> Option<String> {
         match self {
