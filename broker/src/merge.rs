@@ -310,6 +310,19 @@ fn shadowing(
         .find(|(owner, _)| *owner != id)
 }
 
+/// What the log says of a record from source `id` that `winner`, from
+/// source `owner`, shadows: a conflict, unless the two have the same keys.
+fn shadowed<R: Keyed>(
+    sources: &[SourceStatus],
+    winner: &R,
+    owner: SourceId,
+    loser: &R,
+    id: SourceId,
+) -> Option<String> {
+    let name = |id: SourceId| sources.get(id as usize).map_or("", |s| &*s.info.name);
+    conflict(winner, name(owner), loser, name(id))
+}
+
 /// The indexes of one kind of record (rule 3: the first record to have a
 /// name or an id holds it).
 struct Keys<'a> {
@@ -408,14 +421,8 @@ impl Builder {
         let (by_name, by_id) = keys.holders(&user.name, user.uid, name_of);
         if let Some((owner, index)) = shadowing(by_name, by_id, |i| users[i as usize].source, id) {
             let winner = &users[index as usize].user;
-            if let Some(message) = conflict(
-                &**winner,
-                &s.sources[owner as usize].info.name,
-                &**user,
-                &s.sources[id as usize].info.name,
-            ) {
-                self.messages.push(message);
-            }
+            let message = shadowed(&s.sources, &**winner, owner, &**user, id);
+            self.messages.extend(message);
             return;
         }
         let index = users.len() as u32;
@@ -443,14 +450,8 @@ impl Builder {
         let (by_name, by_id) = keys.holders(&group.name, group.gid, name_of);
         if let Some((owner, index)) = shadowing(by_name, by_id, |i| groups[i as usize].source, id) {
             let winner = &groups[index as usize].group;
-            if let Some(message) = conflict(
-                &**winner,
-                &s.sources[owner as usize].info.name,
-                &**group,
-                &s.sources[id as usize].info.name,
-            ) {
-                self.messages.push(message);
-            }
+            let message = shadowed(&s.sources, &**winner, owner, &**group, id);
+            self.messages.extend(message);
             return;
         }
         let index = groups.len() as u32;
