@@ -4,6 +4,7 @@
 //! one per call.
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::collections::HashSet;
 use std::ffi::c_int;
 use std::path::Path;
@@ -142,8 +143,9 @@ pub struct Host<'a> {
 /// deadline. Holds the thread's re-entry mark until dropped.
 pub struct Lookup {
     plan: Plan,
-    started: Instant,
-    deadline: Instant,
+    /// When the call first needed a deadline, i.e. first talked: an
+    /// answer from the snapshot file reads no clock for it.
+    started: OnceCell<Instant>,
     euid: fn() -> u32,
     now_ms: fn() -> u64,
     _reentry: Reentry,
@@ -200,13 +202,9 @@ impl Lookup {
     pub fn start(host: &Host<'_>) -> Result<Lookup, Failure> {
         let plan = guard::plan(host.env, host.pid).map_err(refused)?;
         let reentry = Reentry::enter().map_err(refused)?;
-        // The guard bounds the timeout to a minute: no overflow.
-        let started = Instant::now();
-        let deadline = started + plan.timeout;
         Ok(Lookup {
             plan,
-            started,
-            deadline,
+            started: OnceCell::new(),
             euid: host.euid,
             now_ms: host.now_ms,
             _reentry: reentry,
@@ -240,12 +238,17 @@ impl Lookup {
         (self.now_ms)()
     }
 
+    fn started(&self) -> Instant {
+        *self.started.get_or_init(Instant::now)
+    }
+
     /// Connects, runs `exchange` and feeds the outcome to the back-off.
     fn talk<T>(
         &self,
         exchange: impl FnOnce(&mut Connection) -> Result<T, ClientError>,
     ) -> Result<T, Failure> {
-        self.talk_until(self.deadline, None, exchange)
+        // The guard bounds the timeout to a minute: no overflow.
+        self.talk_until(self.started() + self.plan.timeout, None, exchange)
     }
 
     /// As `talk`, for a listing: it may run until the listing limit as long
@@ -256,7 +259,7 @@ impl Lookup {
         exchange: impl FnOnce(&mut Connection) -> Result<T, ClientError>,
     ) -> Result<T, Failure> {
         // The guard bounds the limit to a minute: no overflow.
-        let deadline = self.started + self.plan.listing_limit;
+        let deadline = self.started() + self.plan.listing_limit;
         self.talk_until(deadline, Some(self.plan.timeout), exchange)
     }
 

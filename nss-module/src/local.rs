@@ -29,17 +29,14 @@ pub enum Local<T> {
 
 /// The file for this call, if there is one to use.
 fn mapping(lookup: &Lookup) -> Option<Mapped> {
-    mapped::current(|| lookup.snapshot_path(), lookup.now_ms())
+    mapped::current(|| lookup.snapshot_path(), || lookup.now_ms())
 }
 
 /// `answer` over the file for this call, while its mapping is held.
 fn with_file<R>(lookup: &Lookup, answer: impl FnOnce(&Snapfile) -> Local<R>) -> Local<R> {
-    let Some(mapped) = mapping(lookup) else {
-        return Local::Unknown;
-    };
-    match Snapfile::parse(mapped.content()) {
-        Ok(file) => answer(&file),
-        Err(_) => Local::Unknown,
+    match mapping(lookup) {
+        Some(mapped) => answer(mapped.file()),
+        None => Local::Unknown,
     }
 }
 
@@ -104,8 +101,8 @@ pub fn group<R>(
                 if !whole(file, lookup, options) {
                     return Local::Unknown;
                 }
-                match group.members(options).collect::<Result<Vec<&str>, _>>() {
-                    Ok(members) => Local::Answered(answer(&group, &members)),
+                match with_members(group.members(options), |members| answer(&group, members)) {
+                    Ok(answered) => Local::Answered(answered),
                     Err(_) => Local::Unknown,
                 }
             }
@@ -113,6 +110,29 @@ pub fn group<R>(
             Err(_) => Local::Unknown,
         }
     })
+}
+
+/// How many members a group may have for them to be gathered on the
+/// stack: most groups, so that a hit allocates nothing.
+const FEW_MEMBERS: usize = 32;
+
+/// `answer` over every member, or the first member that failed its checks.
+fn with_members<'a, R>(
+    mut members: impl Iterator<Item = Result<&'a str, Invalid>>,
+    answer: impl FnOnce(&[&str]) -> R,
+) -> Result<R, Invalid> {
+    let mut few = [""; FEW_MEMBERS];
+    for (at, slot) in few.iter_mut().enumerate() {
+        match members.next() {
+            Some(member) => *slot = member?,
+            None => return Ok(answer(&few[..at])),
+        }
+    }
+    let mut all = few.to_vec();
+    for member in members {
+        all.push(member?);
+    }
+    Ok(answer(&all))
 }
 
 /// The gids of the groups that list `user`, for `initgroups`.
@@ -166,8 +186,8 @@ impl Listing {
         check: impl FnOnce(&Snapfile) -> Result<(), Invalid>,
     ) -> Option<Listing> {
         let mapped = mapping(lookup)?;
-        let file = Snapfile::parse(mapped.content()).ok()?;
-        if !whole(&file, lookup, options) || check(&file).is_err() {
+        let file = mapped.file();
+        if !whole(file, lookup, options) || check(file).is_err() {
             return None;
         }
         Some(Listing {
@@ -183,9 +203,7 @@ impl Listing {
         &mut self,
         answer: impl FnOnce(&UserView) -> Result<(), E>,
     ) -> Step<Result<(), E>> {
-        let Ok(file) = Snapfile::parse(self.mapped.content()) else {
-            return Step::Corrupt;
-        };
+        let file = self.mapped.file();
         while self.next < file.user_count() {
             let Ok(user) = file.user_at(self.next) else {
                 return Step::Corrupt;
@@ -207,21 +225,17 @@ impl Listing {
         &mut self,
         answer: impl FnOnce(&GroupView, &[&str]) -> Result<(), E>,
     ) -> Step<Result<(), E>> {
-        let Ok(file) = Snapfile::parse(self.mapped.content()) else {
-            return Step::Corrupt;
-        };
+        let file = self.mapped.file();
         while self.next < file.group_count() {
             let Ok(group) = file.group_at(self.next) else {
                 return Step::Corrupt;
             };
             if group.listed && visibility::listed(group.origin, self.options) {
-                let Ok(members) = group
-                    .members(self.options)
-                    .collect::<Result<Vec<&str>, _>>()
-                else {
+                let Ok(result) = with_members(group.members(self.options), |members| {
+                    answer(&group, members)
+                }) else {
                     return Step::Corrupt;
                 };
-                let result = answer(&group, &members);
                 if result.is_ok() {
                     self.next += 1;
                 }
@@ -230,5 +244,43 @@ impl Listing {
             self.next += 1;
         }
         Step::End
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(count: usize) -> Vec<String> {
+        (0..count).map(|i| format!("m{i}")).collect()
+    }
+
+    #[test]
+    fn members_are_handed_over_whole_on_the_stack_or_past_it() {
+        for count in [0, 1, FEW_MEMBERS - 1, FEW_MEMBERS, FEW_MEMBERS + 1, 1000] {
+            let all = names(count);
+            let handed = with_members(all.iter().map(|m| Ok(m.as_str())), |members| {
+                members.iter().map(|m| m.to_string()).collect::<Vec<_>>()
+            });
+            assert_eq!(handed, Ok(all), "{count} members");
+        }
+    }
+
+    #[test]
+    fn a_member_that_fails_its_checks_fails_the_group() {
+        for bad_at in [0, FEW_MEMBERS - 1, FEW_MEMBERS, FEW_MEMBERS + 5] {
+            let all = names(FEW_MEMBERS + 10);
+            let members = all.iter().enumerate().map(|(i, m)| {
+                if i == bad_at {
+                    Err(Invalid("invalid name"))
+                } else {
+                    Ok(m.as_str())
+                }
+            });
+            let mut answered = false;
+            let handed = with_members(members, |_| answered = true);
+            assert_eq!(handed, Err(Invalid("invalid name")), "bad member {bad_at}");
+            assert!(!answered, "answered despite bad member {bad_at}");
+        }
     }
 }

@@ -6,9 +6,10 @@
 //! - A file is believed only if it is a regular file (the path is opened
 //!   with `O_NOFOLLOW`), owned by root and writable by nobody else, of a
 //!   sane size, with the right magic and version and a content that parses.
-//! - It is mapped once and used until the broker marks it superseded (a
-//!   flag in its control block, read on every look-up with a plain memory
-//!   read: no system call on the path of a hit).
+//! - It is mapped and its header checked once, and used until the broker
+//!   marks it superseded (a flag in its control block, read on every
+//!   look-up with a plain memory read: no system call on the path of a
+//!   hit, and no second check of the header).
 //! - Two slots hold at most two generations. A look-up counts itself in as
 //!   a reader of the current slot; a new file is mapped into the other slot
 //!   only when nobody reads it any more, so nothing is unmapped under a
@@ -17,6 +18,7 @@
 //!   [`RETRY_MS`], so a machine without the broker pays no system call per
 //!   look-up either.
 
+use std::cell::UnsafeCell;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -33,7 +35,18 @@ struct Slot {
     base: AtomicPtr<u8>,
     len: AtomicUsize,
     readers: AtomicUsize,
+    /// The parsed content of the mapping. Like `base` and `len`, written
+    /// only while the slot is neither current nor read, before it is made
+    /// current; read only by a reader counted in on the current slot.
+    file: UnsafeCell<Option<Snapfile<'static>>>,
 }
+
+// SAFETY: `file` is the only field that is not atomic. It is written only
+// by the one thread holding `SWAPPING`, while the slot is not current and
+// has no reader, before the SeqCst store that makes it current; it is read
+// only after a reader's SeqCst load found the slot current with the
+// reader counted in, which no write can overlap (see `acquire`).
+unsafe impl Sync for Slot {}
 
 impl Slot {
     const fn empty() -> Slot {
@@ -41,6 +54,7 @@ impl Slot {
             base: AtomicPtr::new(std::ptr::null_mut()),
             len: AtomicUsize::new(0),
             readers: AtomicUsize::new(0),
+            file: UnsafeCell::new(None),
         }
     }
 }
@@ -58,7 +72,9 @@ static LAST_MISS_MS: AtomicU64 = AtomicU64::new(0);
 pub struct Mapped {
     slot: &'static Slot,
     base: *const u8,
-    len: usize,
+    /// The slot's `file`, which no swap writes while this reader is
+    /// counted in.
+    file: &'static Snapfile<'static>,
 }
 
 // SAFETY: a `Mapped` only reads memory that stays mapped while it exists
@@ -67,12 +83,10 @@ pub struct Mapped {
 unsafe impl Send for Mapped {}
 
 impl Mapped {
-    /// The file after its control block: immutable for as long as `self`.
-    pub fn content(&self) -> &[u8] {
-        // SAFETY: [base, base + len) is mapped PROT_READ for as long as the
-        // slot counts this reader, the file is never written past the
-        // control block, and len > CONTROL_SIZE was checked when mapping.
-        unsafe { std::slice::from_raw_parts(self.base.add(CONTROL_SIZE), self.len - CONTROL_SIZE) }
+    /// The file's content, parsed when it was mapped: it stays mapped and
+    /// unchanged for as long as `self`, which the lifetime ties it to.
+    pub fn file(&self) -> &Snapfile<'_> {
+        self.file
     }
 
     /// Whether the broker has replaced this file.
@@ -101,9 +115,11 @@ fn acquire() -> Option<Mapped> {
         // swap only ever remaps a slot that is not current.
         if CURRENT.load(Ordering::SeqCst) == current {
             let base = slot.base.load(Ordering::SeqCst);
-            let len = slot.len.load(Ordering::SeqCst);
-            if !base.is_null() {
-                return Some(Mapped { slot, base, len });
+            // SAFETY: counted in on the current slot: no swap writes `file`
+            // now, and the swap that made the slot current wrote it before.
+            let file = unsafe { (*slot.file.get()).as_ref() };
+            if let (false, Some(file)) = (base.is_null(), file) {
+                return Some(Mapped { slot, base, file });
             }
         }
         slot.readers.fetch_sub(1, Ordering::SeqCst);
@@ -113,13 +129,17 @@ fn acquire() -> Option<Mapped> {
 
 /// The current snapshot file, mapping a new one from `path()` if the
 /// current one was superseded (or none is mapped yet). `None`: no file to
-/// use now.
-pub fn current<P: AsRef<Path>>(path: impl FnOnce() -> P, now_ms: u64) -> Option<Mapped> {
+/// use now. The clock is read only when no mapping is current.
+pub fn current<P: AsRef<Path>>(
+    path: impl FnOnce() -> P,
+    now_ms: impl FnOnce() -> u64,
+) -> Option<Mapped> {
     if let Some(mapped) = acquire() {
         if !mapped.superseded() {
             return Some(mapped);
         }
     }
+    let now_ms = now_ms();
     let last_miss = LAST_MISS_MS.load(Ordering::Relaxed);
     if last_miss != 0 && now_ms.saturating_sub(last_miss) < RETRY_MS {
         return None;
@@ -183,6 +203,9 @@ fn swap_in_locked(path: &Path) -> Swap {
     // at once.
     let old = slot.base.swap(std::ptr::null_mut(), Ordering::SeqCst);
     let old_len = slot.len.swap(0, Ordering::SeqCst);
+    // SAFETY: this thread holds `SWAPPING`, and the slot is not current and
+    // has no reader (see `Slot::file`).
+    unsafe { *slot.file.get() = None };
     if !old.is_null() {
         // SAFETY: `old`/`old_len` are a mapping this module made; the slot
         // is not current and has no reader, so nothing can touch it (a
@@ -190,17 +213,22 @@ fn swap_in_locked(path: &Path) -> Swap {
         // leaves without reading).
         unsafe { libc::munmap(old.cast(), old_len) };
     }
-    let Some((base, len)) = map(path) else {
+    let Some((base, len, file)) = map(path) else {
         return Swap::Unusable;
     };
+    // SAFETY: as above; the store to CURRENT below publishes it.
+    unsafe { *slot.file.get() = Some(file) };
     slot.len.store(len, Ordering::SeqCst);
     slot.base.store(base, Ordering::SeqCst);
     CURRENT.store(free + 1, Ordering::SeqCst);
     Swap::Done
 }
 
+/// A mapping's address and length, and its content parsed.
+type Mapping = (*mut u8, usize, Snapfile<'static>);
+
 /// Opens, checks and maps the file; `None` when it is not to be believed.
-fn map(path: &Path) -> Option<(*mut u8, usize)> {
+fn map(path: &Path) -> Option<Mapping> {
     let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
     // SAFETY: `c_path` is a valid NUL-terminated path; the flags never
     // block (O_NONBLOCK), never follow a link and never make a terminal
@@ -220,7 +248,7 @@ fn map(path: &Path) -> Option<(*mut u8, usize)> {
     mapped
 }
 
-fn map_fd(fd: libc::c_int) -> Option<(*mut u8, usize)> {
+fn map_fd(fd: libc::c_int) -> Option<Mapping> {
     // SAFETY: all-zero is a valid `stat`, which fstat fills.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `fd` is open and `st` is writable.
@@ -256,13 +284,19 @@ fn map_fd(fd: libc::c_int) -> Option<(*mut u8, usize)> {
     // SAFETY: the mapping holds more than CONTROL_SIZE bytes; the first 12
     // (magic and version) are never written after publication.
     unsafe { std::ptr::copy_nonoverlapping(base, start.as_mut_ptr(), start.len()) };
-    // SAFETY: as in `Mapped::content`: mapped, immutable past the control
-    // block, len > CONTROL_SIZE.
-    let content = unsafe { std::slice::from_raw_parts(base.add(CONTROL_SIZE), len - CONTROL_SIZE) };
-    if check_control(&start).is_err() || Snapfile::parse(content).is_err() {
-        // SAFETY: the mapping just made, not shared with anyone.
-        unsafe { libc::munmap(base.cast(), len) };
-        return None;
+    // SAFETY: the bytes after the control block are mapped PROT_READ
+    // (len > CONTROL_SIZE) and never written after publication. They stay
+    // mapped until the slot that will hold them is unmapped, which happens
+    // only when no `Mapped` exists for it; the `'static` borrow is never
+    // handed out longer than a `Mapped` (`Mapped::file`).
+    let content: &'static [u8] =
+        unsafe { std::slice::from_raw_parts(base.add(CONTROL_SIZE), len - CONTROL_SIZE) };
+    match (check_control(&start), Snapfile::parse(content)) {
+        (Ok(()), Ok(file)) => Some((base, len, file)),
+        _ => {
+            // SAFETY: the mapping just made, not shared with anyone.
+            unsafe { libc::munmap(base.cast(), len) };
+            None
+        }
     }
-    Some((base, len))
 }
