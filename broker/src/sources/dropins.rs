@@ -532,8 +532,9 @@ impl DropIns {
         });
         let mut changed = dir.entries.len() != before;
         let handle = read::Dir::open(&path).ok();
+        // The listing's own vector, in place: at first read every name.
         let stale: Vec<Wanted> = names
-            .iter()
+            .into_iter()
             .filter(|(name, _)| match dir.entries.get(name.as_str()) {
                 Some(entry) if entry.stamp.is_read() => {
                     let now = handle.as_ref().and_then(|h| h.stat(name).ok());
@@ -541,7 +542,6 @@ impl DropIns {
                 }
                 _ => true,
             })
-            .cloned()
             .collect();
         if !stale.is_empty() {
             changed |= self.reload_changed(index, stale);
