@@ -934,21 +934,26 @@ fn alias(name: &str, target: &str, sibling: Option<&Found>) -> Option<Found> {
     let sibling = &sibling.entry;
     // A listed record's file is its name's, and an alias spelled as its
     // id is found from the record: such an alias need not store its target.
+    let spelled_as_id = || Some(name) == sibling.content.alias_name().as_deref();
     let mut derived = false;
     let content = match (classify(name), &sibling.content) {
-        (Ok(DropInName::UserByUid(uid)), Content::User(u)) if u.uid == uid => {
-            derived = u.listed && Some(name) == sibling.content.alias_name().as_deref();
-            Content::UserAlias(Arc::clone(u))
+        (Ok(kind @ DropInName::UserByUid(_)), Content::User(u)) => {
+            match listed_at(&kind, &u.name, u.uid) {
+                Ok(_) => {
+                    derived = u.listed && spelled_as_id();
+                    Content::UserAlias(Arc::clone(u))
+                }
+                Err(why) => Content::broken(why),
+            }
         }
-        (Ok(DropInName::UserByUid(uid)), Content::User(u)) => {
-            Content::broken(format!("uid {} does not match the file name {uid}", u.uid))
-        }
-        (Ok(DropInName::GroupByGid(gid)), Content::Group(g)) if g.gid == gid => {
-            derived = g.listed && Some(name) == sibling.content.alias_name().as_deref();
-            Content::GroupAlias(Arc::clone(g))
-        }
-        (Ok(DropInName::GroupByGid(gid)), Content::Group(g)) => {
-            Content::broken(format!("gid {} does not match the file name {gid}", g.gid))
+        (Ok(kind @ DropInName::GroupByGid(_)), Content::Group(g)) => {
+            match listed_at(&kind, &g.name, g.gid) {
+                Ok(_) => {
+                    derived = g.listed && spelled_as_id();
+                    Content::GroupAlias(Arc::clone(g))
+                }
+                Err(why) => Content::broken(why),
+            }
         }
         _ => return None,
     };
@@ -1222,6 +1227,29 @@ fn names_in(record: &Map<String, Value>, key: &str) -> Box<[Name]> {
         .collect()
 }
 
+/// Whether a record with this name and id, found at a file of this kind,
+/// is listed (at `NAME.user`) or answers by id only (at `UID.user`): the
+/// name or id inside must be the file name's, systemd's rule for both.
+fn listed_at(kind: &DropInName, name: &str, id: u32) -> Result<bool, String> {
+    let (name_key, id_key) = match kind {
+        DropInName::UserByName(_) | DropInName::UserByUid(_) => ("userName", "uid"),
+        _ => ("groupName", "gid"),
+    };
+    match *kind {
+        DropInName::UserByName(file) | DropInName::GroupByName(file) if file == name => Ok(true),
+        DropInName::UserByName(file) | DropInName::GroupByName(file) => Err(format!(
+            "{name_key} {} does not match the file name {}",
+            super::quote(name),
+            super::quote(file)
+        )),
+        DropInName::UserByUid(file) | DropInName::GroupByGid(file) if file == id => Ok(false),
+        DropInName::UserByUid(file) | DropInName::GroupByGid(file) => {
+            Err(format!("{id_key} {id} does not match the file name {file}"))
+        }
+        _ => Err("not a user or group drop-in".to_owned()),
+    }
+}
+
 fn load_user(
     record: Map<String, Value>,
     private_keys: &[String],
@@ -1229,24 +1257,7 @@ fn load_user(
 ) -> Result<User, Failure> {
     let object = Value::Object(record);
     let user = UserRecord::from_json(&object).map_err(|e| Failure::Refused(e.to_string()))?;
-    let listed = match expect {
-        DropInName::UserByName(name) if *name == user.name => true,
-        DropInName::UserByName(name) => {
-            return Err(Failure::Refused(format!(
-                "userName {} does not match the file name {}",
-                super::quote(&user.name),
-                super::quote(name)
-            )))
-        }
-        DropInName::UserByUid(uid) if *uid == user.uid => false,
-        DropInName::UserByUid(uid) => {
-            return Err(Failure::Refused(format!(
-                "uid {} does not match the file name {uid}",
-                user.uid
-            )))
-        }
-        _ => return Err(Failure::Refused("not a user drop-in".to_owned())),
-    };
+    let listed = listed_at(expect, &user.name, user.uid).map_err(Failure::Refused)?;
     let Value::Object(record) = object else {
         return Err(Failure::Refused("not a JSON object".to_owned()));
     };
@@ -1264,24 +1275,7 @@ fn load_group(
 ) -> Result<Group, Failure> {
     let object = Value::Object(record);
     let group = GroupRecord::from_json(&object).map_err(|e| Failure::Refused(e.to_string()))?;
-    let listed = match expect {
-        DropInName::GroupByName(name) if *name == group.name => true,
-        DropInName::GroupByName(name) => {
-            return Err(Failure::Refused(format!(
-                "groupName {} does not match the file name {}",
-                super::quote(&group.name),
-                super::quote(name)
-            )))
-        }
-        DropInName::GroupByGid(gid) if *gid == group.gid => false,
-        DropInName::GroupByGid(gid) => {
-            return Err(Failure::Refused(format!(
-                "gid {} does not match the file name {gid}",
-                group.gid
-            )))
-        }
-        _ => return Err(Failure::Refused("not a group drop-in".to_owned())),
-    };
+    let listed = listed_at(expect, &group.name, group.gid).map_err(Failure::Refused)?;
     let Value::Object(record) = object else {
         return Err(Failure::Refused("not a JSON object".to_owned()));
     };
@@ -1335,6 +1329,53 @@ mod tests {
 
     fn public(user: &User) -> Value {
         serde_json::from_str(&user.json.as_ref().unwrap().public).unwrap()
+    }
+
+    #[test]
+    fn a_record_must_carry_its_file_name_or_id() {
+        let cases = [
+            (DropInName::UserByName("alice"), "alice", 1000, Ok(true)),
+            (DropInName::UserByUid(1000), "alice", 1000, Ok(false)),
+            (DropInName::GroupByName("wheel"), "wheel", 10, Ok(true)),
+            (DropInName::GroupByGid(10), "wheel", 10, Ok(false)),
+            (
+                DropInName::UserByName("alice"),
+                "mallory",
+                1000,
+                Err("userName \"mallory\" does not match the file name \"alice\""),
+            ),
+            (
+                DropInName::UserByUid(1000),
+                "alice",
+                0,
+                Err("uid 0 does not match the file name 1000"),
+            ),
+            (
+                DropInName::GroupByName("wheel"),
+                "staff",
+                10,
+                Err("groupName \"staff\" does not match the file name \"wheel\""),
+            ),
+            (
+                DropInName::GroupByGid(10),
+                "wheel",
+                0,
+                Err("gid 0 does not match the file name 10"),
+            ),
+            (
+                DropInName::Companion,
+                "alice",
+                1000,
+                Err("not a user or group drop-in"),
+            ),
+        ];
+        for (kind, name, id, expected) in cases {
+            assert_eq!(
+                listed_at(&kind, name, id),
+                expected.map_err(str::to_owned),
+                "{kind:?} holding {name} {id}"
+            );
+        }
     }
 
     #[test]
