@@ -107,10 +107,6 @@ impl<V> NameTable<V> {
         }
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.iter().map(|(name, _)| name)
-    }
-
     /// Keeps the names for which `keep` holds.
     pub fn retain(&mut self, mut keep: impl FnMut(&str, &mut V) -> bool) {
         let names = &self.names;
@@ -192,15 +188,6 @@ impl<'a, V> Iterator for Iter<'a, V> {
 
     fn size_hint(&self) -> (usize, Option<usize>) {
         self.slots.size_hint()
-    }
-}
-
-impl<'a, V> IntoIterator for &'a NameTable<V> {
-    type Item = (&'a str, &'a V);
-    type IntoIter = Iter<'a, V>;
-
-    fn into_iter(self) -> Iter<'a, V> {
-        self.iter()
     }
 }
 
