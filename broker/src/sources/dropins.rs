@@ -835,9 +835,7 @@ fn load_all(dir: &Path, names: &[Wanted], previous: &Directory) -> Vec<Loaded> {
             let why = format!("{}: cannot be opened: {e}", dir.display());
             return names
                 .iter()
-                .map(|(name, _)| {
-                    Loaded::Entry(unreadable(dir, name, &why, previous.found(name).as_ref()))
-                })
+                .map(|(name, _)| Loaded::Entry(unreadable(dir, name, &why, previous)))
                 .collect();
         }
     };
@@ -854,11 +852,12 @@ fn load_all(dir: &Path, names: &[Wanted], previous: &Directory) -> Vec<Loaded> {
         path: dir,
         handle: &handle,
         present: &present,
+        previous,
     };
     in_parallel(
         names,
         || Loaded::Gone,
-        |(name, listed)| files.load(name, *listed, previous.found(name).as_ref()),
+        |(name, listed)| files.load(name, *listed),
     )
 }
 
@@ -872,6 +871,7 @@ fn load_all_followed(dir: &Path, names: &[String], previous: &Directory) -> Vec<
         path: dir,
         handle: &handle,
         present: &present,
+        previous,
     };
     in_parallel(
         names,
@@ -879,26 +879,14 @@ fn load_all_followed(dir: &Path, names: &[String], previous: &Directory) -> Vec<
         |name| {
             let link = files.link_target(name);
             match handle.stat(name) {
-                Ok(st) => Some(files.load_file(
-                    name,
-                    &classify(name),
-                    &st,
-                    None,
-                    link,
-                    previous.found(name).as_ref(),
-                )),
+                Ok(st) => Some(files.load_file(name, &classify(name), &st, None, link)),
                 // A dangling link provides nothing but still takes its
                 // name, as in systemd's conf-files.
                 Err(ReadError::Missing) if handle.lstat(name).is_ok() => {
                     Some(Found::new(Stamp::NONE, link, Content::Masked))
                 }
                 Err(ReadError::Missing) => None,
-                Err(e) => Some(unreadable(
-                    dir,
-                    name,
-                    &e.to_string(),
-                    previous.found(name).as_ref(),
-                )),
+                Err(e) => Some(unreadable(dir, name, &e.to_string(), previous)),
             }
         },
     )
@@ -964,22 +952,18 @@ fn alias(name: &str, target: &str, sibling: Option<&Found>) -> Option<Found> {
     ))
 }
 
-/// The entry of a name that could not be read: what it held before is
-/// kept, and read again soon.
-fn unreadable(dir: &Path, name: &str, why: &str, previous: Option<&Found>) -> Found {
-    let content = match previous {
-        Some(before) if !matches!(before.entry.content, Content::Broken(_)) => {
+/// The entry of a name of `dir` that could not be read: what `previous`
+/// held for it is kept, and read again soon.
+fn unreadable(dir: &Path, name: &str, why: &str, previous: &Directory) -> Found {
+    let content = match previous.entries.get(name) {
+        Some(before) if !matches!(before.content, Content::Broken(_)) => {
             tracing::warn!("{}: {why}; keeping what it held", dir.join(name).display());
-            before.entry.content.clone()
+            before.content.clone()
         }
         _ => Content::broken(why),
     };
     // The fingerprint is forgotten, so that any rescan tries again.
-    Found::new(
-        Stamp::UNREAD,
-        previous.and_then(|p| p.links_to.clone()),
-        content,
-    )
+    Found::new(Stamp::UNREAD, previous.targets.get(name).cloned(), content)
 }
 
 /// The files of one open directory, as one batch reads them.
@@ -988,9 +972,16 @@ struct Files<'a> {
     handle: &'a read::Dir,
     /// Whether a name exists in the directory (for companions).
     present: &'a (dyn Fn(&str) -> bool + Sync),
+    /// What the directory held before this batch: kept for a file that
+    /// cannot be read.
+    previous: &'a Directory,
 }
 
 impl Files<'_> {
+    fn unreadable(&self, name: &str, why: &str) -> Found {
+        unreadable(self.path, name, why, self.previous)
+    }
+
     /// Where the link `name` points, when that is a file of the same
     /// directory.
     fn link_target(&self, name: &str) -> Option<Box<str>> {
@@ -1001,43 +992,34 @@ impl Files<'_> {
     /// a record it called a regular file is opened at once (its `fstat` is
     /// the check); anything else, or a name that is no longer what the
     /// listing said, is `lstat`ed first.
-    fn load(&self, name: &str, listed: Option<FileType>, previous: Option<&Found>) -> Loaded {
+    fn load(&self, name: &str, listed: Option<FileType>) -> Loaded {
         let kind = classify(name);
         match listed {
             Some(t) if t.is_symlink() => {
                 if let Ok(target) = self.handle.read_link(name) {
                     let link = target.as_deref().and_then(sibling);
-                    return self.load_link(name, &kind, link, previous);
+                    return self.load_link(name, &kind, link);
                 }
             }
             Some(t) if t.is_file() && reads_content(&kind) => {
                 if let Ok(opened) = self.handle.open_listed(name) {
                     let st = opened.stat;
-                    let found = self.load_file(name, &kind, &st, Some(opened), None, previous);
-                    return Loaded::Entry(found);
+                    return Loaded::Entry(self.load_file(name, &kind, &st, Some(opened), None));
                 }
             }
             _ => {}
         }
         match self.handle.lstat(name) {
-            Ok(st) if st.is_symlink() => {
-                self.load_link(name, &kind, self.link_target(name), previous)
-            }
-            Ok(st) => Loaded::Entry(self.load_file(name, &kind, &st, None, None, previous)),
+            Ok(st) if st.is_symlink() => self.load_link(name, &kind, self.link_target(name)),
+            Ok(st) => Loaded::Entry(self.load_file(name, &kind, &st, None, None)),
             Err(ReadError::Missing) => Loaded::Gone,
-            Err(e) => Loaded::Entry(unreadable(self.path, name, &e.to_string(), previous)),
+            Err(e) => Loaded::Entry(self.unreadable(name, &e.to_string())),
         }
     }
 
     /// What the link `name` holds, pointing at the sibling `link` if it
     /// does.
-    fn load_link(
-        &self,
-        name: &str,
-        kind: &Kind<'_>,
-        link: Option<Box<str>>,
-        previous: Option<&Found>,
-    ) -> Loaded {
+    fn load_link(&self, name: &str, kind: &Kind<'_>, link: Option<Box<str>>) -> Loaded {
         let by_id = matches!(
             kind,
             Ok(DropInName::UserByUid(_) | DropInName::GroupByGid(_))
@@ -1045,11 +1027,11 @@ impl Files<'_> {
         match link {
             Some(target) if by_id => Loaded::Alias(target),
             _ => match self.handle.stat(name) {
-                Ok(st) => Loaded::Entry(self.load_file(name, kind, &st, None, link, previous)),
+                Ok(st) => Loaded::Entry(self.load_file(name, kind, &st, None, link)),
                 Err(ReadError::Missing) => {
                     Loaded::Entry(Found::new(Stamp::NONE, link, Content::Masked))
                 }
-                Err(e) => Loaded::Entry(unreadable(self.path, name, &e.to_string(), previous)),
+                Err(e) => Loaded::Entry(self.unreadable(name, &e.to_string())),
             },
         }
     }
@@ -1064,7 +1046,6 @@ impl Files<'_> {
         st: &read::Stat,
         opened: Option<read::Opened>,
         links_to: Option<Box<str>>,
-        previous: Option<&Found>,
     ) -> Found {
         let content = match kind {
             Err(why) => Content::broken(why.as_str()),
@@ -1082,7 +1063,7 @@ impl Files<'_> {
             Ok(kind) => match self.load_record(name, st, opened, kind) {
                 Ok(content) => content,
                 Err(Failure::Unreadable(why)) => {
-                    let mut found = unreadable(self.path, name, &why, previous);
+                    let mut found = self.unreadable(name, &why);
                     found.links_to = links_to;
                     return found;
                 }
@@ -1685,10 +1666,12 @@ mod tests {
         root.write("etc/userdb", "bob.user", r#"{"userName":"bob","uid":2002}"#);
         let handle = read::Dir::open(&dir).unwrap();
         let present = |_: &str| false;
+        let previous = Directory::default();
         let files = Files {
             path: &dir,
             handle: &handle,
             present: &present,
+            previous: &previous,
         };
         let started = Instant::now();
         let content = |loaded: Loaded| match loaded {
@@ -1697,23 +1680,23 @@ mod tests {
             Loaded::Gone => panic!("gone"),
         };
         assert!(matches!(
-            content(files.load("fifo.user", Some(regular), None)),
+            content(files.load("fifo.user", Some(regular))),
             Content::Broken(why) if why.contains("FIFO")
         ));
         assert!(matches!(
-            files.load("2001.user", Some(regular), None),
+            files.load("2001.user", Some(regular)),
             Loaded::Alias(target) if &*target == "alice.user"
         ));
         assert_eq!(
-            content(files.load("masked.user", Some(regular), None)),
+            content(files.load("masked.user", Some(regular))),
             Content::Masked
         );
         assert!(matches!(
-            content(files.load("bob.user", Some(link), None)),
+            content(files.load("bob.user", Some(link))),
             Content::User(u) if u.uid == 2002
         ));
         assert!(matches!(
-            files.load("gone.user", Some(regular), None),
+            files.load("gone.user", Some(regular)),
             Loaded::Gone
         ));
         // A device node itself, where one can be made.
@@ -1724,7 +1707,7 @@ mod tests {
             .is_ok_and(|s| s.success());
         if made {
             assert_eq!(
-                content(files.load("device.user", Some(regular), None)),
+                content(files.load("device.user", Some(regular))),
                 Content::Masked
             );
         } else {
