@@ -49,17 +49,21 @@ impl<V> Default for NameTable<V> {
 
 impl<V> NameTable<V> {
     /// The table of `sorted`, which is in name order, each name once.
-    pub fn from_sorted<S: AsRef<str>>(sorted: Vec<(S, V)>) -> Self {
-        let bytes = sorted.iter().map(|(name, _)| name.as_ref().len()).sum();
+    pub fn from_sorted<S: AsRef<str>>(sorted: impl IntoIterator<Item = (S, V)>) -> Self {
+        let sorted = sorted.into_iter();
+        let (fewest, most) = sorted.size_hint();
         let mut table = NameTable {
-            names: String::with_capacity(bytes),
-            slots: Vec::with_capacity(sorted.len()),
+            names: String::new(),
+            slots: Vec::with_capacity(most.unwrap_or(fewest)),
             unused: 0,
         };
         for (name, value) in sorted {
             let span = table.push_name(name.as_ref());
             table.slots.push((span, value));
         }
+        // Kept as long as its directory: no room to spare.
+        table.names.shrink_to_fit();
+        table.slots.shrink_to_fit();
         table
     }
 
@@ -234,7 +238,7 @@ mod tests {
     #[test]
     fn the_bytes_of_removed_names_are_reclaimed_and_the_rest_kept() {
         let names: Vec<String> = (0..1000).map(|i| format!("name{i:04}.user")).collect();
-        let mut table = NameTable::from_sorted(names.iter().zip(0u32..).collect());
+        let mut table = NameTable::from_sorted(names.iter().zip(0u32..));
         let full = table.names.len();
         table.retain(|name, _| name.ends_with("0.user"));
         assert_eq!(table.len(), 100);
