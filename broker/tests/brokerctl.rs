@@ -4,12 +4,12 @@
 //! look-ups against a real userdb-brokerd serving a scratch root.
 
 use std::fs;
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
 
 use serde_json::{json, Value};
+
+mod notify;
 
 const BROKERCTL: &str = env!("CARGO_BIN_EXE_userdb-brokerctl");
 const BROKERD: &str = env!("CARGO_BIN_EXE_userdb-brokerd");
@@ -363,10 +363,7 @@ impl Broker {
     fn start(dir: &Scratch) -> Broker {
         let socket = dir.path("run/io.userdb.Broker");
         let notify_path = dir.0.join("notify");
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        let notify = notify::socket(&notify_path);
         let config = dir.write("userdb-brokerd.toml", "");
         let child = Command::new(BROKERD)
             .args(["--socket", &socket, "--root", &dir.path("root"), "--config"])
@@ -375,9 +372,7 @@ impl Broker {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut buf = [0u8; 64];
-        let n = notify.recv(&mut buf).expect("READY=1 from userdb-brokerd");
-        assert_eq!(&buf[..n], b"READY=1");
+        notify::wait_ready(&notify);
         Broker { child, socket }
     }
 }

@@ -1,9 +1,10 @@
 //! The daemon as a process: readiness, termination, refusing PID 1.
 
-use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod notify;
 
 const BROKERD: &str = env!("CARGO_BIN_EXE_userdb-brokerd");
 
@@ -19,10 +20,7 @@ fn scratch(tag: &str) -> PathBuf {
 fn notifies_ready_and_removes_its_socket_on_sigterm() {
     let dir = scratch("ready");
     let notify_path = dir.join("notify");
-    let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let notify = notify::socket(&notify_path);
     let socket = dir.join("run/io.userdb.Broker");
     let mut child = Command::new(BROKERD)
         .arg("--socket")
@@ -33,9 +31,7 @@ fn notifies_ready_and_removes_its_socket_on_sigterm() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut buf = [0u8; 64];
-    let n = notify.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"READY=1");
+    notify::wait_ready(&notify);
     assert!(socket.exists(), "listening before READY=1");
 
     // SAFETY: signalling our own child by its pid.
