@@ -365,14 +365,14 @@ impl Broker {
         let notify_path = dir.0.join("notify");
         let notify = notify::socket(&notify_path);
         let config = dir.write("userdb-brokerd.toml", "");
-        let child = Command::new(BROKERD)
+        let mut child = Command::new(BROKERD)
             .args(["--socket", &socket, "--root", &dir.path("root"), "--config"])
             .arg(config)
             .env("NOTIFY_SOCKET", &notify_path)
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        notify::wait_ready(&notify);
+        notify::wait_ready(&notify, &mut child);
         Broker { child, socket }
     }
 }

@@ -31,7 +31,7 @@ fn notifies_ready_and_removes_its_socket_on_sigterm() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    notify::wait_ready(&notify);
+    notify::wait_ready(&notify, &mut child);
     assert!(socket.exists(), "listening before READY=1");
 
     // SAFETY: signalling our own child by its pid.
