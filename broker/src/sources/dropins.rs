@@ -434,9 +434,13 @@ impl DropIns {
     fn reload(&mut self, index: usize, mut wanted: Vec<Wanted>) -> bool {
         // A name listed and also wanted for another's sake is kept with
         // what the listing said of it.
-        wanted.sort_by(|(a, a_listed), (b, b_listed)| {
+        let order = |(a, a_listed): &Wanted, (b, b_listed): &Wanted| {
             a.cmp(b).then(b_listed.is_some().cmp(&a_listed.is_some()))
-        });
+        };
+        // A whole listing comes sorted: not sorted a second time.
+        if !wanted.is_sorted_by(|a, b| order(a, b).is_le()) {
+            wanted.sort_by(order);
+        }
         wanted.dedup_by(|(a, _), (b, _)| a == b);
         let dir = &self.dirs[index];
         let loaded = load_all(&dir.path, &wanted, dir);
