@@ -32,24 +32,6 @@ pub fn set_own_bypass() {
     std::env::set_var(BYPASS_VARIABLE, "1");
 }
 
-/// Keeps the resident size from ratcheting up across rebuilds; run first.
-/// - Two malloc arenas instead of eight per core: the daemon has a handful
-///   of threads, and every arena keeps the pages of the snapshots it once
-///   held.
-/// - Blocks of 128 KiB and more always mapped of their own, so handed back
-///   when freed: by default glibc raises that threshold to the largest
-///   block freed (the snapshot file's 20 MB at fleet size), after which a
-///   rebuild's large vectors come from the heap, between the small blocks
-///   of the snapshot in use, and stay resident (+40 MB at fleet size).
-pub fn tune_malloc() {
-    // SAFETY: mallopt only sets allocator parameters; called before any
-    // other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-    }
-}
-
 pub fn is_pid1() -> bool {
     std::process::id() == 1
 }

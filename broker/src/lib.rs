@@ -7,6 +7,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod log_once;
+pub mod memory;
 pub mod merge;
 pub mod metrics;
 pub mod model;

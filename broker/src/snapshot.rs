@@ -434,11 +434,8 @@ impl SnapshotStore {
         };
         if !done.is_empty() {
             drop(done);
-            // A snapshot is hundreds of thousands of small allocations:
-            // hand the pages they leave free back to the system, or the
-            // resident size keeps each rebuild's high-water mark.
-            // SAFETY: malloc_trim only releases free memory of the allocator.
-            unsafe { libc::malloc_trim(0) };
+            // Or the resident size keeps each rebuild's high-water mark.
+            crate::memory::release_free_pages();
         }
         self.retired_list().len()
     }

@@ -5,11 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use userdb_broker::cli::{self, Brokerd, EXIT_FAILURE};
 use userdb_broker::config::Config;
-use userdb_broker::daemon;
+use userdb_broker::{daemon, memory};
 
 fn main() -> ExitCode {
     daemon::set_own_bypass();
-    daemon::tune_malloc();
+    memory::tune_malloc();
     if daemon::is_pid1() {
         eprintln!("userdb-brokerd: refusing to run as PID 1: the broker must never be init (it would answer init's own look-ups)");
         return ExitCode::from(EXIT_FAILURE);
