@@ -15,7 +15,10 @@
 use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
-use userdb_proto::record::{GroupRecord, GroupShadow, Passwd, UserRecord, UserShadow};
+use userdb_proto::record::{
+    group_json_fields, renders_exactly, user_json_fields, GroupRecord, GroupShadow, Passwd,
+    UserRecord, UserShadow,
+};
 
 /// A user or group name, shared by every record and membership that names it.
 pub type Name = Arc<str>;
@@ -198,7 +201,9 @@ impl User {
     /// Whether the NSS fields render exactly as `record`: then its text
     /// need not be kept, and a plain drop-in costs none.
     pub fn renders_as(&self, record: &Map<String, Value>) -> bool {
-        matches!(self.nss(true).to_json(), Value::Object(fields) if fields == *record)
+        renders_exactly(record, &[], |field| {
+            user_json_fields(&self.passwd(), self.shadow.as_deref(), field);
+        })
     }
 
     /// The full userdb record as the peer may see it, and whether anything
@@ -261,14 +266,9 @@ impl Group {
     /// As for [`User::renders_as`], the record's own `members` aside: the
     /// merged list is rendered in their place.
     pub fn renders_as(&self, record: &Map<String, Value>) -> bool {
-        let Value::Object(fields) = self.nss(Vec::new(), true).to_json() else {
-            return false;
-        };
-        let own = record.len() - usize::from(record.contains_key("members"));
-        own == fields.len()
-            && fields
-                .iter()
-                .all(|(key, value)| record.get(key) == Some(value))
+        renders_exactly(record, &["members"], |field| {
+            group_json_fields(&self.name, self.gid, &[], self.shadow.as_deref(), field);
+        })
     }
 
     /// The full userdb record with `members` in place of the record's own

@@ -256,33 +256,140 @@ impl UserRecord {
     /// The JSON record for a user read from `/etc/passwd` (and `/etc/shadow`).
     pub fn to_json(&self) -> Value {
         let mut obj = Map::new();
-        obj.insert("userName".into(), json!(self.name));
-        obj.insert("uid".into(), json!(self.uid));
-        obj.insert("gid".into(), json!(self.gid));
-        if !self.gecos.is_empty() {
-            obj.insert("realName".into(), json!(self.gecos));
-        }
-        obj.insert("homeDirectory".into(), json!(self.home));
-        obj.insert("shell".into(), json!(self.shell));
-        if let Some(s) = &self.shadow {
-            let days = [
-                ("lastPasswordChangeUSec", s.last_change_days),
-                ("passwordChangeMinUSec", s.min_days),
-                ("passwordChangeMaxUSec", s.max_days),
-                ("passwordChangeWarnUSec", s.warn_days),
-                ("passwordChangeInactiveUSec", s.inactive_days),
-                ("notAfterUSec", s.expire_days),
-            ];
-            for (key, value) in days {
-                if let Some(d) = value.and_then(|d| u64::try_from(d).ok()) {
-                    obj.insert(key.into(), json!(d.saturating_mul(USEC_PER_DAY)));
-                }
-            }
-            let hashes: Vec<&str> = s.hashed_password.iter().map(String::as_str).collect();
-            obj.insert("privileged".into(), json!({ "hashedPassword": hashes }));
-        }
+        user_json_fields(&self.passwd(), self.shadow.as_ref(), |key, field| {
+            obj.insert(key.into(), field.to_value());
+        });
         Value::Object(obj)
     }
+}
+
+/// One field of a record's JSON rendering, borrowed from the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonField<'a> {
+    Text(&'a str),
+    Number(u64),
+    Names(&'a [String]),
+    /// `{"hashedPassword": [the hash]}`, the list empty without one.
+    Privileged(Option<&'a str>),
+}
+
+impl JsonField<'_> {
+    pub fn to_value(self) -> Value {
+        match self {
+            JsonField::Text(text) => json!(text),
+            JsonField::Number(n) => json!(n),
+            JsonField::Names(names) => json!(names),
+            JsonField::Privileged(hash) => json!({ "hashedPassword": hash.as_slice() }),
+        }
+    }
+
+    /// Whether `value` is what [`Self::to_value`] gives, without making it.
+    pub fn is(self, value: &Value) -> bool {
+        let strings_are = |list: &Value, strings: &mut dyn ExactSizeIterator<Item = &str>| {
+            list.as_array().is_some_and(|items| {
+                items.len() == strings.len()
+                    && items
+                        .iter()
+                        .zip(strings)
+                        .all(|(item, s)| item.as_str() == Some(s))
+            })
+        };
+        match self {
+            JsonField::Text(text) => value.as_str() == Some(text),
+            // `as_u64` is `None` for a float or a negative number, which a
+            // rendered id or time never is.
+            JsonField::Number(n) => value.as_u64() == Some(n),
+            JsonField::Names(names) => strings_are(value, &mut names.iter().map(String::as_str)),
+            JsonField::Privileged(hash) => value.as_object().is_some_and(|object| {
+                object.len() == 1
+                    && object
+                        .get("hashedPassword")
+                        .is_some_and(|hashes| strings_are(hashes, &mut hash.into_iter()))
+            }),
+        }
+    }
+}
+
+/// The fields of a user's JSON rendering, in no particular order: the
+/// one definition of what [`UserRecord::to_json`] holds.
+pub fn user_json_fields<'a>(
+    passwd: &Passwd<'a>,
+    shadow: Option<&'a UserShadow>,
+    mut field: impl FnMut(&'static str, JsonField<'a>),
+) {
+    field("userName", JsonField::Text(passwd.name));
+    field("uid", JsonField::Number(passwd.uid.into()));
+    field("gid", JsonField::Number(passwd.gid.into()));
+    if !passwd.gecos.is_empty() {
+        field("realName", JsonField::Text(passwd.gecos));
+    }
+    field("homeDirectory", JsonField::Text(passwd.home));
+    field("shell", JsonField::Text(passwd.shell));
+    if let Some(s) = shadow {
+        let days = [
+            ("lastPasswordChangeUSec", s.last_change_days),
+            ("passwordChangeMinUSec", s.min_days),
+            ("passwordChangeMaxUSec", s.max_days),
+            ("passwordChangeWarnUSec", s.warn_days),
+            ("passwordChangeInactiveUSec", s.inactive_days),
+            ("notAfterUSec", s.expire_days),
+        ];
+        for (key, value) in days {
+            if let Some(d) = value.and_then(|d| u64::try_from(d).ok()) {
+                field(key, JsonField::Number(d.saturating_mul(USEC_PER_DAY)));
+            }
+        }
+        field(
+            "privileged",
+            JsonField::Privileged(s.hashed_password.as_deref()),
+        );
+    }
+}
+
+/// The fields of a group's JSON rendering: the one definition of what
+/// [`GroupRecord::to_json`] holds.
+pub fn group_json_fields<'a>(
+    name: &'a str,
+    gid: u32,
+    members: &'a [String],
+    shadow: Option<&'a GroupShadow>,
+    mut field: impl FnMut(&'static str, JsonField<'a>),
+) {
+    field("groupName", JsonField::Text(name));
+    field("gid", JsonField::Number(gid.into()));
+    if !members.is_empty() {
+        field("members", JsonField::Names(members));
+    }
+    if let Some(s) = shadow {
+        if !s.administrators.is_empty() {
+            field("administrators", JsonField::Names(&s.administrators));
+        }
+        field(
+            "privileged",
+            JsonField::Privileged(s.hashed_password.as_deref()),
+        );
+    }
+}
+
+/// Whether `record`, its keys `besides` aside, holds exactly the fields
+/// `render` gives (none of them `besides`), and no other.
+pub fn renders_exactly(
+    record: &Map<String, Value>,
+    besides: &[&str],
+    render: impl FnOnce(&mut dyn FnMut(&'static str, JsonField<'_>)),
+) -> bool {
+    let mut fields = 0;
+    let mut same = true;
+    render(&mut |key, field| {
+        fields += 1;
+        same = same && record.get(key).is_some_and(|value| field.is(value));
+    });
+    let own = record.len()
+        - besides
+            .iter()
+            .filter(|key| record.contains_key(**key))
+            .count();
+    same && fields == own
 }
 
 impl GroupRecord {
@@ -312,18 +419,15 @@ impl GroupRecord {
     /// The JSON record for a group read from `/etc/group` (and `/etc/gshadow`).
     pub fn to_json(&self) -> Value {
         let mut obj = Map::new();
-        obj.insert("groupName".into(), json!(self.name));
-        obj.insert("gid".into(), json!(self.gid));
-        if !self.members.is_empty() {
-            obj.insert("members".into(), json!(self.members));
-        }
-        if let Some(s) = &self.shadow {
-            if !s.administrators.is_empty() {
-                obj.insert("administrators".into(), json!(s.administrators));
-            }
-            let hashes: Vec<&str> = s.hashed_password.iter().map(String::as_str).collect();
-            obj.insert("privileged".into(), json!({ "hashedPassword": hashes }));
-        }
+        group_json_fields(
+            &self.name,
+            self.gid,
+            &self.members,
+            self.shadow.as_ref(),
+            |key, field| {
+                obj.insert(key.into(), field.to_value());
+            },
+        );
         Value::Object(obj)
     }
 }
@@ -370,6 +474,67 @@ mod tests {
         ] {
             assert!(UserRecord::from_json(&bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_field_is_exactly_the_value_it_renders_as() {
+        let names = ["alice".to_owned(), "bob".to_owned()];
+        let fields = [
+            JsonField::Text("/home/alice"),
+            JsonField::Number(1500),
+            JsonField::Names(&names),
+            JsonField::Names(&[]),
+            JsonField::Privileged(Some("$6$x")),
+            JsonField::Privileged(None),
+        ];
+        for (i, field) in fields.iter().enumerate() {
+            for (j, other) in fields.iter().enumerate() {
+                assert_eq!(
+                    field.is(&other.to_value()),
+                    i == j,
+                    "{field:?} is {other:?}"
+                );
+            }
+        }
+        for (field, unlike) in [
+            (JsonField::Number(1500), json!(1500.0)),
+            (JsonField::Number(1500), json!("1500")),
+            (JsonField::Text("a"), json!(["a"])),
+            (JsonField::Names(&names), json!(["alice"])),
+            (JsonField::Names(&names), json!(["alice", 2])),
+            (
+                JsonField::Privileged(Some("$6$x")),
+                json!({"hashedPassword": ["$6$x"], "sshAuthorizedKeys": []}),
+            ),
+            (
+                JsonField::Privileged(Some("$6$x")),
+                json!({"hashedPassword": "$6$x"}),
+            ),
+        ] {
+            assert!(!field.is(&unlike), "{field:?} is {unlike}");
+        }
+    }
+
+    #[test]
+    fn a_record_renders_exactly_when_it_holds_its_fields_and_no_other() {
+        let alice = UserRecord::from_json(&json!({
+            "userName": "alice", "uid": 1500, "realName": "Alice",
+            "privileged": {"hashedPassword": ["$6$x"]},
+        }))
+        .unwrap();
+        let render = |field: &mut dyn FnMut(&'static str, JsonField<'_>)| {
+            user_json_fields(&alice.passwd(), alice.shadow.as_ref(), field);
+        };
+        let Value::Object(mut rendered) = alice.to_json() else {
+            panic!("not an object");
+        };
+        assert!(renders_exactly(&rendered, &[], render));
+        rendered.insert("disposition".into(), json!("regular"));
+        assert!(!renders_exactly(&rendered, &[], render));
+        assert!(renders_exactly(&rendered, &["disposition"], render));
+        rendered.remove("disposition");
+        rendered.remove("shell");
+        assert!(!renders_exactly(&rendered, &[], render));
     }
 
     #[test]
