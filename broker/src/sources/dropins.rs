@@ -592,7 +592,7 @@ impl Directory {
     }
 
     /// Puts what was read in place of what the names held (`None`: the
-    /// name is gone); whether that changed anything. `read` is in name
+    /// name is gone); whether that changed what they provide. `read` is in name
     /// order, so a directory read for the first time is built at once, and
     /// the names that come or go are added or removed in one pass.
     fn put_all(&mut self, read: Vec<(String, Option<Found>)>) -> bool {
@@ -636,10 +636,12 @@ impl Directory {
                 };
             }
             let this_changed = match (self.entries.get_mut(&name), entry) {
-                (Some(previous), Some(entry)) if *previous == entry => retargeted,
+                // A new stamp alone (a file touched) provides nothing
+                // new: no rebuild.
                 (Some(previous), Some(entry)) => {
+                    let same = previous.content == entry.content;
                     *previous = entry;
-                    true
+                    retargeted || !same
                 }
                 (None, Some(entry)) => {
                     added.push((name, entry));
@@ -1113,7 +1115,7 @@ impl Files<'_> {
     ) -> Result<Content, Failure> {
         let companion = |suffix: &str| {
             let stem = name.rsplit_once('.').map_or(name, |(stem, _)| stem);
-            let companion = format!("{stem}{suffix}");
+            let companion = [stem, suffix].concat();
             (self.present)(&companion).then_some(companion)
         };
         match kind {
