@@ -11,7 +11,8 @@
 //!   watched directories).
 //! - Without inotify (no instances left), every `poll_interval` is a rescan.
 //! - A file that could not be read for a reason that may pass (no
-//!   descriptor left) is read again every half second until it can be.
+//!   descriptor left) is read again every half second until it can be;
+//!   what the first read left for later is read on the first turn.
 //! - Each turn also follows the Varlink services (discovery, breaker
 //!   probes), republishes the snapshot file when they change what it
 //!   covers, and frees replaced snapshots nobody reads any more.
@@ -265,9 +266,14 @@ impl Watcher {
     /// Re-reads what `changed` names (everything for `None`); rebuilds if
     /// any source changed. Returns whether it did.
     pub fn refresh(&mut self, changed: Option<&[PathBuf]>) -> bool {
+        self.update(|source| source.refresh(changed))
+    }
+
+    /// Runs `step` on every source; rebuilds if any changed.
+    fn update(&mut self, mut step: impl FnMut(&mut dyn LocalSource) -> bool) -> bool {
         let mut any = false;
         for source in &mut self.sources {
-            any |= source.refresh(changed);
+            any |= step(source.as_mut());
         }
         if any {
             self.rebuild();
@@ -287,8 +293,13 @@ impl Watcher {
 
     fn run(&mut self, control: &Receiver<Control>) {
         let mut last_rescan = Instant::now();
-        let mut last_retry = Instant::now();
+        // What the first read left unread is read on the first turn.
+        let mut last_retry: Option<Instant> = None;
         loop {
+            if last_retry.is_none_or(|at| at.elapsed() >= RETRY_UNREAD) {
+                self.update(|source| source.read_unread());
+                last_retry = Some(Instant::now());
+            }
             let changed = self.wait_for_events(TICK);
             match changed {
                 Events::Paths(paths) if !paths.is_empty() => {
@@ -324,13 +335,6 @@ impl Watcher {
                 if self.inotify.is_none() {
                     std::thread::sleep(started.elapsed() * 4);
                 }
-            }
-            if last_retry.elapsed() >= RETRY_UNREAD {
-                let unread: Vec<PathBuf> = self.sources.iter().flat_map(|s| s.unread()).collect();
-                if !unread.is_empty() {
-                    self.refresh(Some(&unread));
-                }
-                last_retry = Instant::now();
             }
             self.varlink.maintain();
             self.publish();

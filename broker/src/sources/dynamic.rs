@@ -230,12 +230,8 @@ impl LocalSource for DynamicUsers {
         self.report.clone()
     }
 
-    fn unread(&self) -> Vec<PathBuf> {
-        if self.unread {
-            vec![self.dir.clone()]
-        } else {
-            Vec::new()
-        }
+    fn read_unread(&mut self) -> bool {
+        self.unread && self.refresh(None)
     }
 }
 

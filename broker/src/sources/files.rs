@@ -217,8 +217,8 @@ impl LocalSource for Files {
         any || failed
     }
 
-    fn unread(&self) -> Vec<PathBuf> {
-        [
+    fn read_unread(&mut self) -> bool {
+        let unread: Vec<PathBuf> = [
             (self.passwd.unread, &self.passwd.path),
             (self.shadow.unread, &self.shadow.path),
             (self.group.unread, &self.group.path),
@@ -227,7 +227,8 @@ impl LocalSource for Files {
         .into_iter()
         .filter(|(unread, _)| *unread)
         .map(|(_, path)| path.clone())
-        .collect()
+        .collect();
+        !unread.is_empty() && self.refresh(Some(&unread))
     }
 
     fn data(&self) -> Arc<SourceData> {

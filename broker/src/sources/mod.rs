@@ -116,10 +116,12 @@ pub trait LocalSource: Send {
 
     fn report(&self) -> LoadReport;
 
-    /// Files whose last read failed for a reason that may pass (no
-    /// descriptor left, an I/O error): the watcher reads them again soon
-    /// rather than at the next change or rescan.
-    fn unread(&self) -> Vec<PathBuf>;
+    /// Reads what is still unread: files whose last read failed for a
+    /// reason that may pass (no descriptor left, an I/O error), and what a
+    /// first read left for later. The watcher calls it soon after start and
+    /// then every half second, rather than waiting for the next change or
+    /// rescan. Returns whether the data changed.
+    fn read_unread(&mut self) -> bool;
 }
 
 /// The local sources below `root`, in their default order.

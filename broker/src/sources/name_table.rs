@@ -111,6 +111,15 @@ impl<V> NameTable<V> {
         }
     }
 
+    /// Every name after `name` with its value, in name order.
+    pub fn iter_after(&self, name: &str) -> Iter<'_, V> {
+        let start = self.position(name).map_or_else(|at| at, |at| at + 1);
+        Iter {
+            names: &self.names,
+            slots: self.slots[start..].iter(),
+        }
+    }
+
     /// Keeps the names for which `keep` holds.
     pub fn retain(&mut self, mut keep: impl FnMut(&str, &mut V) -> bool) {
         let names = &self.names;
