@@ -2,8 +2,8 @@
 //! from several sources, a drop-in tree of 100,000 files (16,200 users; the
 //! fleet size of 614,000 files, 100,000 users, 105,000 groups and 204,000
 //! memberships with `USERDB_BROKER_TEST_DROPIN_FILES=614000`, where the
-//! broker does not yet start within 2 s: see the README's "Limits at fleet
-//! size"), groups of hundreds of thousands of members, a user in 200,000
+//! broker's start is not yet safely within 2 s: see the README's "Limits at
+//! fleet size"), groups of hundreds of thousands of members, a user in 200,000
 //! groups. Work stays linear, swapping a snapshot stalls nobody, idling
 //! costs nothing, a change is served within a second, a listing completes
 //! on a loaded machine, and memory stays flat across rebuilds and within a
