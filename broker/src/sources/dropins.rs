@@ -243,14 +243,25 @@ impl Directory {
     }
 }
 
+impl DropInName<'_> {
+    /// For an id's name, that name spelled as systemd writes it: the only
+    /// alias name that need not store its target.
+    fn id_file_name(&self) -> Option<String> {
+        match self {
+            DropInName::UserByUid(uid) => Some(format!("{uid}.user")),
+            DropInName::GroupByGid(gid) => Some(format!("{gid}.group")),
+            _ => None,
+        }
+    }
+}
+
 impl Content {
     /// The name of the `UID.user` (`GID.group`) alias of the record this
-    /// holds, spelled as systemd writes it: the only alias name that need
-    /// not store its target.
+    /// holds, as [`DropInName::id_file_name`] spells it.
     fn alias_name(&self) -> Option<String> {
         match self {
-            Content::User(u) => Some(format!("{}.user", u.uid)),
-            Content::Group(g) => Some(format!("{}.group", g.gid)),
+            Content::User(u) => DropInName::UserByUid(u.uid).id_file_name(),
+            Content::Group(g) => DropInName::GroupByGid(g.gid).id_file_name(),
             _ => None,
         }
     }
@@ -468,7 +479,7 @@ impl DropIns {
         {
             Ok(i) => match &loaded[i] {
                 Loaded::Entry(found) => Some(Cow::Borrowed(found)),
-                Loaded::Alias(_) | Loaded::PutOff | Loaded::Gone => None,
+                Loaded::Alias(_) | Loaded::PutOff(_) | Loaded::Gone => None,
             },
             Err(_) => dir.found(target).map(Cow::Owned),
         };
@@ -487,7 +498,7 @@ impl DropIns {
             match loaded {
                 Loaded::Entry(found) => read.push((name, Some(found))),
                 // [`presume_aliases`] left none.
-                Loaded::Gone | Loaded::PutOff => read.push((name, None)),
+                Loaded::Gone | Loaded::PutOff(_) => read.push((name, None)),
                 Loaded::Alias(_) => match shared.next().flatten() {
                     Some(found) => read.push((name, Some(found))),
                     None => unshared.push(name),
@@ -869,9 +880,9 @@ enum Loaded {
     Entry(Found),
     /// A link to this sibling, resolved once the sibling is read.
     Alias(Box<str>),
-    /// A link named by an id, at a directory's first read: not read yet
-    /// ([`presume_aliases`]).
-    PutOff,
+    /// A link named by this id, spelled as the id is written, at a
+    /// directory's first read: not read yet ([`presume_aliases`]).
+    PutOff(DropInName<'static>),
     /// Nothing at that name any more.
     Gone,
 }
@@ -923,7 +934,8 @@ fn in_parallel<N: Sync, T: Send>(
 
 /// Loads `names` of `dir`. A file that cannot be read keeps what
 /// `previous` held for it. With `put_off_links_by_id`, a name the listing
-/// calls a link and that is named by an id is not read ([`Loaded::PutOff`]).
+/// calls a link and that is an id's, spelled as the id is written, is not
+/// read ([`Loaded::PutOff`]).
 fn load_all(
     dir: &Path,
     names: &[Wanted],
@@ -1016,6 +1028,17 @@ fn is_by_id(kind: &Kind<'_>) -> bool {
     )
 }
 
+/// The id of an id's name spelled as [`DropInName::id_file_name`] spells
+/// it (`1000.user`, not `01000.user`).
+fn id_spelled_plainly(name: &str, kind: &Kind<'_>) -> Option<DropInName<'static>> {
+    let id = match kind {
+        Ok(DropInName::UserByUid(uid)) => DropInName::UserByUid(*uid),
+        Ok(DropInName::GroupByGid(gid)) => DropInName::GroupByGid(*gid),
+        _ => return None,
+    };
+    (id.id_file_name().as_deref() == Some(name)).then_some(id)
+}
+
 /// Whether a name of this kind has its content read (a record), not only
 /// its type and size.
 fn reads_content(kind: &Kind<'_>) -> bool {
@@ -1084,8 +1107,13 @@ fn presume_aliases(
     wanted: &[Wanted],
     loaded: &mut [Loaded],
 ) -> Option<FileType> {
-    let put_off: Vec<usize> = (0..loaded.len())
-        .filter(|&i| matches!(loaded[i], Loaded::PutOff))
+    let put_off: Vec<(usize, DropInName<'static>)> = loaded
+        .iter()
+        .enumerate()
+        .filter_map(|(i, loaded)| match loaded {
+            Loaded::PutOff(id) => Some((i, id.clone())),
+            _ => None,
+        })
         .collect();
     if put_off.is_empty() {
         return None;
@@ -1109,17 +1137,12 @@ fn presume_aliases(
     }
     let mut presumed = None;
     let mut to_read = Vec::new();
-    for i in put_off {
-        let name = wanted[i].0.as_str();
-        // Spelled otherwise than its record's id is written, an alias
-        // stores its target: read it.
-        let plain = name.starts_with(|c: char| c.is_ascii_digit())
-            && (!name.starts_with('0') || name.starts_with("0."));
-        let content = match classify(name) {
-            Ok(DropInName::UserByUid(uid)) if plain => {
+    for (i, id) in put_off {
+        let content = match id {
+            DropInName::UserByUid(uid) => {
                 users.get(&uid).map(|u| Content::UserAlias(Arc::clone(u)))
             }
-            Ok(DropInName::GroupByGid(gid)) if plain => {
+            DropInName::GroupByGid(gid) => {
                 groups.get(&gid).map(|g| Content::GroupAlias(Arc::clone(g)))
             }
             _ => None,
@@ -1188,10 +1211,12 @@ impl Files<'_> {
     /// listing said, is `lstat`ed first.
     fn load(&self, name: &str, listed: Option<FileType>) -> Loaded {
         let kind = classify(name);
-        match listed {
-            Some(t) if t.is_symlink() && self.put_off_links_by_id && is_by_id(&kind) => {
-                return Loaded::PutOff;
+        if self.put_off_links_by_id && listed.is_some_and(|t| t.is_symlink()) {
+            if let Some(id) = id_spelled_plainly(name, &kind) {
+                return Loaded::PutOff(id);
             }
+        }
+        match listed {
             Some(t) if t.is_symlink() => {
                 if let Ok(target) = self.handle.read_link(name) {
                     let link = target.as_deref().and_then(sibling);
@@ -1933,7 +1958,7 @@ mod tests {
             Loaded::Entry(found) => found.entry.content,
             Loaded::Alias(target) => panic!("an alias of {target}"),
             Loaded::Gone => panic!("gone"),
-            Loaded::PutOff => panic!("put off"),
+            Loaded::PutOff(id) => panic!("put off: {id:?}"),
         };
         assert!(matches!(
             content(files.load("fifo.user", Some(regular))),
