@@ -243,25 +243,41 @@ impl Directory {
     }
 }
 
-impl DropInName<'_> {
-    /// For an id's name, that name spelled as systemd writes it: the only
-    /// alias name that need not store its target.
-    fn id_file_name(&self) -> Option<String> {
+/// The id a `UID.user` or `GID.group` file is named by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdName {
+    Uid(u32),
+    Gid(u32),
+}
+
+impl IdName {
+    /// The file name, spelled as systemd writes it, in `buffer` (room for
+    /// the longest): the only alias name that need not store its target.
+    /// Written in place, since every link is checked.
+    fn spell(self, buffer: &mut [u8; 24]) -> Option<&str> {
+        use std::io::Write;
+        let mut cursor = std::io::Cursor::new(&mut buffer[..]);
         match self {
-            DropInName::UserByUid(uid) => Some(format!("{uid}.user")),
-            DropInName::GroupByGid(gid) => Some(format!("{gid}.group")),
-            _ => None,
+            IdName::Uid(uid) => write!(cursor, "{uid}.user"),
+            IdName::Gid(gid) => write!(cursor, "{gid}.group"),
         }
+        .ok()?;
+        let written = usize::try_from(cursor.position()).ok()?;
+        std::str::from_utf8(buffer.get(..written)?).ok()
+    }
+
+    fn file_name(self) -> Option<String> {
+        self.spell(&mut [0; 24]).map(str::to_owned)
     }
 }
 
 impl Content {
     /// The name of the `UID.user` (`GID.group`) alias of the record this
-    /// holds, as [`DropInName::id_file_name`] spells it.
+    /// holds, as [`IdName::spell`] spells it.
     fn alias_name(&self) -> Option<String> {
         match self {
-            Content::User(u) => DropInName::UserByUid(u.uid).id_file_name(),
-            Content::Group(g) => DropInName::GroupByGid(g.gid).id_file_name(),
+            Content::User(u) => IdName::Uid(u.uid).file_name(),
+            Content::Group(g) => IdName::Gid(g.gid).file_name(),
             _ => None,
         }
     }
@@ -882,10 +898,15 @@ enum Loaded {
     Alias(Box<str>),
     /// A link named by this id, spelled as the id is written, at a
     /// directory's first read: not read yet ([`presume_aliases`]).
-    PutOff(DropInName<'static>),
+    PutOff(IdName),
     /// Nothing at that name any more.
     Gone,
 }
+
+// One is made per name of a first read (600,000 at fleet size): a larger
+// variant would make every batch's vectors larger (a `DropInName` in
+// `PutOff` added 9 MB to a fleet start's peak).
+const _: () = assert!(std::mem::size_of::<Loaded>() == std::mem::size_of::<Found>());
 
 /// Runs `load` on every name (on several threads when there are many).
 /// The threads take blocks of names in turn, so that one meeting the
@@ -1028,15 +1049,15 @@ fn is_by_id(kind: &Kind<'_>) -> bool {
     )
 }
 
-/// The id of an id's name spelled as [`DropInName::id_file_name`] spells
-/// it (`1000.user`, not `01000.user`).
-fn id_spelled_plainly(name: &str, kind: &Kind<'_>) -> Option<DropInName<'static>> {
+/// The id of an id's name spelled as [`IdName::spell`] spells it
+/// (`1000.user`, not `01000.user`).
+fn id_spelled_plainly(name: &str, kind: &Kind<'_>) -> Option<IdName> {
     let id = match kind {
-        Ok(DropInName::UserByUid(uid)) => DropInName::UserByUid(*uid),
-        Ok(DropInName::GroupByGid(gid)) => DropInName::GroupByGid(*gid),
+        Ok(DropInName::UserByUid(uid)) => IdName::Uid(*uid),
+        Ok(DropInName::GroupByGid(gid)) => IdName::Gid(*gid),
         _ => return None,
     };
-    (id.id_file_name().as_deref() == Some(name)).then_some(id)
+    (id.spell(&mut [0; 24]) == Some(name)).then_some(id)
 }
 
 /// Whether a name of this kind has its content read (a record), not only
@@ -1107,11 +1128,11 @@ fn presume_aliases(
     wanted: &[Wanted],
     loaded: &mut [Loaded],
 ) -> Option<FileType> {
-    let put_off: Vec<(usize, DropInName<'static>)> = loaded
+    let put_off: Vec<(usize, IdName)> = loaded
         .iter()
         .enumerate()
         .filter_map(|(i, loaded)| match loaded {
-            Loaded::PutOff(id) => Some((i, id.clone())),
+            Loaded::PutOff(id) => Some((i, *id)),
             _ => None,
         })
         .collect();
@@ -1139,13 +1160,8 @@ fn presume_aliases(
     let mut to_read = Vec::new();
     for (i, id) in put_off {
         let content = match id {
-            DropInName::UserByUid(uid) => {
-                users.get(&uid).map(|u| Content::UserAlias(Arc::clone(u)))
-            }
-            DropInName::GroupByGid(gid) => {
-                groups.get(&gid).map(|g| Content::GroupAlias(Arc::clone(g)))
-            }
-            _ => None,
+            IdName::Uid(uid) => users.get(&uid).map(|u| Content::UserAlias(Arc::clone(u))),
+            IdName::Gid(gid) => groups.get(&gid).map(|g| Content::GroupAlias(Arc::clone(g))),
         };
         match content {
             Some(content) => {
