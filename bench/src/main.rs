@@ -9,6 +9,7 @@
 
 mod backend;
 mod data;
+mod floor;
 mod instructions;
 mod latency;
 mod report;

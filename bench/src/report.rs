@@ -431,6 +431,11 @@ pub fn scale(runs: &[Run], targets: &mut Targets) {
     };
     row("drop-in files", &|r| count(r.scale.dropin_files as u64));
     row("start -> READY=1", &|r| format!("{:.0} ms", r.ready_ms));
+    row("its system calls alone (floor; READY=1 at)", &|r| {
+        r.floor_ms.map_or("-".into(), |f| {
+            format!("{f:.0} ms ({:.2}x)", r.ready_ms / f)
+        })
+    });
     row("start -> first answer (probe started at READY=1)", &|r| {
         format!("{:.0} ms", r.first_answer_ms)
     });

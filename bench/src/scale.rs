@@ -8,10 +8,11 @@ use std::fs;
 use std::thread;
 use std::time::Duration;
 
-use userdb_broker_tests::{monotonic_ns, Broker, Fixture, Nss};
+use userdb_broker_tests::{monotonic_ns, Broker, DropinDir, Fixture, Nss};
 
 use crate::backend::probe;
 use crate::data::{self, Change, Form, Scale};
+use crate::floor;
 
 /// What one change cost.
 #[derive(Debug, Clone)]
@@ -30,6 +31,9 @@ pub struct Run {
     pub form: Form,
     pub scale: Scale,
     pub ready_ms: f64,
+    /// The system calls a start on the drop-ins needs, alone (the least of
+    /// [`FLOOR_RUNS`]); none for /etc lines.
+    pub floor_ms: Option<f64>,
     pub first_answer_ms: f64,
     pub build_ms: Option<u64>,
     pub publish_ms: Option<u64>,
@@ -48,6 +52,8 @@ const ANSWER_LIMIT_S: &str = "20";
 /// How long the broker may take to start: far above the target, so that a
 /// missed target is measured rather than cut short.
 const READY_LIMIT: Duration = Duration::from_secs(300);
+/// How often the floor is measured.
+const FLOOR_RUNS: usize = 3;
 /// How long the idle broker's CPU use is watched.
 const IDLE_WINDOW: Duration = Duration::from_secs(3);
 
@@ -118,6 +124,16 @@ pub fn run(users: u32, form: Form, changes: u32) -> Result<Run, String> {
         form.label()
     );
     let (fixture, scale) = data::at_scale(users, form);
+    let floor_ms = match form {
+        Form::DropIns => {
+            let dir = fixture.root().join(DropinDir::Etc.relative());
+            let runs = (0..FLOOR_RUNS)
+                .map(|_| floor::start_floor_ms(&dir))
+                .collect::<Result<Vec<f64>, String>>()?;
+            runs.into_iter().reduce(f64::min)
+        }
+        Form::EtcLines => None,
+    };
     eprintln!("userdb-broker-bench: starting the broker on them");
     let started = monotonic_ns();
     let broker = Broker::launch(&fixture)
@@ -170,6 +186,7 @@ pub fn run(users: u32, form: Form, changes: u32) -> Result<Run, String> {
         form,
         scale,
         ready_ms,
+        floor_ms,
         first_answer_ms,
         build_ms,
         publish_ms: published.first().map(|p| p.2),
