@@ -80,7 +80,8 @@ pub struct Watcher {
     publisher: Option<Publisher>,
 }
 
-fn watch_mask() -> WatchMask {
+/// What a watched source directory reports.
+pub fn watch_mask() -> WatchMask {
     WatchMask::CREATE
         | WatchMask::DELETE
         | WatchMask::MODIFY
