@@ -90,7 +90,8 @@ pub struct User {
     /// drop-ins that are not a link to a `NAME.user`): they answer look-ups
     /// by uid but are neither listed nor found by name.
     pub listed: bool,
-    pub shadow: Option<Box<UserShadow>>,
+    /// Shared with the `/etc/shadow` entry it came from: one copy of each.
+    pub shadow: Option<Arc<UserShadow>>,
     pub json: Option<Box<JsonRecord>>,
 }
 
@@ -101,17 +102,18 @@ pub struct Group {
     /// The members this record lists itself.
     pub members: Box<[Name]>,
     pub listed: bool,
-    pub shadow: Option<Box<GroupShadow>>,
+    /// Shared with the `/etc/gshadow` entry it came from.
+    pub shadow: Option<Arc<GroupShadow>>,
     pub json: Option<Box<JsonRecord>>,
 }
 
 /// The shadow part as a peer may see it: only root does.
-fn for_peer<T: Clone>(shadow: &Option<Box<T>>, peer_privileged: bool) -> Option<T> {
+fn for_peer<T: Clone>(shadow: &Option<Arc<T>>, peer_privileged: bool) -> Option<T> {
     shadow.as_deref().filter(|_| peer_privileged).cloned()
 }
 
 /// Whether a record holds anything only root may see.
-fn has_private<T>(shadow: &Option<Box<T>>, json: &Option<Box<JsonRecord>>) -> bool {
+fn has_private<T>(shadow: &Option<Arc<T>>, json: &Option<Box<JsonRecord>>) -> bool {
     shadow.is_some() || json.as_ref().is_some_and(|j| j.privileged.is_some())
 }
 
@@ -142,7 +144,7 @@ impl User {
             text: [gecos, home, shell].concat().into(),
             member_of: Box::default(),
             listed,
-            shadow: shadow.map(Box::new),
+            shadow: shadow.map(Arc::new),
             json: None,
         }
     }
@@ -236,7 +238,7 @@ impl Group {
             gid,
             members: members.into_iter().map(Name::from).collect(),
             listed,
-            shadow: shadow.map(Box::new),
+            shadow: shadow.map(Arc::new),
             json: None,
         }
     }

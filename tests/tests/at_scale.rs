@@ -20,7 +20,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use userdb_broker_tests::fixture::{plain_passwd_line, plain_user, BASE_GROUP, BASE_PASSWD};
+use userdb_broker_tests::fixture::{
+    plain_passwd_line, plain_user, BASE_GROUP, BASE_PASSWD, BASE_SHADOW,
+};
 use userdb_broker_tests::nss::BROKER_ONLY;
 use userdb_broker_tests::population::{passwd_lines, Population, FIRST_ID};
 use userdb_broker_tests::probe::{self, Watch};
@@ -364,12 +366,90 @@ fn a_large_idle_tree_costs_no_cpu_and_a_change_is_served_within_a_second_under_l
     );
 }
 
-/// Resident bytes per user of a broker serving `f`, over an empty broker's.
-fn bytes_per_user(broker: &Broker, population: Population) -> f64 {
+/// Resident bytes per user of a broker serving `users` users, over an
+/// empty broker's.
+fn bytes_per_user(broker: &Broker, users: u32) -> f64 {
     let empty = Fixture::new();
     let baseline = Broker::start(&empty).proc_status();
     let serving = broker.proc_status();
-    (serving.rss_kib.saturating_sub(baseline.rss_kib) * 1024) as f64 / f64::from(population.users)
+    (serving.rss_kib.saturating_sub(baseline.rss_kib) * 1024) as f64 / f64::from(users)
+}
+
+#[test]
+fn etc_files_of_100000_users_are_held_in_under_a_kilobyte_per_user_and_flat_across_changes() {
+    let _serial = exclusive();
+    let f = Fixture::new();
+    let count = 100_000u32;
+    let shared = count / 20;
+    let mut passwd: Vec<String> = BASE_PASSWD.iter().map(|l| (*l).to_owned()).collect();
+    passwd.extend(passwd_lines("eu", count));
+    f.replace_etc_file("passwd", &passwd);
+    // Each with a yescrypt hash, as Debian writes them: 73 characters.
+    let mut shadow: Vec<String> = BASE_SHADOW.iter().map(|l| (*l).to_owned()).collect();
+    shadow.extend(
+        (0..count).map(|i| format!("eu{i}:$y$j9T${i:0>22}${:0>43}:19000:0:99999:7:::", i * 7)),
+    );
+    f.replace_etc_file("shadow", &shadow);
+    // A group of each user's own, and groups of 40 that every user is in
+    // twice over.
+    let mut group: Vec<String> = BASE_GROUP.iter().map(|l| (*l).to_owned()).collect();
+    group.extend((0..count).map(|i| format!("eu{i}:x:{}:", FIRST_ID + i)));
+    group.extend((0..shared).map(|j| {
+        let members: Vec<String> = (0..40)
+            .map(|k| format!("eu{}", (j + k * shared / 2) % count))
+            .collect();
+        format!("es{j}:x:{}:{}", FIRST_ID + count + j, members.join(","))
+    }));
+    f.replace_etc_file("group", &group);
+    let broker = Broker::start(&f);
+    let nss = Nss::new(&f, BROKER_ONLY);
+    let mut per_user = vec![bytes_per_user(&broker, count)];
+    let mut served = Vec::new();
+    let rounds = 8;
+    for round in 0..rounds {
+        // In turn /etc/passwd and /etc/shadow alone (/etc/passwd is then
+        // read again with it).
+        let (db, lines, at, line) = if round % 2 == 0 {
+            let line = format!("eu0:x:{FIRST_ID}:{FIRST_ID}:Changed {round}:/home/eu0:/bin/bash");
+            ("passwd", &mut passwd, BASE_PASSWD.len(), line)
+        } else {
+            let line = format!("eu0:$y$j9T${round:0>22}${:0>43}:19001:0:99999:7:::", 0);
+            ("shadow", &mut shadow, BASE_SHADOW.len(), line)
+        };
+        lines[at] = line.clone();
+        f.replace_etc_file(db, lines);
+        served.push(nss.wait_for(&["getent", db, "eu0"], Some(&line), Duration::from_secs(5)));
+        // Once the replaced snapshot is freed (the watcher's next turn).
+        std::thread::sleep(Duration::from_millis(600));
+        per_user.push(bytes_per_user(&broker, count));
+    }
+    // The least of the last four, as for drop-ins: the allocator's
+    // momentary high-water marks come and go.
+    let late = per_user[per_user.len() - 4..]
+        .iter()
+        .copied()
+        .fold(f64::INFINITY, f64::min);
+    println!(
+        "scale | {count} users in etc/passwd, each with an etc/shadow entry, {} groups in etc/group | bytes per user over an empty broker's after start {:.0} (bound 1 KB), after each of {rounds} changes {:?} (least of the last four {late:.0}, bound 10 % more) | changes served after {:?}",
+        count + shared,
+        per_user[0],
+        per_user[1..].iter().map(|b| b.round()).collect::<Vec<_>>(),
+        served.iter().map(|s| served_text(*s)).collect::<Vec<_>>()
+    );
+    assert!(
+        served.iter().all(Option::is_some),
+        "a change was never served"
+    );
+    assert!(
+        per_user[0] <= 1024.0,
+        "{:.0} bytes per user after start",
+        per_user[0]
+    );
+    assert!(
+        late <= per_user[0] * 1.1,
+        "grew from {:.0} to {late:.0} bytes per user across changes",
+        per_user[0]
+    );
 }
 
 #[test]
@@ -383,7 +463,7 @@ fn a_large_tree_is_served_soon_after_start_completely_under_load_and_flat_in_mem
         .start();
     let ready = started.elapsed();
     let nss = Nss::new(&f, BROKER_ONLY);
-    let per_user = bytes_per_user(&broker, population);
+    let per_user = bytes_per_user(&broker, population.users);
     let serving = broker.proc_status();
 
     // A full listing on a loaded machine: every core busy with something
@@ -477,7 +557,7 @@ fn a_fleet_sized_tree_costs_at_most_a_kilobyte_per_user() {
     let broker = Broker::launch(&f)
         .ready_within(Duration::from_secs(120))
         .start();
-    let per_user = bytes_per_user(&broker, population);
+    let per_user = bytes_per_user(&broker, population.users);
     println!(
         "scale | {} users in {} drop-in files | {per_user:.0} bytes resident per user (bound 1024)",
         population.users,

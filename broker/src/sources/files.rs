@@ -58,6 +58,11 @@ impl<T: Default> FileState<T> {
         }
     }
 
+    /// Makes the next refresh read the file whether it changed or not.
+    fn forget(&mut self) {
+        self.identity = None;
+    }
+
     /// Reads the file again if it changed; keeps the last good content when
     /// it cannot be read. Returns whether the content changed, and the
     /// failure to report, if any.
@@ -104,10 +109,13 @@ impl<T: Default> FileState<T> {
 pub struct Files {
     info: SourceInfo,
     dir: PathBuf,
-    passwd: FileState<Vec<UserRecord>>,
-    shadow: FileState<HashMap<String, UserShadow>>,
-    group: FileState<Vec<GroupRecord>>,
-    gshadow: FileState<HashMap<String, GroupShadow>>,
+    /// The users as served, `/etc/shadow`'s data joined in when read: one
+    /// copy of each (a change to `/etc/shadow` reads `/etc/passwd` again).
+    passwd: FileState<Vec<Arc<User>>>,
+    shadow: FileState<HashMap<String, Arc<UserShadow>>>,
+    /// Likewise with `/etc/gshadow`.
+    group: FileState<Vec<Arc<Group>>>,
+    gshadow: FileState<HashMap<String, Arc<GroupShadow>>>,
     data: Arc<SourceData>,
     report: LoadReport,
 }
@@ -128,36 +136,8 @@ impl Files {
     }
 
     fn rebuild(&mut self, failures: Vec<String>) {
-        let users = self
-            .passwd
-            .parsed
-            .iter()
-            .map(|u| {
-                let mut record = u.clone();
-                record.shadow = self
-                    .shadow
-                    .parsed
-                    .get(&record.name)
-                    .cloned()
-                    .or(record.shadow);
-                Arc::new(User::from_nss(record, true))
-            })
-            .collect();
-        let groups = self
-            .group
-            .parsed
-            .iter()
-            .map(|g| {
-                let mut record = g.clone();
-                record.shadow = self
-                    .gshadow
-                    .parsed
-                    .get(&record.name)
-                    .cloned()
-                    .or(record.shadow);
-                Arc::new(Group::from_nss(record, true))
-            })
-            .collect();
+        let users = self.passwd.parsed.clone();
+        let groups = self.group.parsed.clone();
         let problems = [
             &self.passwd.problems,
             &self.shadow.problems,
@@ -196,17 +176,47 @@ impl LocalSource for Files {
             any |= changed;
             failures.extend(failure);
         };
-        if wanted(&self.passwd.path) {
-            note(self.passwd.refresh(parse_passwd));
-        }
+        // The shadow files first: when one changed, the database it is
+        // joined to is read again with it.
+        let mut shadow_changed = false;
         if wanted(&self.shadow.path) {
-            note(self.shadow.refresh(parse_shadow));
+            let (changed, failure) = self.shadow.refresh(parse_shadow);
+            shadow_changed = changed;
+            note((changed, failure));
         }
-        if wanted(&self.group.path) {
-            note(self.group.refresh(parse_group));
-        }
+        let mut gshadow_changed = false;
         if wanted(&self.gshadow.path) {
-            note(self.gshadow.refresh(parse_gshadow));
+            let (changed, failure) = self.gshadow.refresh(parse_gshadow);
+            gshadow_changed = changed;
+            note((changed, failure));
+        }
+        if shadow_changed || wanted(&self.passwd.path) {
+            if shadow_changed {
+                self.passwd.forget();
+            }
+            let shadows = &self.shadow.parsed;
+            note(self.passwd.refresh(|text, path, problems| {
+                // Each record made compact as it is parsed: no second copy
+                // of the file's users, even for a moment.
+                parse_passwd(text, path, problems, |record| {
+                    let mut user = User::from_nss(record, true);
+                    join_shadow(&user.name, &mut user.shadow, shadows);
+                    Arc::new(user)
+                })
+            }));
+        }
+        if gshadow_changed || wanted(&self.group.path) {
+            if gshadow_changed {
+                self.group.forget();
+            }
+            let gshadows = &self.gshadow.parsed;
+            note(self.group.refresh(|text, path, problems| {
+                parse_group(text, path, problems, |record| {
+                    let mut group = Group::from_nss(record, true);
+                    join_shadow(&group.name, &mut group.shadow, gshadows);
+                    Arc::new(group)
+                })
+            }));
         }
         let failed = !failures.is_empty();
         if any || failed {
@@ -237,6 +247,15 @@ impl LocalSource for Files {
 
     fn report(&self) -> LoadReport {
         self.report.clone()
+    }
+}
+
+/// Puts a record's entry in the shadow file, if it has one, in place of
+/// the shadow data its own line carries: shared with the file's parsed
+/// entries, not copied.
+fn join_shadow<S>(name: &str, own: &mut Option<Arc<S>>, shadows: &HashMap<String, Arc<S>>) {
+    if let Some(entry) = shadows.get(name) {
+        *own = Some(Arc::clone(entry));
     }
 }
 
@@ -300,7 +319,7 @@ pub fn parse_shadow(
     text: &[u8],
     path: &Path,
     problems: &mut Vec<String>,
-) -> HashMap<String, UserShadow> {
+) -> HashMap<String, Arc<UserShadow>> {
     let mut out = HashMap::new();
     let mut bad = Vec::new();
     for (line, fields) in entries(text) {
@@ -319,14 +338,16 @@ pub fn parse_shadow(
             fields[2..8].iter().map(|f| parse_days(f)).collect();
         match days {
             Ok(d) => {
-                out.entry(fields[0].to_string()).or_insert(UserShadow {
-                    hashed_password: Some(fields[1].to_string()),
-                    last_change_days: d[0],
-                    min_days: d[1],
-                    max_days: d[2],
-                    warn_days: d[3],
-                    inactive_days: d[4],
-                    expire_days: d[5],
+                out.entry(fields[0].to_string()).or_insert_with(|| {
+                    Arc::new(UserShadow {
+                        hashed_password: Some(fields[1].to_string()),
+                        last_change_days: d[0],
+                        min_days: d[1],
+                        max_days: d[2],
+                        warn_days: d[3],
+                        inactive_days: d[4],
+                        expire_days: d[5],
+                    })
                 });
             }
             Err(why) => bad.push((line, why)),
@@ -352,7 +373,13 @@ fn members(field: &[u8]) -> impl Iterator<Item = Result<String, String>> + '_ {
 }
 
 /// `name:password:uid:gid:gecos:home:shell`.
-pub fn parse_passwd(text: &[u8], path: &Path, problems: &mut Vec<String>) -> Vec<UserRecord> {
+pub fn parse_passwd<T>(
+    text: &[u8],
+    path: &Path,
+    problems: &mut Vec<String>,
+    served: impl FnMut(UserRecord) -> T,
+) -> Vec<T> {
+    let mut served = served;
     let mut out = Vec::new();
     let mut bad = Vec::new();
     for (line, f) in entries(text) {
@@ -387,7 +414,7 @@ pub fn parse_passwd(text: &[u8], path: &Path, problems: &mut Vec<String>) -> Vec
         };
         // Validated exactly as records from any other source are.
         match UserRecord::from_json(&user.to_json()) {
-            Ok(_) => out.push(user),
+            Ok(_) => out.push(served(user)),
             Err(why) => bad.push((line, why.to_string())),
         }
     }
@@ -402,7 +429,7 @@ pub fn parse_gshadow(
     text: &[u8],
     path: &Path,
     problems: &mut Vec<String>,
-) -> HashMap<String, GroupShadow> {
+) -> HashMap<String, Arc<GroupShadow>> {
     let mut out = HashMap::new();
     let mut bad = Vec::new();
     for (line, f) in entries(text) {
@@ -415,9 +442,11 @@ pub fn parse_gshadow(
             continue;
         };
         let administrators = members(f[2]).filter_map(Result::ok).collect();
-        out.entry(name.to_owned()).or_insert(GroupShadow {
-            hashed_password: Some(hash.to_owned()),
-            administrators,
+        out.entry(name.to_owned()).or_insert_with(|| {
+            Arc::new(GroupShadow {
+                hashed_password: Some(hash.to_owned()),
+                administrators,
+            })
         });
     }
     for (line, why) in bad {
@@ -428,7 +457,13 @@ pub fn parse_gshadow(
 
 /// `name:password:gid:member,member,...`; an invalid member is left out and
 /// reported, the group kept.
-pub fn parse_group(text: &[u8], path: &Path, problems: &mut Vec<String>) -> Vec<GroupRecord> {
+pub fn parse_group<T>(
+    text: &[u8],
+    path: &Path,
+    problems: &mut Vec<String>,
+    served: impl FnMut(GroupRecord) -> T,
+) -> Vec<T> {
+    let mut served = served;
     let mut out = Vec::new();
     let mut bad = Vec::new();
     let mut left_out = Vec::new();
@@ -469,7 +504,7 @@ pub fn parse_group(text: &[u8], path: &Path, problems: &mut Vec<String>) -> Vec<
             }),
         };
         match GroupRecord::from_json(&group.to_json()) {
-            Ok(_) => out.push(group),
+            Ok(_) => out.push(served(group)),
             Err(why) => bad.push((line, why.to_string())),
         }
     }
@@ -496,6 +531,7 @@ mod tests {
             b"# comment\n\nroot:x:0:0:root:/root:/bin/bash\n+nisuser::::::\n-other\nalice:x:1000:1000:Alice,,,:/home/alice:\n",
             p(),
             &mut problems,
+            std::convert::identity,
         );
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(users.len(), 2);
@@ -525,6 +561,7 @@ mod tests {
             b"short:x:1\nbad:x:uid:1:::/bin/sh\nneg:x:-1:1::/:/bin/sh\nbad name:x:5:5::/:/bin/sh\nhome:x:6:6::rel:/bin/sh\nok:x:7:7::/:/bin/sh\nlatin\xe9:x:8:8::/:/bin/sh\n",
             p(),
             &mut problems,
+            std::convert::identity,
         );
         assert_eq!(
             users.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
@@ -545,11 +582,17 @@ mod tests {
             b"jose:x:9:9:Jos\xe9:/home/jose:/bin/sh\nhome:x:10:10::/home/\xe9:/bin/sh\n",
             p(),
             &mut problems,
+            std::convert::identity,
         );
         assert_eq!(users.len(), 1, "{problems:?}");
         assert_eq!(users[0].gecos, "Jos\u{fffd}");
         assert!(problems[0].contains(":2: skipped: field 6 is not UTF-8"));
-        let groups = parse_group(b"g:x:11:ok,m\xe9,also\n", p(), &mut problems);
+        let groups = parse_group(
+            b"g:x:11:ok,m\xe9,also\n",
+            p(),
+            &mut problems,
+            std::convert::identity,
+        );
         assert_eq!(groups[0].members, ["ok", "also"]);
         assert!(
             problems[1].contains("member \"m\u{fffd}\" left out"),
@@ -563,6 +606,7 @@ mod tests {
             b"dup:x:1:1::/:/bin/sh\ndup:x:2:2::/:/bin/sh\nother:x:1:1::/:/bin/sh\n",
             p(),
             &mut Vec::new(),
+            std::convert::identity,
         );
         let keys: Vec<(&str, u32)> = users.iter().map(|u| (u.name.as_str(), u.uid)).collect();
         assert_eq!(keys, [("dup", 1), ("dup", 2), ("other", 1)]);
@@ -570,7 +614,12 @@ mod tests {
 
     #[test]
     fn inline_passwd_hash_is_privileged() {
-        let users = parse_passwd(b"old:$1$abc:9:9::/:/bin/sh\n", p(), &mut Vec::new());
+        let users = parse_passwd(
+            b"old:$1$abc:9:9::/:/bin/sh\n",
+            p(),
+            &mut Vec::new(),
+            std::convert::identity,
+        );
         assert_eq!(
             users[0]
                 .shadow
@@ -601,6 +650,7 @@ mod tests {
             b"wheel:x:10:alice,bob\nempty:x:11:\nbad:x:ten:\nodd:x:12:ok,-bad,also\n",
             p(),
             &mut problems,
+            std::convert::identity,
         );
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert_eq!(groups.len(), 3);
@@ -651,6 +701,48 @@ mod tests {
         std::fs::remove_file(&passwd).unwrap();
         assert!(files.refresh(Some(&[passwd])));
         assert!(files.data().users.is_empty(), "a removed file is empty");
+    }
+
+    #[test]
+    fn a_change_to_a_shadow_file_alone_reaches_the_records_it_is_joined_to() {
+        let root = root("shadowjoin");
+        let etc = root.0.join("etc");
+        let write = |name: &str, text: &str| std::fs::write(etc.join(name), text).unwrap();
+        write("passwd", "alice:$1$inline:1000:1000::/home/alice:/bin/sh\n");
+        write("shadow", "alice:$6$first:19000::::::\n");
+        write("group", "staff:x:50:alice\n");
+        write("gshadow", "staff:$6$g1::alice\n");
+        let mut files = Files::new(&root.0);
+        assert!(files.refresh(None));
+        let hashes = |files: &Files| {
+            let data = files.data();
+            let user = data.users[0]
+                .shadow
+                .as_ref()
+                .and_then(|s| s.hashed_password.clone());
+            let group = data.groups[0]
+                .shadow
+                .as_ref()
+                .and_then(|s| s.hashed_password.clone());
+            (user, group)
+        };
+        assert_eq!(
+            hashes(&files),
+            (Some("$6$first".into()), Some("$6$g1".into()))
+        );
+        write("shadow", "alice:$6$second:19001::::::\n");
+        write("gshadow", "staff:$6$g2::alice\n");
+        let shadows = [etc.join("shadow"), etc.join("gshadow")];
+        assert!(files.refresh(Some(&shadows)));
+        assert_eq!(
+            hashes(&files),
+            (Some("$6$second".into()), Some("$6$g2".into()))
+        );
+        // Without a shadow entry, what the line itself carries comes back.
+        write("shadow", "someone:$6$x:19001::::::\n");
+        write("gshadow", "");
+        assert!(files.refresh(Some(&shadows)));
+        assert_eq!(hashes(&files), (Some("$1$inline".into()), None));
     }
 
     #[test]
