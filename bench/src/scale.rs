@@ -40,6 +40,9 @@ pub struct Run {
     pub file_bytes: u64,
     pub rss_kb: u64,
     pub hwm_kb: u64,
+    /// `VmRSS` of a broker started the same way on no data: what per-user
+    /// figures are counted over, as the at-scale test counts them.
+    pub empty_rss_kb: u64,
     pub changes: Vec<Changed>,
     pub final_rss_kb: u64,
     pub final_hwm_kb: u64,
@@ -123,6 +126,13 @@ pub fn run(users: u32, form: Form, changes: u32) -> Result<Run, String> {
         "userdb-broker-bench: writing {users} users as {}",
         form.label()
     );
+    let empty_rss_kb = {
+        let empty = Fixture::new();
+        let broker = Broker::launch(&empty)
+            .config("log_level = \"debug\"\n")
+            .start();
+        memory_kb(broker.pid())?.0
+    };
     let (fixture, scale) = data::at_scale(users, form);
     let floor_ms = match form {
         Form::DropIns => {
@@ -193,6 +203,7 @@ pub fn run(users: u32, form: Form, changes: u32) -> Result<Run, String> {
         file_bytes,
         rss_kb,
         hwm_kb,
+        empty_rss_kb,
         changes: done,
         final_rss_kb,
         final_hwm_kb,
