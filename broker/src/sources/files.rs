@@ -372,14 +372,14 @@ fn members(field: &[u8]) -> impl Iterator<Item = Result<String, String>> + '_ {
         })
 }
 
-/// `name:password:uid:gid:gecos:home:shell`.
+/// `name:password:uid:gid:gecos:home:shell`; each entry as `served` makes
+/// it, as soon as it is parsed.
 pub fn parse_passwd<T>(
     text: &[u8],
     path: &Path,
     problems: &mut Vec<String>,
-    served: impl FnMut(UserRecord) -> T,
+    mut served: impl FnMut(UserRecord) -> T,
 ) -> Vec<T> {
-    let mut served = served;
     let mut out = Vec::new();
     let mut bad = Vec::new();
     for (line, f) in entries(text) {
@@ -456,14 +456,13 @@ pub fn parse_gshadow(
 }
 
 /// `name:password:gid:member,member,...`; an invalid member is left out and
-/// reported, the group kept.
+/// reported, the group kept; each entry as `served` makes it.
 pub fn parse_group<T>(
     text: &[u8],
     path: &Path,
     problems: &mut Vec<String>,
-    served: impl FnMut(GroupRecord) -> T,
+    mut served: impl FnMut(GroupRecord) -> T,
 ) -> Vec<T> {
-    let mut served = served;
     let mut out = Vec::new();
     let mut bad = Vec::new();
     let mut left_out = Vec::new();
