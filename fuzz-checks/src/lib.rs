@@ -1,4 +1,5 @@
-//! What every fuzz target asserts about one parser of `userdb-proto`.
+//! What every fuzz target asserts about one parser of `userdb-proto` or
+//! of the broker.
 //!
 //! Each module's `check` takes the raw input and panics when an invariant
 //! breaks. The cargo-fuzz targets in `fuzz/` call it under libFuzzer, and
@@ -18,6 +19,7 @@ use userdb_proto::varlink::encode;
 
 pub mod api_types;
 pub mod client_replies;
+pub mod etc_files;
 pub mod nsswitch;
 pub mod records;
 pub mod snapfile;
@@ -40,6 +42,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "client_replies",
         check: client_replies::check,
+    },
+    Target {
+        name: "etc_files",
+        check: etc_files::check,
     },
     Target {
         name: "nsswitch",
