@@ -105,17 +105,63 @@ impl<T: Default> FileState<T> {
     }
 }
 
+/// A database and the shadow file joined to it. The database's records
+/// are held once, as served, each with its shadow entry (shared with the
+/// shadow file's parsed entries), so a change to the shadow file alone
+/// reads the database again with it.
+struct Joined<T, S> {
+    database: FileState<Vec<Arc<T>>>,
+    shadow: FileState<ParsedShadow<S>>,
+}
+
+/// A shadow file's entries, by name.
+type ParsedShadow<S> = HashMap<String, Arc<S>>;
+
+impl<T, S> Joined<T, S> {
+    fn new(database: PathBuf, shadow: PathBuf) -> Self {
+        Joined {
+            database: FileState::new(database),
+            shadow: FileState::new(shadow),
+        }
+    }
+
+    /// Refreshes the files `wanted` names, the shadow file first; `note`
+    /// takes each one's outcome. `parse` makes the records of the
+    /// database's text, joined with the shadow file's entries.
+    fn refresh(
+        &mut self,
+        wanted: impl Fn(&Path) -> bool,
+        note: &mut impl FnMut((bool, Option<String>)),
+        parse_shadow: impl Fn(&[u8], &Path, &mut Vec<String>) -> ParsedShadow<S>,
+        parse: impl Fn(&[u8], &Path, &mut Vec<String>, &ParsedShadow<S>) -> Vec<Arc<T>>,
+    ) {
+        let mut shadow_changed = false;
+        if wanted(&self.shadow.path) {
+            let (changed, failure) = self.shadow.refresh(parse_shadow);
+            shadow_changed = changed;
+            note((changed, failure));
+        }
+        if shadow_changed {
+            self.database.forget();
+        }
+        if shadow_changed || wanted(&self.database.path) {
+            let shadows = &self.shadow.parsed;
+            note(
+                self.database
+                    .refresh(|text, path, problems| parse(text, path, problems, shadows)),
+            );
+        }
+    }
+}
+
 /// The `files` source.
 pub struct Files {
     info: SourceInfo,
     dir: PathBuf,
-    /// The users as served, `/etc/shadow`'s data joined in when read: one
-    /// copy of each (a change to `/etc/shadow` reads `/etc/passwd` again).
-    passwd: FileState<Vec<Arc<User>>>,
-    shadow: FileState<HashMap<String, Arc<UserShadow>>>,
-    /// Likewise with `/etc/gshadow`.
-    group: FileState<Vec<Arc<Group>>>,
-    gshadow: FileState<HashMap<String, Arc<GroupShadow>>>,
+    /// `/etc/passwd` with `/etc/shadow`.
+    users: Joined<User, UserShadow>,
+    /// `/etc/group` with `/etc/gshadow`.
+    groups: Joined<Group, GroupShadow>,
     data: Arc<SourceData>,
     report: LoadReport,
 }
@@ -125,10 +171,8 @@ impl Files {
         let dir = root.join("etc");
         Files {
             info: SourceInfo::local(SourceKind::Files),
-            passwd: FileState::new(dir.join("passwd")),
-            shadow: FileState::new(dir.join("shadow")),
-            group: FileState::new(dir.join("group")),
-            gshadow: FileState::new(dir.join("gshadow")),
+            users: Joined::new(dir.join("passwd"), dir.join("shadow")),
+            groups: Joined::new(dir.join("group"), dir.join("gshadow")),
             dir,
             data: Arc::default(),
             report: LoadReport::default(),
@@ -136,13 +180,13 @@ impl Files {
     }
 
     fn rebuild(&mut self, failures: Vec<String>) {
-        let users = self.passwd.parsed.clone();
-        let groups = self.group.parsed.clone();
+        let users = self.users.database.parsed.clone();
+        let groups = self.groups.database.parsed.clone();
         let problems = [
-            &self.passwd.problems,
-            &self.shadow.problems,
-            &self.group.problems,
-            &self.gshadow.problems,
+            &self.users.database.problems,
+            &self.users.shadow.problems,
+            &self.groups.database.problems,
+            &self.groups.shadow.problems,
         ]
         .into_iter()
         .flatten()
@@ -176,48 +220,30 @@ impl LocalSource for Files {
             any |= changed;
             failures.extend(failure);
         };
-        // The shadow files first: when one changed, the database it is
-        // joined to is read again with it.
-        let mut shadow_changed = false;
-        if wanted(&self.shadow.path) {
-            let (changed, failure) = self.shadow.refresh(parse_shadow);
-            shadow_changed = changed;
-            note((changed, failure));
-        }
-        let mut gshadow_changed = false;
-        if wanted(&self.gshadow.path) {
-            let (changed, failure) = self.gshadow.refresh(parse_gshadow);
-            gshadow_changed = changed;
-            note((changed, failure));
-        }
-        if shadow_changed || wanted(&self.passwd.path) {
-            if shadow_changed {
-                self.passwd.forget();
-            }
-            let shadows = &self.shadow.parsed;
-            note(self.passwd.refresh(|text, path, problems| {
-                // Each record made compact as it is parsed: no second copy
-                // of the file's users, even for a moment.
+        self.users.refresh(
+            wanted,
+            &mut note,
+            parse_shadow,
+            |text, path, problems, shadows| {
                 parse_passwd(text, path, problems, |record| {
                     let mut user = User::from_nss(record, true);
                     join_shadow(&user.name, &mut user.shadow, shadows);
                     Arc::new(user)
                 })
-            }));
-        }
-        if gshadow_changed || wanted(&self.group.path) {
-            if gshadow_changed {
-                self.group.forget();
-            }
-            let gshadows = &self.gshadow.parsed;
-            note(self.group.refresh(|text, path, problems| {
+            },
+        );
+        self.groups.refresh(
+            wanted,
+            &mut note,
+            parse_gshadow,
+            |text, path, problems, shadows| {
                 parse_group(text, path, problems, |record| {
                     let mut group = Group::from_nss(record, true);
-                    join_shadow(&group.name, &mut group.shadow, gshadows);
+                    join_shadow(&group.name, &mut group.shadow, shadows);
                     Arc::new(group)
                 })
-            }));
-        }
+            },
+        );
         let failed = !failures.is_empty();
         if any || failed {
             self.report.last_error = failures.last().cloned().or(self.report.last_error.take());
@@ -229,10 +255,10 @@ impl LocalSource for Files {
 
     fn read_unread(&mut self) -> bool {
         let unread: Vec<PathBuf> = [
-            (self.passwd.unread, &self.passwd.path),
-            (self.shadow.unread, &self.shadow.path),
-            (self.group.unread, &self.group.path),
-            (self.gshadow.unread, &self.gshadow.path),
+            (self.users.database.unread, &self.users.database.path),
+            (self.users.shadow.unread, &self.users.shadow.path),
+            (self.groups.database.unread, &self.groups.database.path),
+            (self.groups.shadow.unread, &self.groups.shadow.path),
         ]
         .into_iter()
         .filter(|(unread, _)| *unread)
