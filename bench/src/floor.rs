@@ -6,7 +6,8 @@
 //! reading layer (`userdb_broker::sources::read`) and its classification
 //! of names: the directory's inotify watch (the watcher's mask), its
 //! listing (each name's type from the listing), then, on one thread per
-//! core taking 512 names at a time, per record an open, an `fstat` and one
+//! core taking 512 names at a time, each with a descriptor table of its
+//! own, per record an open, an `fstat` and one
 //! read, per membership an `lstat`, each by name in the open directory.
 //! Links named by an id are left, as the broker leaves them for after
 //! `READY=1`; any other name (a link by name, a `-privileged` companion) is
@@ -20,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use userdb_broker::sources::dropins::{classify, DropInName, MAX_FILE_SIZE};
-use userdb_broker::sources::read::Dir;
+use userdb_broker::sources::read::{self, Dir};
 use userdb_broker::watch::watch_mask;
 
 /// Names a reader thread takes at a time (as the broker's do).
@@ -90,21 +91,24 @@ pub fn start_floor_ms(path: &Path) -> Result<f64, String> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     std::thread::scope(|scope| {
         for _ in 0..threads {
-            scope.spawn(|| loop {
-                let at = next.fetch_add(BLOCK, Ordering::Relaxed);
-                let Some(block) = names.get(at..(at + BLOCK).min(names.len())) else {
-                    return;
-                };
-                if block.is_empty() {
-                    return;
-                }
-                for (name, call) in block {
-                    if *call == Call::Read {
-                        if let Ok(opened) = dir.open_listed(name) {
-                            let _ = opened.read(MAX_FILE_SIZE);
+            scope.spawn(|| {
+                read::use_own_descriptor_table();
+                loop {
+                    let at = next.fetch_add(BLOCK, Ordering::Relaxed);
+                    let Some(block) = names.get(at..(at + BLOCK).min(names.len())) else {
+                        return;
+                    };
+                    if block.is_empty() {
+                        return;
+                    }
+                    for (name, call) in block {
+                        if *call == Call::Read {
+                            if let Ok(opened) = dir.open_listed(name) {
+                                let _ = opened.read(MAX_FILE_SIZE);
+                            }
+                        } else {
+                            let _ = dir.lstat(name);
                         }
-                    } else {
-                        let _ = dir.lstat(name);
                     }
                 }
             });

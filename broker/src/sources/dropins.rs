@@ -911,7 +911,8 @@ const _: () = assert!(std::mem::size_of::<Loaded>() == std::mem::size_of::<Found
 /// Runs `load` on every name (on several threads when there are many).
 /// The threads take blocks of names in turn, so that one meeting the
 /// costlier kind of file (records, where the other meets memberships)
-/// does not finish long after the rest.
+/// does not finish long after the rest. Each thread opens and closes with
+/// a descriptor table of its own ([`read::use_own_descriptor_table`]).
 fn in_parallel<N: Sync, T: Send>(
     names: &[N],
     gone: impl Fn() -> T + Sync,
@@ -924,6 +925,7 @@ fn in_parallel<N: Sync, T: Send>(
     let blocks: Vec<&[N]> = names.chunks(PARALLEL_BLOCK).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let take = || {
+        read::use_own_descriptor_table();
         let mut done = Vec::new();
         loop {
             let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
