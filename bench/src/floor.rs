@@ -7,8 +7,8 @@
 //! of names: the directory's inotify watch (the watcher's mask), its
 //! listing (each name's type from the listing), then, on one thread per
 //! core taking 512 names at a time, each with a descriptor table of its
-//! own, per record an open, an `fstat` and one
-//! read, per membership an `lstat`, each by name in the open directory.
+//! own, per record an open, an `fstat` and one read, per membership an
+//! `lstat`, each by name in the open directory.
 //! Links named by an id are left, as the broker leaves them for after
 //! `READY=1`; any other name (a link by name, a `-privileged` companion) is
 //! `lstat`ed.
