@@ -257,7 +257,7 @@ pub fn build(mut sources: Vec<Loaded>, priority: &Priority, generation: u64) -> 
             let user = &entry.user;
             stated.extend(user.member_of.iter().map(|group| (&user.name, group)));
         }
-        stated.extend(source.data.memberships.iter().map(|(u, g)| (u, g)));
+        stated.extend(source.data.memberships.iter());
         s.sources[id].memberships = stated.len() - before;
     }
     s.stated_by_group = NameLists::from_pairs(stated.iter().map(|&(user, group)| (group, user)));
@@ -607,7 +607,9 @@ mod tests {
                 group("wheel", 5000, &["mallory"]),
                 group("devs", 500, &["bob"]),
             ],
-            memberships: vec![pair("dave", "wheel"), pair("alice", "wheel")],
+            memberships: [pair("dave", "wheel"), pair("alice", "wheel")]
+                .into_iter()
+                .collect(),
             problems: vec!["x.user: skipped: broken".into()],
         };
         // Given in the wrong order: build sorts by priority.
@@ -774,7 +776,9 @@ mod tests {
         assert!(names(&merged.snapshot, "bob").is_empty());
         let dropins = SourceData {
             users: vec![user("bob", 1001, &["wheel", "svc"])],
-            memberships: vec![pair("bob", "devs"), pair("bob", "svc2")],
+            memberships: [pair("bob", "devs"), pair("bob", "svc2")]
+                .into_iter()
+                .collect(),
             ..Default::default()
         };
         merged = build(
@@ -792,7 +796,9 @@ mod tests {
         };
         let dropins = SourceData {
             users: vec![user("bob", 1001, &["wheel", "svc"])],
-            memberships: vec![pair("bob", "devs"), pair("bob", "svc2")],
+            memberships: [pair("bob", "devs"), pair("bob", "svc2")]
+                .into_iter()
+                .collect(),
             ..Default::default()
         };
         merged = build(

@@ -182,7 +182,9 @@ mod tests {
         };
         let dropins = SourceData {
             users: vec![user("bob", 2000)],
-            memberships: vec![(Name::from("bob"), Name::from("wheel"))],
+            memberships: [(Name::from("bob"), Name::from("wheel"))]
+                .into_iter()
+                .collect(),
             ..Default::default()
         };
         let loaded = [(SourceKind::Files, files), (SourceKind::DropIns, dropins)]

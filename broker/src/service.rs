@@ -620,10 +620,12 @@ pub(crate) mod tests {
         let dropins = SourceData {
             users: vec![Arc::new(bob)],
             groups: vec![plain_group("devs", 500, &["bob"])],
-            memberships: vec![
+            memberships: [
                 (Name::from("bob"), Name::from("wheel")),
                 (Name::from("alice"), Name::from("wheel")),
-            ],
+            ]
+            .into_iter()
+            .collect(),
             problems: Vec::new(),
         };
         Service::new(

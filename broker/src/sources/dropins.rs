@@ -38,7 +38,7 @@ use userdb_proto::record::{GroupRecord, UserRecord};
 
 use super::name_table::{self, NameTable};
 use super::read::{self, ReadError};
-use super::{LoadReport, LocalSource, SourceData, SourceInfo, SourceKind};
+use super::{LoadReport, LocalSource, Memberships, SourceData, SourceInfo, SourceKind};
 use crate::model::{Group, JsonRecord, Name, User, SHADOW_FIELDS};
 
 /// Drop-in directories below the root, earlier ones win.
@@ -854,41 +854,49 @@ fn answering_by_id<T>(
         .collect()
 }
 
-/// The memberships' names, sharing the allocation of this source's record
-/// of that name where it has one (a name once for every other name that
-/// repeats it). The names come from root's directories, so a fast hash
-/// without flooding defence will do.
+/// The memberships, each name held once and sharing the allocation of
+/// this source's record of that name where it has one. The names come
+/// from root's directories, so a fast hash without flooding defence will
+/// do.
 fn shared_names<'a>(
     users: &'a [Arc<User>],
     groups: &'a [Arc<Group>],
     pairs: &[(&'a str, &'a str)],
-) -> Vec<(Name, Name)> {
-    if pairs.is_empty() {
-        return Vec::new();
+) -> Memberships {
+    /// What is known of a name: a record holds it, or it is held at a place.
+    enum Known<'a> {
+        Record(&'a Name),
+        Held(u32),
     }
-    let mut known: foldhash::HashMap<&'a str, Name> =
+    if pairs.is_empty() {
+        return Memberships::default();
+    }
+    let mut known: foldhash::HashMap<&'a str, Known<'a>> =
         foldhash::HashMap::with_capacity_and_hasher(users.len() + groups.len(), Default::default());
     for name in users
         .iter()
         .map(|u| &u.name)
         .chain(groups.iter().map(|g| &g.name))
     {
-        known.entry(name).or_insert_with(|| Name::clone(name));
+        known.entry(name).or_insert(Known::Record(name));
     }
-    let mut share = |name: &'a str| -> Name {
-        match known.get(name) {
-            Some(shared) => Name::clone(shared),
-            None => {
-                let new = Name::from(name);
-                known.insert(name, Name::clone(&new));
-                new
-            }
-        }
+    let mut names: Vec<Name> = Vec::new();
+    let mut place = |name: &'a str| -> u32 {
+        let held = match known.get(name) {
+            Some(Known::Held(place)) => return *place,
+            Some(Known::Record(record)) => Name::clone(record),
+            None => Name::from(name),
+        };
+        let place = names.len() as u32;
+        names.push(held);
+        known.insert(name, Known::Held(place));
+        place
     };
-    pairs
+    let places = pairs
         .iter()
-        .map(|&(user, group)| (share(user), share(group)))
-        .collect()
+        .map(|&(user, group)| (place(user), place(group)))
+        .collect();
+    Memberships::from_places(names, places)
 }
 
 /// What reading one name gave.
@@ -1888,6 +1896,7 @@ mod tests {
         // Empty, like a link to /dev/null, is a mask, as in systemd.
         root.write("usr/lib/userdb", "carol:devs.membership", "");
         root.write("usr/lib/userdb", "bad:a,b.membership", "{}");
+        root.write("usr/lib/userdb", "alice:ops.membership", "{}");
         let data = root.load();
         assert_eq!(
             data.groups.iter().map(|g| g.listed).collect::<Vec<_>>(),
@@ -1898,9 +1907,16 @@ mod tests {
             .iter()
             .map(|(u, g)| (u.as_ref(), g.as_ref()))
             .collect();
-        assert_eq!(pairs, [("alice", "devs"), ("bob", "devs")]);
-        // The group's name is shared, not allocated once more per membership.
-        assert!(Arc::ptr_eq(&data.memberships[0].1, &data.groups[0].name));
+        assert_eq!(
+            pairs,
+            [("alice", "devs"), ("alice", "ops"), ("bob", "devs")]
+        );
+        // The group's name is shared, not allocated once more per
+        // membership, and a name without a record is held once.
+        let held: Vec<(&Name, &Name)> = data.memberships.iter().collect();
+        assert!(Arc::ptr_eq(held[0].1, &data.groups[0].name));
+        assert!(Arc::ptr_eq(held[2].1, &data.groups[0].name));
+        assert!(Arc::ptr_eq(held[0].0, held[1].0));
         assert_eq!(data.problems.len(), 1);
     }
 

@@ -215,7 +215,7 @@ impl LocalSource for DynamicUsers {
                 .iter()
                 .map(|(n, id)| Arc::new(group(n, *id)))
                 .collect(),
-            memberships: Vec::new(),
+            memberships: Default::default(),
             problems: Vec::new(),
         });
         self.pairs = pairs;

@@ -196,7 +196,7 @@ impl Files {
         self.data = Arc::new(SourceData {
             users,
             groups,
-            memberships: Vec::new(),
+            memberships: Default::default(),
             problems,
         });
     }

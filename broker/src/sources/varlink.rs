@@ -166,7 +166,7 @@ fn take_reply(
         if user.as_deref().is_some_and(|x| x != u) || group.as_deref().is_some_and(|x| x != g) {
             return Err(format!("membership {u}:{g} does not match the query"));
         }
-        answer.memberships.push((Name::from(u), Name::from(g)));
+        answer.memberships.push(Name::from(u), Name::from(g));
         return Ok(());
     }
     let record = &reply["record"];
