@@ -25,6 +25,7 @@
 //! ([`presume_aliases`]).
 
 use std::borrow::Cow;
+use std::collections::hash_map::Entry as Slot;
 use std::collections::{HashMap, HashSet};
 use std::fs::FileType;
 use std::iter::Peekable;
@@ -402,7 +403,7 @@ impl DropIns {
             }
         }
         data.memberships = if memberships_changed {
-            shared_names(&data.users, &data.groups, &memberships)
+            memberships_sharing_names(&data.users, &data.groups, &memberships)
         } else {
             self.data.memberships.clone()
         };
@@ -858,7 +859,7 @@ fn answering_by_id<T>(
 /// this source's record of that name where it has one. The names come
 /// from root's directories, so a fast hash without flooding defence will
 /// do.
-fn shared_names<'a>(
+fn memberships_sharing_names<'a>(
     users: &'a [Arc<User>],
     groups: &'a [Arc<Group>],
     pairs: &[(&'a str, &'a str)],
@@ -881,16 +882,24 @@ fn shared_names<'a>(
         known.entry(name).or_insert(Known::Record(name));
     }
     let mut names: Vec<Name> = Vec::new();
+    // One hash of the name, whether it is held already or not.
     let mut place = |name: &'a str| -> u32 {
-        let held = match known.get(name) {
-            Some(Known::Held(place)) => return *place,
-            Some(Known::Record(record)) => Name::clone(record),
-            None => Name::from(name),
+        let next = names.len() as u32;
+        let held = match known.entry(name) {
+            Slot::Occupied(mut seen) => match *seen.get() {
+                Known::Held(place) => return place,
+                Known::Record(record) => {
+                    seen.insert(Known::Held(next));
+                    Name::clone(record)
+                }
+            },
+            Slot::Vacant(new) => {
+                new.insert(Known::Held(next));
+                Name::from(name)
+            }
         };
-        let place = names.len() as u32;
         names.push(held);
-        known.insert(name, Known::Held(place));
-        place
+        next
     };
     let places = pairs
         .iter()
